@@ -1,0 +1,327 @@
+//! The entry table (the mapping's xarray analog): one state word per 4 KiB page, with a
+//! lock bit, and the index of dirty pages.
+//!
+//! Lock order: entries are locked in ascending index order; nothing else is held while
+//! waiting for an entry. A thread holding an entry lock may call the store and the uffd
+//! ioctls, never touch the mapping's memory from user space (a fault there would wait
+//! for itself).
+//!
+//! Waiting uses a futex on the entry word itself (the kernel's futex hash is the wait
+//! table DESIGN.md describes), so locking needs no allocation and no user-space mutex:
+//! it is async-signal-safe, which resolving faults in the faulting thread needs.
+//!
+//! Invariants (numbered as the tests and comments cite them):
+//! 1. Only the holder of an entry's lock changes its state.
+//! 2. A page is in the dirty index whenever its state is Dirty (the index may also hold
+//!    pages that are no longer Dirty; writeback skips those).
+//! 3. `resident` counts entries in Clean or Dirty (Zero pages cost no memory).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// What an entry says about its page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Nothing mapped; the next access faults as missing.
+    Empty = 0,
+    /// The shared zero page, write-protected, over a hole of the store.
+    Zero = 1,
+    /// A private copy of the store's bytes, write-protected, equal to the store.
+    Clean = 2,
+    /// A private page that may differ from the store, possibly writable.
+    Dirty = 3,
+}
+
+impl State {
+    fn from_bits(word: u32) -> State {
+        match word & STATE_MASK {
+            0 => State::Empty,
+            1 => State::Zero,
+            2 => State::Clean,
+            _ => State::Dirty,
+        }
+    }
+
+    /// Whether the page holds memory of its own.
+    pub(crate) fn is_resident(self) -> bool {
+        matches!(self, State::Clean | State::Dirty)
+    }
+}
+
+const STATE_MASK: u32 = 0b11;
+const LOCKED: u32 = 1 << 2;
+const WAITERS: u32 = 1 << 3;
+
+/// The per-page entries of one mapping.
+pub(crate) struct Entries {
+    words: Box<[AtomicU32]>,
+    dirty: DirtyIndex,
+    resident: AtomicU64,
+    resident_peak: AtomicU64,
+}
+
+/// A locked entry. Dropping it unlocks and wakes waiters.
+pub(crate) struct EntryGuard<'a> {
+    entries: &'a Entries,
+    index: usize,
+}
+
+impl Entries {
+    /// A table of `pages` Empty entries.
+    pub(crate) fn new(pages: usize) -> Entries {
+        Entries {
+            words: (0..pages).map(|_| AtomicU32::new(0)).collect(),
+            dirty: DirtyIndex::new(pages),
+            resident: AtomicU64::new(0),
+            resident_peak: AtomicU64::new(0),
+        }
+    }
+
+    /// The state without locking: a hint that may be stale by the time it is used.
+    pub(crate) fn peek(&self, index: usize) -> State {
+        State::from_bits(self.words[index].load(Ordering::Acquire))
+    }
+
+    /// Locks entry `index`, waiting while another thread holds it.
+    pub(crate) fn lock(&self, index: usize) -> EntryGuard<'_> {
+        let word = &self.words[index];
+        loop {
+            if let Some(guard) = self.try_lock(index) {
+                return guard;
+            }
+            let current = word.load(Ordering::Relaxed);
+            if current & LOCKED == 0 {
+                continue;
+            }
+            // Announce a waiter before sleeping; if the holder unlocked in between, the
+            // CAS fails and we retry instead of sleeping on a stale value.
+            let waiting = current | WAITERS;
+            if word
+                .compare_exchange(current, waiting, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                futex_wait(word, waiting);
+            }
+        }
+    }
+
+    /// Locks entry `index` if nobody holds it.
+    pub(crate) fn try_lock(&self, index: usize) -> Option<EntryGuard<'_>> {
+        let word = &self.words[index];
+        let current = word.load(Ordering::Relaxed);
+        if current & LOCKED != 0 {
+            return None;
+        }
+        word.compare_exchange(
+            current,
+            current | LOCKED,
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        )
+        .ok()
+        .map(|_| EntryGuard {
+            entries: self,
+            index,
+        })
+    }
+
+    /// Takes every index marked dirty so far, in ascending order, clearing the marks.
+    pub(crate) fn take_dirty(&self) -> Vec<usize> {
+        self.dirty.take()
+    }
+
+    /// Marks `index` dirty again (after a failed writeback).
+    pub(crate) fn remark_dirty(&self, index: usize) {
+        self.dirty.mark(index);
+    }
+
+    /// Pages in Clean or Dirty now, and the highest that count has been.
+    pub(crate) fn resident(&self) -> (u64, u64) {
+        (
+            self.resident.load(Ordering::Relaxed),
+            self.resident_peak.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl EntryGuard<'_> {
+    /// The locked entry's index.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The locked entry's state.
+    pub(crate) fn state(&self) -> State {
+        self.entries.peek(self.index)
+    }
+
+    /// Moves the entry to `state`, keeping invariants 2 and 3.
+    pub(crate) fn set(&mut self, state: State) {
+        let entries = self.entries;
+        let word = &entries.words[self.index];
+        let old = State::from_bits(word.load(Ordering::Relaxed));
+        // Invariant 1: we hold the lock, so only the state bits change under us... and
+        // the WAITERS bit, which a waiter may set concurrently: update with a CAS loop.
+        let _ = word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
+            Some((w & !STATE_MASK) | state as u32)
+        });
+        if state == State::Dirty && old != State::Dirty {
+            entries.dirty.mark(self.index);
+        }
+        match (old.is_resident(), state.is_resident()) {
+            (false, true) => {
+                let now = entries.resident.fetch_add(1, Ordering::Relaxed) + 1;
+                entries.resident_peak.fetch_max(now, Ordering::Relaxed);
+            }
+            (true, false) => {
+                entries.resident.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for EntryGuard<'_> {
+    fn drop(&mut self) {
+        let word = &self.entries.words[self.index];
+        let previous = word.fetch_and(!(LOCKED | WAITERS), Ordering::Release);
+        if previous & WAITERS != 0 {
+            futex_wake_all(word);
+        }
+    }
+}
+
+/// Sleeps while `word` still equals `expected` (or returns spuriously).
+fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word`, which outlives the call; a
+    // null timeout means no timeout. Errors (EAGAIN: value changed, EINTR) just retry.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// Wakes every thread sleeping on `word`.
+fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the address of `word` as a key.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        );
+    }
+}
+
+/// A two-level bitmap of dirty pages: marking is one atomic OR per level (no lock, no
+/// allocation) and taking costs O(dirty + pages / 4096).
+struct DirtyIndex {
+    /// Bit `i % 64` of word `i / 64`: page `i` was marked.
+    pages: Box<[AtomicU64]>,
+    /// Bit `w % 64` of word `w / 64`: word `w` of `pages` may be non-zero.
+    summary: Box<[AtomicU64]>,
+}
+
+impl DirtyIndex {
+    fn new(pages: usize) -> DirtyIndex {
+        let words = pages.div_ceil(64);
+        DirtyIndex {
+            pages: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            summary: (0..words.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Page bit first, then summary bit: if `mark` races `take`, either `take` sees the
+    /// page now, or the summary bit set after its swap sends the next `take` to it.
+    fn mark(&self, index: usize) {
+        let word = index / 64;
+        self.pages[word].fetch_or(1 << (index % 64), Ordering::Release);
+        self.summary[word / 64].fetch_or(1 << (word % 64), Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<usize> {
+        let mut taken = Vec::new();
+        for (summary_index, summary) in self.summary.iter().enumerate() {
+            let mut words = summary.swap(0, Ordering::Acquire);
+            while words != 0 {
+                let word = summary_index * 64 + words.trailing_zeros() as usize;
+                words &= words - 1;
+                let mut bits = self.pages[word].swap(0, Ordering::Acquire);
+                while bits != 0 {
+                    taken.push(word * 64 + bits.trailing_zeros() as usize);
+                    bits &= bits - 1;
+                }
+            }
+        }
+        taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn dirty_index_returns_each_marked_page_once_in_order() {
+        let entries = Entries::new(10_000);
+        for index in [9_999, 0, 64, 4_095, 4_096, 63, 64] {
+            let mut guard = entries.lock(index);
+            guard.set(State::Dirty);
+        }
+        assert_eq!(entries.take_dirty(), vec![0, 63, 64, 4_095, 4_096, 9_999]);
+        assert!(entries.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn set_counts_resident_pages_and_peak() {
+        let entries = Entries::new(4);
+        entries.lock(0).set(State::Zero);
+        entries.lock(1).set(State::Clean);
+        entries.lock(2).set(State::Dirty);
+        entries.lock(1).set(State::Dirty);
+        entries.lock(2).set(State::Empty);
+        assert_eq!(entries.resident(), (1, 2));
+        assert_eq!(entries.peek(0), State::Zero);
+    }
+
+    #[test]
+    fn try_lock_fails_while_held() {
+        let entries = Entries::new(2);
+        let guard = entries.lock(1);
+        assert!(entries.try_lock(1).is_none());
+        assert!(entries.try_lock(0).is_some());
+        drop(guard);
+        assert!(entries.try_lock(1).is_some());
+    }
+
+    /// Increments under the entry lock from several threads lose nothing.
+    #[test]
+    fn lock_serializes_threads() {
+        let entries = Arc::new(Entries::new(1));
+        let counter = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (entries, counter) = (entries.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..2_000 {
+                        let _guard = entries.lock(0);
+                        // A non-atomic read-modify-write, made safe only by the lock.
+                        let value = counter.load(Ordering::Relaxed);
+                        std::hint::spin_loop();
+                        counter.store(value + 1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
+        assert_eq!(counter.load(Ordering::Relaxed), 8_000);
+    }
+}

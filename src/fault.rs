@@ -1,0 +1,278 @@
+//! The fault policy (the dax_iomap_pte_fault analog): given a fault and the entry, decide
+//! the transition ([`decide`], pure, unit-tested) and perform it ([`resolve`]).
+//!
+//! | access        | entry          | store | transition                                     |
+//! |---------------|----------------|-------|------------------------------------------------|
+//! | read          | Empty          | hole  | zero page, write-protected -> Zero             |
+//! | read          | Empty          | data  | copy, write-protected atomically -> Clean      |
+//! | write         | Empty          | hole  | allocate, copy zeros writable -> Dirty         |
+//! | write         | Empty          | data  | copy writable -> Dirty                         |
+//! | write (WP)    | Zero           | hole  | allocate, lift protection (kernel COWs) -> Dirty |
+//! | write (WP)    | Clean          | data  | lift protection in place -> Dirty              |
+//!
+//! Every row that installs a page goes through [`insert`] with a `mkwrite` flag, like the
+//! kernel's `insert_pfn(..., mkwrite)`: on an Empty entry it installs (write-protected, or
+//! writable and dirty); on an occupied entry with `mkwrite` it upgrades in place.
+//!
+//! A store failure poisons the page (the access gets SIGBUS, or EFAULT for a kernel-side
+//! access), is counted, and is kept for the next flush to return.
+//! This module never spawns or waits for threads: it runs in whichever thread got the fault.
+
+use crate::PAGE_SIZE;
+use crate::entries::{EntryGuard, State};
+use crate::error::Error;
+use crate::mapping::Shared;
+use crate::stats::Counters;
+use crate::store::ExtentKind;
+use crate::uffd::Fault;
+
+/// The kind of access that faulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// A load from a missing page.
+    Read,
+    /// A store to a missing page.
+    Write,
+    /// A store to a present, write-protected page.
+    WriteProtect,
+}
+
+impl Access {
+    pub(crate) fn of(fault: &Fault) -> Access {
+        match (fault.write_protect, fault.write) {
+            (true, _) => Access::WriteProtect,
+            (false, true) => Access::Write,
+            (false, false) => Access::Read,
+        }
+    }
+}
+
+/// What a fault does to its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Ask the store what is there and install it; `mkwrite` installs writable and dirty.
+    Fill { mkwrite: bool },
+    /// Make the present page writable and dirty; `allocate` first for a zero page.
+    Upgrade { allocate: bool },
+    /// Someone else resolved it (or the page was evicted since): wake the waiter, whose
+    /// retry faults again if anything is still missing.
+    Wake,
+}
+
+/// The pure policy: the fault table above, as a function.
+pub(crate) fn decide(access: Access, state: State) -> Decision {
+    match (access, state) {
+        (Access::Read | Access::Write, State::Empty) => Decision::Fill {
+            mkwrite: access == Access::Write,
+        },
+        // A missing-write fault that lost a race with a read fault lands here too: upgrade
+        // now rather than wake the writer into a second (write-protect) fault.
+        (Access::Write | Access::WriteProtect, State::Zero) => Decision::Upgrade { allocate: true },
+        (Access::Write | Access::WriteProtect, State::Clean | State::Dirty) => {
+            Decision::Upgrade { allocate: false }
+        }
+        (Access::Read, _) | (Access::WriteProtect, State::Empty) => Decision::Wake,
+    }
+}
+
+/// Where an inserted page's bytes come from.
+#[derive(Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// A hole: the shared zero page when read-only, zeros when writable.
+    Hole,
+    /// Bytes read from the store.
+    Data(&'a [u8]),
+}
+
+/// Serves one fault. `scratch` is the thread's buffer for store reads.
+pub(crate) fn resolve(shared: &Shared, fault: &Fault, scratch: &mut Vec<u8>) {
+    let Some(index) = shared.page_index(fault.address) else {
+        return;
+    };
+    let mut guard = shared.entries.lock(index);
+    let result = match decide(Access::of(fault), guard.state()) {
+        Decision::Fill { mkwrite } => fill(shared, &mut guard, mkwrite, scratch),
+        Decision::Upgrade { allocate } => upgrade(shared, &mut guard, allocate),
+        Decision::Wake => shared
+            .uffd
+            .wake(shared.page_address(index), PAGE_SIZE)
+            .map_err(Into::into),
+    };
+    if let Err(error) = result {
+        fail(shared, &mut guard, error);
+    }
+}
+
+/// Missing fault on an Empty entry: ask the store, then insert zeros or its bytes.
+fn fill(
+    shared: &Shared,
+    guard: &mut EntryGuard<'_>,
+    mkwrite: bool,
+    scratch: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let offset = shared.page_offset(guard.index());
+    match shared.store.extent(offset)?.kind {
+        ExtentKind::Hole => {
+            if mkwrite {
+                shared.store.allocate(offset, PAGE_SIZE as u64)?;
+            }
+            insert(shared, guard, Source::Hole, mkwrite)
+        }
+        ExtentKind::Data => {
+            scratch.resize(PAGE_SIZE, 0);
+            shared.store.read_at(offset, &mut scratch[..PAGE_SIZE])?;
+            Counters::add(&shared.counters.bytes_read, PAGE_SIZE as u64);
+            insert(shared, guard, Source::Data(&scratch[..PAGE_SIZE]), mkwrite)
+        }
+    }
+}
+
+/// Write to a present page: allocate the block behind a zero page, then upgrade.
+fn upgrade(shared: &Shared, guard: &mut EntryGuard<'_>, allocate: bool) -> Result<(), Error> {
+    if allocate {
+        let offset = shared.page_offset(guard.index());
+        shared.store.allocate(offset, PAGE_SIZE as u64)?;
+    }
+    insert(shared, guard, Source::Hole, true)
+}
+
+/// The one insert routine. On an Empty entry: install `source`, write-protected unless
+/// `mkwrite`, which installs it writable and dirty in the same step. On a present entry:
+/// with `mkwrite`, lift the write protection in place and mark it Dirty; without, nothing.
+pub(crate) fn insert(
+    shared: &Shared,
+    guard: &mut EntryGuard<'_>,
+    source: Source<'_>,
+    mkwrite: bool,
+) -> Result<(), Error> {
+    let address = shared.page_address(guard.index());
+    let counters = &shared.counters;
+    let state = guard.state();
+    match (state, source, mkwrite) {
+        (State::Empty, Source::Hole, false) => {
+            let after = map_zero_page(shared, address)?;
+            guard.set(after);
+            Counters::add(&counters.zero_faults, 1);
+        }
+        (State::Empty, Source::Hole, true) => {
+            shared.uffd.copy(address, &ZEROS, false, true)?;
+            guard.set(State::Dirty);
+            Counters::add(&counters.write_faults, 1);
+        }
+        (State::Empty, Source::Data(bytes), mkwrite) => {
+            // COPY_MODE_WP installs and write-protects in one step: a copy followed by a
+            // separate write-protect would let a write land in between unseen.
+            shared.uffd.copy(address, bytes, !mkwrite, true)?;
+            if mkwrite {
+                guard.set(State::Dirty);
+                Counters::add(&counters.write_faults, 1);
+            } else {
+                guard.set(State::Clean);
+                Counters::add(&counters.read_faults, 1);
+            }
+        }
+        (_, _, true) => {
+            // Zero: the retried write makes the kernel copy the zero page into a private
+            // page (the zero page itself is never made writable). Clean: the page is our
+            // own private copy, made writable in place.
+            shared.uffd.writeprotect(address, PAGE_SIZE, false, true)?;
+            match state {
+                State::Zero => Counters::add(&counters.zero_to_dirty, 1),
+                State::Clean => Counters::add(&counters.mkwrite_faults, 1),
+                _ => {}
+            }
+            guard.set(State::Dirty);
+        }
+        (_, _, false) => shared.uffd.wake(address, PAGE_SIZE)?,
+    }
+    Ok(())
+}
+
+/// Maps the zero page write-protected and says what the entry is after.
+///
+/// UFFDIO_ZEROPAGE has no write-protect mode. If a write from another thread races the
+/// window between the zero page and the protection, either it comes after the protection
+/// (a write-protect fault, which waits for our entry lock and then upgrades), or it came
+/// before and the kernel copied the zero page into a private page that we then protected:
+/// PAGEMAP_SCAN tells, and such a page is Dirty, not Zero.
+fn map_zero_page(shared: &Shared, address: usize) -> Result<State, Error> {
+    shared.uffd.zeropage(address, PAGE_SIZE, false)?;
+    shared.uffd.writeprotect(address, PAGE_SIZE, true, false)?;
+    let after = if shared.pagemap.is_zero_page(address)? {
+        State::Zero
+    } else {
+        State::Dirty
+    };
+    shared.uffd.wake(address, PAGE_SIZE)?;
+    Ok(after)
+}
+
+/// A fault failed: poison the page so the access gets SIGBUS instead of hanging, count
+/// it, and keep the first error for the next flush.
+fn fail(shared: &Shared, guard: &mut EntryGuard<'_>, error: Error) {
+    let index = guard.index();
+    let address = shared.page_address(index);
+    if guard.state() != State::Empty {
+        // POISON needs a missing page. Zero and Clean pages equal the store, and Dirty
+        // ones never reach here (their upgrade needs no store call), so dropping loses nothing.
+        shared.region.discard(address, PAGE_SIZE);
+        guard.set(State::Empty);
+    }
+    let error = match error {
+        Error::Store(source) => Error::FaultFailed {
+            offset: shared.page_offset(index),
+            source,
+        },
+        other => other,
+    };
+    shared.record_error(error);
+    Counters::add(&shared.counters.sigbus_delivered, 1);
+    if let Err(e) = shared.uffd.poison(address, PAGE_SIZE) {
+        // Last resort so the faulting thread is not left waiting forever: it retries and
+        // faults again (the error is already recorded).
+        shared.record_error(Error::Uffd(e));
+        let _ = shared.uffd.wake(address, PAGE_SIZE);
+    }
+}
+
+/// Zeros for installing a writable page over a hole.
+static ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fault_table() {
+        use Access::*;
+        use Decision::*;
+        let rows = [
+            (Read, State::Empty, Fill { mkwrite: false }),
+            (Write, State::Empty, Fill { mkwrite: true }),
+            (WriteProtect, State::Zero, Upgrade { allocate: true }),
+            (WriteProtect, State::Clean, Upgrade { allocate: false }),
+            (WriteProtect, State::Dirty, Upgrade { allocate: false }),
+            (Write, State::Zero, Upgrade { allocate: true }),
+            (Write, State::Clean, Upgrade { allocate: false }),
+            (Read, State::Zero, Wake),
+            (Read, State::Clean, Wake),
+            (Read, State::Dirty, Wake),
+            (WriteProtect, State::Empty, Wake),
+        ];
+        for (access, state, expected) in rows {
+            assert_eq!(decide(access, state), expected, "{access:?} on {state:?}");
+        }
+    }
+
+    #[test]
+    fn access_is_decoded_from_the_fault_flags() {
+        let fault = |write, write_protect| Fault {
+            address: 0,
+            write,
+            write_protect,
+        };
+        assert_eq!(Access::of(&fault(false, false)), Access::Read);
+        assert_eq!(Access::of(&fault(true, false)), Access::Write);
+        assert_eq!(Access::of(&fault(true, true)), Access::WriteProtect);
+    }
+}

@@ -1,0 +1,344 @@
+//! The mapping (the VMA analog): reserve the address range, register it with userfaultfd,
+//! hand out the pointer, flush, stats, and unmap on drop.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::entries::Entries;
+use crate::handler::Handlers;
+use crate::stats::Counters;
+use crate::uffd::pagemap::Pagemap;
+use crate::uffd::{Uffd, features};
+use crate::writeback;
+use crate::{Error, HUGE_PAGE_SIZE, PAGE_SIZE, Stats, Store};
+
+/// How much a fault resolves at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Granularity {
+    /// One 4 KiB page per fault.
+    #[default]
+    Page,
+    /// On a read fault, also the Empty neighbours inside an aligned window of this many bytes.
+    FaultAround(usize),
+    /// The whole aligned 2 MiB range when the kernel's conditions hold, else 4 KiB.
+    Huge,
+}
+
+/// How to map a store. Start from `Options::default()` and chain the setters.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub(crate) len: Option<u64>,
+    pub(crate) granularity: Granularity,
+    pub(crate) handler_threads: usize,
+    pub(crate) budget: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            len: None,
+            granularity: Granularity::Page,
+            handler_threads: 1,
+            budget: None,
+        }
+    }
+}
+
+impl Options {
+    /// Maps only the first `len` bytes of the store (a multiple of 4096; default: all of it).
+    pub fn len(mut self, len: u64) -> Self {
+        self.len = Some(len);
+        self
+    }
+
+    /// Sets the fault granularity (default [`Granularity::Page`]).
+    pub fn granularity(mut self, granularity: Granularity) -> Self {
+        self.granularity = granularity;
+        self
+    }
+
+    /// Sets how many handler threads serve faults (default 1, at least 1).
+    pub fn handler_threads(mut self, threads: usize) -> Self {
+        self.handler_threads = threads.max(1);
+        self
+    }
+
+    /// Caps resident memory at `bytes` (default: no limit).
+    pub fn budget(mut self, bytes: u64) -> Self {
+        self.budget = Some(bytes);
+        self
+    }
+}
+
+/// A store mapped into memory, its faults served by udax.
+///
+/// Dropping a mapping writes back its dirty pages (like munmap of a shared file mapping,
+/// which never loses data), stops its threads and unmaps it; [`Mapping::close`] does the
+/// same and returns any error. Accessing memory through [`Mapping::as_ptr`] after the
+/// mapping is gone is the caller's bug, as with any unmapped memory.
+pub struct Mapping {
+    shared: Arc<Shared>,
+    handlers: Option<Handlers>,
+}
+
+/// What the handler threads, the fault policy and writeback share.
+pub(crate) struct Shared {
+    pub(crate) region: Region,
+    pub(crate) uffd: Uffd,
+    pub(crate) pagemap: Pagemap,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) entries: Entries,
+    pub(crate) counters: Counters,
+    /// The first fault-time error since the last flush (reported by that flush).
+    error: Mutex<Option<Error>>,
+}
+
+impl Mapping {
+    /// Maps the store (or its first `Options::len` bytes) read-write.
+    pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Mapping, Error> {
+        let len = mapping_len(store.len(), options.len)?;
+        let uffd = Uffd::open(features::WP | features::POISON)?;
+        let region = Region::reserve(len)?;
+        uffd.register(region.base, len, true)?;
+        let shared = Arc::new(Shared {
+            pagemap: Pagemap::open()?,
+            entries: Entries::new(len / PAGE_SIZE),
+            counters: Counters::default(),
+            error: Mutex::new(None),
+            region,
+            uffd,
+            store,
+        });
+        let handlers = Handlers::start(&shared, options.handler_threads)?;
+        Ok(Mapping {
+            shared,
+            handlers: Some(handlers),
+        })
+    }
+
+    /// The first byte of the mapping. Reads and writes through it fault as udax serves
+    /// them; dereferencing it is `unsafe` in the usual way (stay inside `len()`, no data
+    /// races between your threads).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.shared.region.base as *mut u8
+    }
+
+    /// Length of the mapping in bytes.
+    pub fn len(&self) -> usize {
+        self.shared.region.len
+    }
+
+    /// Whether the mapping is empty (never: a mapping has at least one page).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The whole mapping as a byte slice.
+    ///
+    /// # Safety
+    /// While the slice lives, nothing may write the mapping: no [`Mapping::write_at`], no
+    /// writes through [`Mapping::as_ptr`] from any thread.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: the region is mapped for `len` bytes while `self` lives; the caller
+        // promises no writes during the borrow. Faults are served by the handler threads.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) }
+    }
+
+    /// The whole mapping as a mutable byte slice.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `&mut self` excludes every other safe access for the borrow's life; udax
+        // itself only reads the bytes in writeback while the pages are write-protected and
+        // locked (a write through the slice then waits in its fault), never writes them.
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len()) }
+    }
+
+    /// Copies `buf.len()` bytes at `offset` out of the mapping (faulting as a load would).
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), Error> {
+        let bytes = self.atomic_bytes(offset, buf.len())?;
+        for (out, byte) in buf.iter_mut().zip(bytes) {
+            *out = byte.load(Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Copies `buf` into the mapping at `offset` (faulting as a store would).
+    pub fn write_at(&self, offset: usize, buf: &[u8]) -> Result<(), Error> {
+        let bytes = self.atomic_bytes(offset, buf.len())?;
+        for (byte, value) in bytes.iter().zip(buf) {
+            byte.store(*value, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// `offset..offset+len` of the mapping as atomic bytes: racing accesses from other
+    /// threads through `read_at`/`write_at` are then data-race free.
+    fn atomic_bytes(&self, offset: usize, len: usize) -> Result<&[AtomicU8], Error> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len() => {}
+            _ => {
+                return Err(Error::OutOfRange {
+                    offset,
+                    len,
+                    mapping_len: self.len(),
+                });
+            }
+        }
+        // SAFETY: the range lies inside the mapping (checked above), which stays mapped
+        // while `self` is borrowed; AtomicU8 has the layout of u8 and no alignment needs.
+        Ok(unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset).cast(), len) })
+    }
+
+    /// Writes back every dirty page, then makes the store durable. Returns the first
+    /// error of the writeback, or of a fault served since the last flush.
+    pub fn flush(&self) -> Result<(), Error> {
+        writeback::flush(&self.shared)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.shared.counters.snapshot();
+        (stats.resident_pages, stats.resident_pages_peak) = self.shared.entries.resident();
+        stats
+    }
+
+    /// Flushes, stops the handler threads and unmaps, returning any error.
+    pub fn close(mut self) -> Result<(), Error> {
+        let result = self.flush();
+        self.stop();
+        result
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut handlers) = self.handlers.take() {
+            handlers.stop();
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.handlers.is_some() {
+            // Like munmap of a shared mapping: never lose data. An error here has no one
+            // to go to; close() is the way to see it.
+            let _ = self.flush();
+            self.stop();
+        }
+    }
+}
+
+/// Checks the requested length against the store.
+fn mapping_len(store_len: u64, requested: Option<u64>) -> Result<usize, Error> {
+    let len = requested.unwrap_or(store_len);
+    if len == 0 {
+        return Err(Error::EmptyMapping);
+    }
+    if len % PAGE_SIZE as u64 != 0 {
+        return Err(Error::UnalignedLength { len });
+    }
+    if len > store_len {
+        return Err(Error::StoreTooShort { len, store_len });
+    }
+    usize::try_from(len).map_err(|_| Error::StoreTooShort { len, store_len })
+}
+
+impl Shared {
+    /// The page index of an address inside the mapping.
+    pub(crate) fn page_index(&self, address: usize) -> Option<usize> {
+        let offset = address.checked_sub(self.region.base)?;
+        (offset < self.region.len).then_some(offset / PAGE_SIZE)
+    }
+
+    /// The address of page `index`.
+    pub(crate) fn page_address(&self, index: usize) -> usize {
+        self.region.base + index * PAGE_SIZE
+    }
+
+    /// The store offset of page `index`.
+    pub(crate) fn page_offset(&self, index: usize) -> u64 {
+        (index * PAGE_SIZE) as u64
+    }
+
+    /// Keeps `error` for the next flush unless an earlier one is waiting.
+    pub(crate) fn record_error(&self, error: Error) {
+        let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(error);
+    }
+
+    /// Takes the waiting error, if any.
+    pub(crate) fn take_error(&self) -> Option<Error> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The reserved address range: private anonymous memory, 2 MiB aligned, unmapped on drop.
+pub(crate) struct Region {
+    pub(crate) base: usize,
+    pub(crate) len: usize,
+}
+
+impl Region {
+    /// Reserves `len` bytes at a 2 MiB-aligned address (so 2 MiB faults can line up).
+    fn reserve(len: usize) -> Result<Region, Error> {
+        let padded = len + HUGE_PAGE_SIZE;
+        // SAFETY: a new private anonymous mapping at an address of the kernel's choosing;
+        // the result is checked against MAP_FAILED before use.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                padded,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            let source = std::io::Error::last_os_error();
+            return Err(Error::Os { op: "mmap", source });
+        }
+        let raw = raw as usize;
+        let base = raw.next_multiple_of(HUGE_PAGE_SIZE);
+        let region = Region { base, len };
+        // Trim the padding; failures here only leave unused address space mapped.
+        // SAFETY: both trimmed ranges belong to the mapping just made and hold no data.
+        unsafe {
+            if base > raw {
+                libc::munmap(raw as *mut libc::c_void, base - raw);
+            }
+            libc::munmap(
+                (base + len) as *mut libc::c_void,
+                raw + padded - (base + len),
+            );
+        }
+        region.advise(0, len, libc::MADV_DONTFORK)?;
+        region.advise(0, len, libc::MADV_NOHUGEPAGE)?;
+        Ok(region)
+    }
+
+    fn advise(&self, offset: usize, len: usize, advice: libc::c_int) -> Result<(), Error> {
+        // SAFETY: the range lies inside the region we own; madvise changes no Rust-visible state.
+        let ret = unsafe { libc::madvise((self.base + offset) as *mut libc::c_void, len, advice) };
+        if ret != 0 {
+            let source = std::io::Error::last_os_error();
+            return Err(Error::Os {
+                op: "madvise",
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    /// Drops the pages at `address..address+len` (they read as missing afterwards).
+    /// Callers hold the entry locks and have written back anything dirty.
+    pub(crate) fn discard(&self, address: usize, len: usize) {
+        let _ = self.advise(address - self.base, len, libc::MADV_DONTNEED);
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: the region is ours; the handler threads are stopped and the mapping's
+        // owner is gone, so nothing references this memory any more.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}

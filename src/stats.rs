@@ -1,0 +1,98 @@
+//! Per-mapping counters (the /proc/vmstat analog).
+//!
+//! The fault and writeback paths bump [`Counters`] with `Relaxed` atomics; readers only
+//! ever see a [`Stats`] snapshot. Counter names are the ones DESIGN.md lists, and
+//! [`Stats::fields`] yields them by name for the CLI and the JSON reports.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
+        /// The live counters of one mapping (internal; read through [`Stats`]).
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        /// A snapshot of a mapping's counters.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            /// Reads every counter once.
+            pub(crate) fn snapshot(&self) -> Stats {
+                Stats { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+
+        impl Stats {
+            /// Every counter as `(name, value)`, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Read faults on holes served with the shared zero page.
+    zero_faults,
+    /// Read faults on data served by reading the store (installed clean, write-protected).
+    read_faults,
+    /// Write faults on Empty pages (hole or data), installed writable and dirty in one step.
+    write_faults,
+    /// Write-protect faults on Clean pages: marked dirty, protection lifted in place.
+    mkwrite_faults,
+    /// Write-protect faults on Zero pages: block allocated, zero page replaced by a writable page.
+    zero_to_dirty,
+    /// Faults resolved as a whole 2 MiB range.
+    huge_faults,
+    /// 2 MiB faults that fell back to 4 KiB.
+    huge_fallbacks,
+    /// Neighbouring pages installed by fault-around.
+    fault_around_pages,
+    /// Dirty pages written back to the store (by flush or eviction).
+    pages_written_back,
+    /// Calls to flush that completed.
+    flushes,
+    /// Pages dropped to stay under the resident budget.
+    evictions,
+    /// Evicted pages that were dirty (written back first).
+    evicted_dirty,
+    /// Pages currently resident (Clean or Dirty; Zero pages cost no memory). Kept by the
+    /// entry table and filled in by the snapshot.
+    resident_pages,
+    /// Highest value `resident_pages` reached.
+    resident_pages_peak,
+    /// Bytes read from the store.
+    bytes_read,
+    /// Bytes written to the store.
+    bytes_written,
+    /// Faulting accesses answered with SIGBUS because the store failed.
+    sigbus_delivered,
+}
+
+impl Counters {
+    /// Adds `n` to a counter.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_every_counter() {
+        let counters = Counters::default();
+        Counters::add(&counters.zero_faults, 3);
+        let stats = counters.snapshot();
+        assert_eq!(stats.zero_faults, 3);
+        let fields = stats.fields();
+        assert_eq!(fields[0], ("zero_faults", 3));
+        assert!(fields.iter().any(|&(name, _)| name == "sigbus_delivered"));
+    }
+}

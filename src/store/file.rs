@@ -1,0 +1,506 @@
+//! [`FileStore`]: a store in a sparse regular file.
+//!
+//! Owns the file descriptor and the file's length, read once at open. Holes and data come
+//! from the file system through `lseek(SEEK_DATA / SEEK_HOLE)`, space from `fallocate`.
+//! It knows nothing of mappings, userfaultfd or entry states.
+//!
+//! Two file-system facts shape what [`Store::extent`] reports here:
+//! - Runs are block granular: a write of 5 bytes makes (at least) one block of data.
+//! - A range made data by [`Store::allocate`] but never written is an *unwritten* extent,
+//!   which ext4 and XFS report to `SEEK_DATA` as a hole until it is written. That report
+//!   is safe (such a range reads as zeros, exactly like a hole); the space stays reserved
+//!   and shows in [`Store::allocated_bytes`].
+//!
+//! Where the file system has no `fallocate` (EOPNOTSUPP: NFSv3, some FUSE and 9p mounts,
+//! ext4 files without extents), `allocate` writes zeros over the holes of the range and
+//! `punch_hole` writes zeros over its data: reads keep their meaning, and a later write
+//! into an allocated range does not need new space, but a punch frees nothing.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use super::{Extent, ExtentKind, Store, StoreError, check_range};
+
+/// Size of the zero buffer the no-`fallocate` fallbacks write from.
+const ZERO_CHUNK: u64 = 64 << 10;
+
+/// How many times [`Store::extent`] asks again when a hole punch races its two seeks.
+const SEEK_RETRIES: u32 = 8;
+
+/// A store in a sparse regular file, opened read-write.
+#[derive(Debug)]
+pub struct FileStore {
+    /// The open file.
+    file: File,
+    /// The path it was opened at, for errors and reports.
+    path: PathBuf,
+    /// The file's length in bytes.
+    /// Invariant 1: the file is not resized while the store lives (mappings depend on it).
+    len: u64,
+}
+
+impl FileStore {
+    /// Creates a sparse file of `size` bytes at `path`, all hole, and opens it read-write.
+    ///
+    /// An existing regular file at `path` is truncated: its contents are lost.
+    ///
+    /// # Errors
+    /// [`StoreError::NotWritable`] for permission or read-only errors,
+    /// [`StoreError::Open`] otherwise, including a missing parent directory and a path
+    /// that is not a regular file.
+    pub fn create(path: impl AsRef<Path>, size: u64) -> Result<FileStore, StoreError> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| open_error(path, e, true))?;
+        regular_len(&file, path)?;
+        file.set_len(size).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(FileStore {
+            file,
+            path: path.to_path_buf(),
+            len: size,
+        })
+    }
+
+    /// Opens the existing regular file at `path` read-write; its length is the store's.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if nothing is at `path`; [`StoreError::NotWritable`] for
+    /// EACCES, EPERM, EROFS and ETXTBSY; [`StoreError::Open`] otherwise, including a path
+    /// that is not a regular file.
+    pub fn open(path: impl AsRef<Path>) -> Result<FileStore, StoreError> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| open_error(path, e, false))?;
+        let len = regular_len(&file, path)?;
+        Ok(FileStore {
+            file,
+            path: path.to_path_buf(),
+            len,
+        })
+    }
+
+    /// The path the store was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file (for advice such as `posix_fadvise`; do not resize it).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Writes zeros over the runs of `kind` inside `offset..offset + len`, which lies in
+    /// the store: the fallback of `allocate` (holes) and `punch_hole` (data).
+    fn zero_runs(&self, offset: u64, len: u64, kind: ExtentKind) -> Result<(), StoreError> {
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            let extent = self.extent(at)?;
+            // `extent.len >= 1`, so the loop advances.
+            let run_end = end.min(at + extent.len);
+            if extent.kind == kind {
+                self.write_zeros(at, run_end - at)?;
+            }
+            at = run_end;
+        }
+        Ok(())
+    }
+
+    /// Writes `len` zero bytes at `offset`, which lies in the store.
+    fn write_zeros(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        let zeros = vec![0u8; ZERO_CHUNK.min(len) as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(ZERO_CHUNK) as usize;
+            self.write_at(at, &zeros[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Store for FileStore {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn extent(&self, offset: u64) -> Result<Extent, StoreError> {
+        check_range(offset, 1, self.len)?;
+        let err = |e: io::Error| StoreError::from_io("extent query", offset, e);
+        // If a punch_hole races the two seeks, either SEEK_HOLE still finds data at
+        // `offset` (the run we report was true when it answered) or it returns `offset`
+        // itself and we ask again.
+        for _ in 0..SEEK_RETRIES {
+            let run = match sys::lseek(&self.file, offset, libc::SEEK_DATA).map_err(err)? {
+                None => hole(self.len - offset),
+                Some(next) if next > offset => hole(next.min(self.len) - offset),
+                Some(_) => match sys::lseek(&self.file, offset, libc::SEEK_HOLE).map_err(err)? {
+                    Some(end) if end > offset => data(end.min(self.len) - offset),
+                    _ => continue,
+                },
+            };
+            return Ok(run);
+        }
+        Err(err(io::Error::other(
+            "the extent kept changing between SEEK_DATA and SEEK_HOLE",
+        )))
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        check_range(offset, buf.len() as u64, self.len)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| StoreError::from_io("read", offset, e))
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
+        check_range(offset, buf.len() as u64, self.len)?;
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| StoreError::from_io("write", offset, e))
+    }
+
+    fn allocate(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        check_range(offset, len, self.len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // Mode 0 inside the file never changes its size.
+        match sys::fallocate(&self.file, 0, offset, len) {
+            Ok(()) => Ok(()),
+            Err(e) if sys::is_unsupported(&e) => self.zero_runs(offset, len, ExtentKind::Hole),
+            Err(e) => Err(StoreError::from_io("allocate", offset, e)),
+        }
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        check_range(offset, len, self.len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        match sys::fallocate(&self.file, mode, offset, len) {
+            Ok(()) => Ok(()),
+            Err(e) if sys::is_unsupported(&e) => self.zero_runs(offset, len, ExtentKind::Data),
+            Err(e) => Err(StoreError::from_io("punch hole", offset, e)),
+        }
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::from_io("sync", 0, e))
+    }
+
+    fn allocated_bytes(&self) -> Option<u64> {
+        self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+}
+
+/// A hole run of `len` bytes.
+fn hole(len: u64) -> Extent {
+    Extent {
+        kind: ExtentKind::Hole,
+        len,
+    }
+}
+
+/// A data run of `len` bytes.
+fn data(len: u64) -> Extent {
+    Extent {
+        kind: ExtentKind::Data,
+        len,
+    }
+}
+
+/// Turns an error of opening `path` into a [`StoreError`]; `creating` tells whether the
+/// file was to be created (then ENOENT means a missing directory, not a missing file).
+fn open_error(path: &Path, source: io::Error, creating: bool) -> StoreError {
+    let path = path.to_path_buf();
+    match source.raw_os_error() {
+        Some(libc::ENOENT) if creating => {
+            let source = io::Error::new(
+                io::ErrorKind::NotFound,
+                "its directory does not exist: create the parent directory first",
+            );
+            StoreError::Open { path, source }
+        }
+        Some(libc::ENOENT) => StoreError::NotFound { path },
+        Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY) => {
+            StoreError::NotWritable { path, source }
+        }
+        _ => StoreError::Open { path, source },
+    }
+}
+
+/// The length of `file`, opened at `path`, or an error if it is not a regular file.
+fn regular_len(file: &File, path: &Path) -> Result<u64, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = file.metadata().map_err(open_err)?;
+    if !meta.is_file() {
+        return Err(open_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a store must be a regular file)",
+        )));
+    }
+    Ok(meta.len())
+}
+
+/// The two system calls `FileStore` makes through libc, their results decoded here once.
+mod sys {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+
+    /// `offset` as an `off_t`, or an InvalidInput error if it does not fit.
+    fn off_t(offset: u64) -> io::Result<libc::off_t> {
+        libc::off_t::try_from(offset).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "offset does not fit in off_t")
+        })
+    }
+
+    /// `lseek(fd, offset, whence)` for SEEK_DATA or SEEK_HOLE. `Ok(None)` for ENXIO: no
+    /// data (SEEK_DATA) at or after `offset`, or `offset` is at or past the end of file.
+    pub(super) fn lseek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+        let offset = off_t(offset)?;
+        // SAFETY: lseek takes no pointers; the fd belongs to `file`, which is borrowed for
+        // the whole call, so it stays open. Moving the file position is harmless: every
+        // read and write of the store is positional (pread/pwrite).
+        let ret = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        // `ret >= 0` was checked above, so the cast keeps its value.
+        Ok(Some(ret as u64))
+    }
+
+    /// `fallocate(fd, mode, offset, len)`, retried on EINTR.
+    pub(super) fn fallocate(
+        file: &File,
+        mode: libc::c_int,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let (offset, len) = (off_t(offset)?, off_t(len)?);
+        loop {
+            // SAFETY: fallocate takes no pointers; the fd belongs to `file`, which is
+            // borrowed for the whole call, so it stays open.
+            let ret = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) };
+            if ret == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Whether `e` says the file system does not support the fallocate mode.
+    pub(super) fn is_unsupported(e: &io::Error) -> bool {
+        e.raw_os_error() == Some(libc::EOPNOTSUPP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const SIZE: u64 = 8 * MIB;
+
+    /// A fresh sparse store of `SIZE` bytes in a temporary directory.
+    fn sparse() -> (tempfile::TempDir, FileStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::create(dir.path().join("store.img"), SIZE).expect("create");
+        (dir, store)
+    }
+
+    #[test]
+    fn create_makes_one_hole() {
+        let (_dir, store) = sparse();
+        assert_eq!(store.len(), SIZE);
+        assert_eq!(store.file().metadata().expect("stat").len(), SIZE);
+        assert_eq!(store.extent(0).expect("extent"), hole(SIZE));
+        assert_eq!(store.extent(1000).expect("extent"), hole(SIZE - 1000));
+        assert_eq!(store.allocated_bytes(), Some(0));
+    }
+
+    #[test]
+    fn create_truncates_an_existing_file() {
+        let (dir, store) = sparse();
+        store.write_at(0, b"old").expect("write");
+        let store = FileStore::create(dir.path().join("store.img"), 4096).expect("create");
+        assert_eq!(store.extent(0).expect("extent"), hole(4096));
+    }
+
+    #[test]
+    fn open_reads_the_length() {
+        let (_dir, created) = sparse();
+        created.write_at(5, b"abc").expect("write");
+        let store = FileStore::open(created.path()).expect("open");
+        assert_eq!(store.len(), SIZE);
+        assert_eq!(store.path(), created.path());
+        let mut buf = [0u8; 3];
+        store.read_at(5, &mut buf).expect("read");
+        assert_eq!(&buf, b"abc");
+    }
+
+    #[test]
+    fn open_missing_is_not_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("missing.img");
+        match FileStore::open(&path) {
+            Err(StoreError::NotFound { path: p }) => assert_eq!(p, path),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_directory_is_open_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            FileStore::open(dir.path()),
+            Err(StoreError::Open { .. })
+        ));
+        assert!(matches!(
+            FileStore::create(dir.path(), 4096),
+            Err(StoreError::Open { .. })
+        ));
+    }
+
+    #[test]
+    fn open_device_is_invalid_input() {
+        match FileStore::open("/dev/null") {
+            Err(StoreError::Open { source, .. }) => {
+                assert_eq!(source.kind(), io::ErrorKind::InvalidInput)
+            }
+            other => panic!("expected Open(InvalidInput), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_in_missing_directory_is_open_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("no/such/dir/store.img");
+        match FileStore::create(&path, 4096) {
+            Err(e @ StoreError::Open { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
+                assert!(msg.contains("directory does not exist"), "{msg}");
+            }
+            other => panic!("expected Open, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn write_makes_hole_data_hole() {
+        let (_dir, store) = sparse();
+        let at = MIB + 100;
+        store.write_at(at, b"hello").expect("write");
+
+        let head = store.extent(0).expect("extent");
+        assert_eq!(head.kind, ExtentKind::Hole);
+        assert!(
+            head.len > 0 && head.len <= at && head.len % 4096 == 0,
+            "{head:?}"
+        );
+
+        let mid = store.extent(head.len).expect("extent");
+        assert_eq!(mid.kind, ExtentKind::Data);
+        assert!(mid.len >= 4096 && mid.len % 4096 == 0, "{mid:?}");
+        let data_end = head.len + mid.len;
+        assert!(data_end >= at + 5, "{mid:?}");
+        assert_eq!(store.extent(at).expect("extent"), data(data_end - at));
+
+        if data_end < SIZE {
+            let tail = store.extent(data_end).expect("extent");
+            assert_eq!(tail, hole(SIZE - data_end));
+        }
+
+        let mut buf = [0xffu8; 7];
+        store.read_at(at - 1, &mut buf).expect("read");
+        assert_eq!(&buf, b"\0hello\0");
+        store.sync().expect("sync");
+    }
+
+    #[test]
+    fn allocate_then_punch_hole() {
+        let (_dir, store) = sparse();
+        store.allocate(MIB, MIB).expect("allocate");
+        assert!(store.allocated_bytes().expect("blocks") >= MIB);
+        let mut buf = vec![0xffu8; MIB as usize];
+        store.read_at(MIB, &mut buf).expect("read");
+        assert!(buf.iter().all(|&b| b == 0));
+        // Unwritten extents may be reported as holes (see the module doc); written, data.
+        store.write_at(MIB, b"x").expect("write");
+        assert_eq!(store.extent(MIB).expect("extent").kind, ExtentKind::Data);
+        assert_eq!(store.file().metadata().expect("stat").len(), SIZE);
+
+        store.punch_hole(MIB, MIB).expect("punch");
+        assert_eq!(store.allocated_bytes(), Some(0));
+        assert_eq!(store.extent(0).expect("extent"), hole(SIZE));
+        store.read_at(MIB, &mut buf).expect("read");
+        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(store.file().metadata().expect("stat").len(), SIZE);
+    }
+
+    #[test]
+    fn zero_runs_fallback_keeps_meaning() {
+        let (_dir, store) = sparse();
+        store.write_at(4096, b"keep").expect("write");
+        store
+            .zero_runs(0, 3 * 4096, ExtentKind::Hole)
+            .expect("zero holes");
+        assert_eq!(store.extent(0).expect("extent").kind, ExtentKind::Data);
+        assert!(store.extent(0).expect("extent").len >= 3 * 4096);
+        let mut buf = [0u8; 4];
+        store.read_at(4096, &mut buf).expect("read");
+        assert_eq!(&buf, b"keep");
+
+        store
+            .zero_runs(0, 3 * 4096, ExtentKind::Data)
+            .expect("zero data");
+        store.read_at(4096, &mut buf).expect("read");
+        assert_eq!(buf, [0; 4]);
+    }
+
+    fn oor<T>(r: Result<T, StoreError>) -> bool {
+        matches!(r, Err(StoreError::OutOfRange { .. }))
+    }
+
+    #[test]
+    fn out_of_range_is_an_error() {
+        let (_dir, store) = sparse();
+        let mut buf = [0u8; 2];
+        assert!(oor(store.extent(SIZE)));
+        assert!(oor(store.extent(u64::MAX)));
+        assert!(oor(store.read_at(SIZE - 1, &mut buf)));
+        assert!(oor(store.write_at(SIZE - 1, &buf)));
+        assert!(oor(store.write_at(u64::MAX, &buf)));
+        assert!(oor(store.allocate(SIZE, 1)));
+        assert!(oor(store.punch_hole(u64::MAX, 2)));
+        assert!(store.allocate(SIZE, 0).is_ok());
+        assert!(store.punch_hole(0, 0).is_ok());
+    }
+}

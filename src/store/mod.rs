@@ -1,0 +1,154 @@
+//! Stores: where the bytes of a mapping live (the iomap and block-device analog).
+//!
+//! A store answers "what is at this offset: hole or data, and for how long", reads,
+//! writes, allocates, punches holes and makes itself durable. It knows nothing of
+//! memory mappings, userfaultfd or entry states: the fault policy asks, the store answers.
+//!
+//! Offsets and lengths are bytes. Callers (the fault and writeback paths) only ever pass
+//! ranges inside `0..len()`; a store still checks and returns [`StoreError::OutOfRange`]
+//! rather than panicking.
+
+mod file;
+mod mem;
+
+pub use file::FileStore;
+pub use mem::MemStore;
+
+use std::io;
+
+/// What a store holds at an offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// Never written and not allocated: reads as zeros, costs no space.
+    Hole,
+    /// Allocated (possibly written): reads return the stored bytes.
+    Data,
+}
+
+/// A run of one [`ExtentKind`] starting at the queried offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Hole or data.
+    pub kind: ExtentKind,
+    /// Bytes from the queried offset to the end of the run (at least 1, at most the
+    /// rest of the store). A store may report a shorter run than the truth, never a longer one.
+    pub len: u64,
+}
+
+/// Errors of a store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening a store that does not exist.
+    #[error(
+        "store file {path} does not exist: create it first (e.g. FileStore::create) or check the path"
+    )]
+    NotFound {
+        /// The path that was looked up.
+        path: std::path::PathBuf,
+    },
+    /// Opening a store that may not be written (permissions, read-only file system, immutable).
+    #[error("store file {path} is not writable ({source}): fix its permissions or map a copy")]
+    NotWritable {
+        /// The path that was opened.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Opening or creating a store failed for another reason.
+    #[error("cannot open store file {path}: {source}")]
+    Open {
+        /// The path that was opened.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The underlying I/O failed.
+    #[error("store {op} at offset {offset} failed: {source}")]
+    Io {
+        /// The operation: "read", "write", "allocate", "punch hole", "sync", "extent query".
+        op: &'static str,
+        /// Byte offset of the operation.
+        offset: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// No space left to allocate or write (ENOSPC, EDQUOT).
+    #[error("store is out of space at offset {offset}")]
+    NoSpace {
+        /// Byte offset of the operation that needed space.
+        offset: u64,
+    },
+    /// A range outside the store.
+    #[error("range {offset}+{len} lies outside the store of {store_len} bytes")]
+    OutOfRange {
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+        /// The store's length.
+        store_len: u64,
+    },
+}
+
+impl StoreError {
+    /// Wraps an OS error, turning ENOSPC and EDQUOT into [`StoreError::NoSpace`].
+    pub fn from_io(op: &'static str, offset: u64, source: io::Error) -> Self {
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::NoSpace { offset },
+            _ => StoreError::Io { op, offset, source },
+        }
+    }
+}
+
+/// A backing store for a mapping.
+///
+/// Implementations must be safe to call from several threads at once; concurrent calls
+/// touch disjoint 4 KiB pages except `sync`, `len` and `extent`.
+pub trait Store: Send + Sync {
+    /// Size of the store in bytes.
+    fn len(&self) -> u64;
+
+    /// Whether the store has no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What is at `offset` (which is `< len()`), and for how long.
+    fn extent(&self, offset: u64) -> Result<Extent, StoreError>;
+
+    /// Fills `buf` with the bytes at `offset`. Holes read as zeros.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError>;
+
+    /// Writes all of `buf` at `offset`, allocating as needed.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError>;
+
+    /// Makes `offset..offset+len` data (allocated, reading as its old bytes or zeros),
+    /// so that a later write there cannot fail for lack of space.
+    fn allocate(&self, offset: u64, len: u64) -> Result<(), StoreError>;
+
+    /// Turns `offset..offset+len` back into a hole (reads as zeros, frees space).
+    fn punch_hole(&self, offset: u64, len: u64) -> Result<(), StoreError>;
+
+    /// Makes every completed write durable.
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// Bytes of space the store has allocated (for reports), if it knows.
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Checks that `offset..offset+len` lies inside a store of `store_len` bytes.
+pub(crate) fn check_range(offset: u64, len: u64, store_len: u64) -> Result<(), StoreError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= store_len => Ok(()),
+        _ => Err(StoreError::OutOfRange {
+            offset,
+            len,
+            store_len,
+        }),
+    }
+}

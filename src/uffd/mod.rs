@@ -1,0 +1,443 @@
+//! A thin, safe layer over the userfaultfd ioctls (and PAGEMAP_SCAN, in [`pagemap`]).
+//!
+//! Owns the fd, probes features at run time, and decodes every kernel result once, here:
+//! negative results become [`UffdError`] before anything is cast. It knows nothing of
+//! entry states or policy; it is the only module that issues ioctls.
+//!
+//! Why our own layer and not the `userfaultfd` crate: that crate (0.9) lacks
+//! UFFDIO_COPY_MODE_WP, WP_ASYNC, MOVE, POISON and PAGEMAP_SCAN, and its -sys crate runs
+//! bindgen against the installed (older) UAPI headers, which needs libclang at build time.
+
+pub mod pagemap;
+mod sys;
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
+
+pub use sys::UffdMsg;
+
+/// Errors of userfaultfd operations.
+#[derive(Debug, thiserror::Error)]
+pub enum UffdError {
+    /// No way to get a userfaultfd worked.
+    #[error(
+        "userfaultfd is unavailable (syscall: {syscall}; /dev/userfaultfd: {device}): \
+         run as root, or set the sysctl vm.unprivileged_userfaultfd=1, \
+         or give this user read-write access to /dev/userfaultfd"
+    )]
+    Unavailable {
+        /// What the userfaultfd(2) syscall said.
+        syscall: io::Error,
+        /// What opening /dev/userfaultfd said.
+        device: io::Error,
+    },
+    /// The running kernel lacks userfaultfd features udax needs.
+    #[error(
+        "the kernel lacks userfaultfd features {names} (need Linux 6.6 or later for all of them)"
+    )]
+    MissingFeatures {
+        /// The missing `UFFD_FEATURE_*` bits.
+        missing: u64,
+        /// Their names.
+        names: String,
+    },
+    /// EEXIST: the page is already present (someone else resolved the fault).
+    #[error("{op}: page already present")]
+    Exists {
+        /// The ioctl.
+        op: &'static str,
+    },
+    /// EAGAIN: the ioctl stopped early (a present page, or the mm is changing); `done`
+    /// bytes were handled.
+    #[error("{op}: stopped after {done} bytes, retry")]
+    Again {
+        /// The ioctl.
+        op: &'static str,
+        /// Bytes handled before it stopped.
+        done: u64,
+    },
+    /// Any other failure of an ioctl.
+    #[error("{op} failed: {source}")]
+    Ioctl {
+        /// The ioctl.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Userfaultfd features udax can use.
+pub mod features {
+    pub use super::sys::{
+        UFFD_FEATURE_MOVE as MOVE, UFFD_FEATURE_PAGEFAULT_FLAG_WP as WP,
+        UFFD_FEATURE_POISON as POISON, UFFD_FEATURE_SIGBUS as SIGBUS,
+        UFFD_FEATURE_WP_ASYNC as WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED as WP_UNPOPULATED,
+    };
+}
+
+const FEATURE_NAMES: [(u64, &str); 6] = [
+    (sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP, "PAGEFAULT_FLAG_WP"),
+    (sys::UFFD_FEATURE_SIGBUS, "SIGBUS"),
+    (sys::UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED"),
+    (sys::UFFD_FEATURE_POISON, "POISON"),
+    (sys::UFFD_FEATURE_WP_ASYNC, "WP_ASYNC"),
+    (sys::UFFD_FEATURE_MOVE, "MOVE"),
+];
+
+/// Returns `Err(MissingFeatures)` unless every bit of `needed` is in `available`.
+pub fn check_features(available: u64, needed: u64) -> Result<(), UffdError> {
+    let missing = needed & !available;
+    if missing == 0 {
+        return Ok(());
+    }
+    let names: Vec<String> = FEATURE_NAMES
+        .iter()
+        .filter(|(bit, _)| missing & bit != 0)
+        .map(|(_, name)| (*name).to_string())
+        .collect();
+    let names = if names.is_empty() {
+        format!("{missing:#x}")
+    } else {
+        names.join(", ")
+    };
+    Err(UffdError::MissingFeatures { missing, names })
+}
+
+/// What a page fault event says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// The faulting address (page-aligned by the kernel unless EXACT_ADDRESS).
+    pub address: usize,
+    /// The access was a write.
+    pub write: bool,
+    /// The page was present but write-protected (a WP fault).
+    pub write_protect: bool,
+}
+
+impl Fault {
+    /// Decodes a message; `None` for events other than page faults.
+    pub fn from_msg(msg: &UffdMsg) -> Option<Fault> {
+        (msg.event == sys::UFFD_EVENT_PAGEFAULT).then_some(Fault {
+            address: msg.address as usize,
+            write: msg.flags & sys::UFFD_PAGEFAULT_FLAG_WRITE != 0,
+            write_protect: msg.flags & sys::UFFD_PAGEFAULT_FLAG_WP != 0,
+        })
+    }
+}
+
+/// An open userfaultfd with its API handshake done.
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+    features: u64,
+    user_mode_only: bool,
+}
+
+/// Turns an ioctl's -1 into the errno, keeping the signed result until checked.
+fn check(op: &'static str, ret: libc::c_int) -> Result<(), UffdError> {
+    if ret >= 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    Err(match err.raw_os_error() {
+        Some(libc::EEXIST) => UffdError::Exists { op },
+        Some(libc::EAGAIN) => UffdError::Again { op, done: 0 },
+        _ => UffdError::Ioctl { op, source: err },
+    })
+}
+
+/// Decodes the byte count field of COPY/ZEROPAGE/MOVE/POISON after a failed call.
+fn partial(err: UffdError, field: i64) -> UffdError {
+    match err {
+        UffdError::Again { op, .. } if field > 0 => UffdError::Again {
+            op,
+            done: field as u64,
+        },
+        other => other,
+    }
+}
+
+/// Opens a raw userfaultfd: the syscall, then /dev/userfaultfd, then the syscall in
+/// user-mode-only mode (where kernel-side accesses to the range get EFAULT).
+fn open_raw() -> Result<(OwnedFd, bool), UffdError> {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    // SAFETY: userfaultfd(2) takes only an int flags argument and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd >= 0 {
+        // SAFETY: the syscall just returned this fd and nothing else owns it.
+        return Ok((unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }, false));
+    }
+    let syscall_err = io::Error::last_os_error();
+    let device_err = match open_device(flags) {
+        Ok(fd) => return Ok((fd, false)),
+        Err(e) => e,
+    };
+    // SAFETY: as above, with the user-mode-only flag.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | sys::UFFD_USER_MODE_ONLY) };
+    if fd >= 0 {
+        // SAFETY: the syscall just returned this fd and nothing else owns it.
+        return Ok((unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }, true));
+    }
+    Err(UffdError::Unavailable {
+        syscall: syscall_err,
+        device: device_err,
+    })
+}
+
+fn open_device(flags: libc::c_int) -> Result<OwnedFd, io::Error> {
+    let device = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/userfaultfd")?;
+    // SAFETY: USERFAULTFD_IOC_NEW takes the new fd's flags as its integer argument.
+    let fd = unsafe { libc::ioctl(device.as_raw_fd(), sys::USERFAULTFD_IOC_NEW, flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Every feature the running kernel offers (probed once, on a throwaway fd, because a
+/// second UFFDIO_API on one fd fails with EINVAL).
+pub fn available_features() -> Result<u64, UffdError> {
+    static AVAILABLE: OnceLock<u64> = OnceLock::new();
+    if let Some(features) = AVAILABLE.get() {
+        return Ok(*features);
+    }
+    let (fd, _) = open_raw()?;
+    let features = api(&fd, 0)?;
+    Ok(*AVAILABLE.get_or_init(|| features))
+}
+
+fn api(fd: &OwnedFd, features: u64) -> Result<u64, UffdError> {
+    let mut arg = sys::UffdioApi {
+        api: sys::UFFD_API,
+        features,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_API reads and writes a `struct uffdio_api`, which `arg` is.
+    check("UFFDIO_API", unsafe {
+        libc::ioctl(fd.as_raw_fd(), sys::UFFDIO_API, &mut arg)
+    })?;
+    Ok(arg.features)
+}
+
+impl Uffd {
+    /// Opens a userfaultfd with exactly `features` enabled.
+    pub fn open(features: u64) -> Result<Uffd, UffdError> {
+        check_features(available_features()?, features)?;
+        let (fd, user_mode_only) = open_raw()?;
+        let features = api(&fd, features)?;
+        Ok(Uffd {
+            fd,
+            features,
+            user_mode_only,
+        })
+    }
+
+    /// The features this fd has.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Whether only user-mode accesses fault (kernel-side accesses get EFAULT).
+    pub fn is_user_mode_only(&self) -> bool {
+        self.user_mode_only
+    }
+
+    fn ioctl<T>(&self, op: &'static str, request: u64, arg: &mut T) -> Result<(), UffdError> {
+        // SAFETY: every caller passes the `#[repr(C)]` struct that `request` reads and
+        // writes (see sys.rs); the kernel validates the addresses inside it.
+        check(op, unsafe {
+            libc::ioctl(self.fd.as_raw_fd(), request, arg as *mut T)
+        })
+    }
+
+    /// Registers `start..start+len` for missing faults, and write-protect faults if `wp`.
+    pub fn register(&self, start: usize, len: usize, wp: bool) -> Result<(), UffdError> {
+        let mut mode = sys::UFFDIO_REGISTER_MODE_MISSING;
+        if wp {
+            mode |= sys::UFFDIO_REGISTER_MODE_WP;
+        }
+        let mut arg = sys::UffdioRegister {
+            range: range(start, len),
+            mode,
+            ioctls: 0,
+        };
+        self.ioctl("UFFDIO_REGISTER", sys::UFFDIO_REGISTER, &mut arg)?;
+        let needed = (1 << sys::_UFFDIO_COPY) | (1 << sys::_UFFDIO_ZEROPAGE);
+        if arg.ioctls & needed != needed {
+            return Err(UffdError::Ioctl {
+                op: "UFFDIO_REGISTER",
+                source: io::Error::other("range does not support UFFDIO_COPY and ZEROPAGE"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Unregisters a range.
+    pub fn unregister(&self, start: usize, len: usize) -> Result<(), UffdError> {
+        let mut arg = range(start, len);
+        self.ioctl("UFFDIO_UNREGISTER", sys::UFFDIO_UNREGISTER, &mut arg)
+    }
+
+    /// Installs a copy of `src` at `dst` (missing pages only). With `write_protect` the
+    /// pages are installed write-protected atomically (UFFDIO_COPY_MODE_WP); without, they
+    /// are writable and dirty. Returns bytes copied.
+    pub fn copy(
+        &self,
+        dst: usize,
+        src: &[u8],
+        write_protect: bool,
+        wake: bool,
+    ) -> Result<(), UffdError> {
+        let mut mode = 0;
+        if write_protect {
+            mode |= sys::UFFDIO_COPY_MODE_WP;
+        }
+        if !wake {
+            mode |= sys::UFFDIO_COPY_MODE_DONTWAKE;
+        }
+        let mut arg = sys::UffdioCopy {
+            dst: dst as u64,
+            src: src.as_ptr() as u64,
+            len: src.len() as u64,
+            mode,
+            copy: 0,
+        };
+        self.ioctl("UFFDIO_COPY", sys::UFFDIO_COPY, &mut arg)
+            .map_err(|e| partial(e, arg.copy))
+    }
+
+    /// Maps the shared zero page over `dst..dst+len` (missing pages only; never writable).
+    pub fn zeropage(&self, dst: usize, len: usize, wake: bool) -> Result<(), UffdError> {
+        let mode = if wake {
+            0
+        } else {
+            sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE
+        };
+        let mut arg = sys::UffdioZeropage {
+            range: range(dst, len),
+            mode,
+            zeropage: 0,
+        };
+        self.ioctl("UFFDIO_ZEROPAGE", sys::UFFDIO_ZEROPAGE, &mut arg)
+            .map_err(|e| partial(e, arg.zeropage))
+    }
+
+    /// Write-protects (`protect`) or unprotects a range. Protecting never wakes (the
+    /// kernel rejects DONTWAKE with WP); unprotecting wakes waiters when `wake`.
+    pub fn writeprotect(
+        &self,
+        start: usize,
+        len: usize,
+        protect: bool,
+        wake: bool,
+    ) -> Result<(), UffdError> {
+        let mode = match (protect, wake) {
+            (true, _) => sys::UFFDIO_WRITEPROTECT_MODE_WP,
+            (false, true) => 0,
+            (false, false) => sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
+        };
+        let mut arg = sys::UffdioWriteprotect {
+            range: range(start, len),
+            mode,
+        };
+        self.ioctl("UFFDIO_WRITEPROTECT", sys::UFFDIO_WRITEPROTECT, &mut arg)
+    }
+
+    /// Wakes threads waiting on faults in a range.
+    pub fn wake(&self, start: usize, len: usize) -> Result<(), UffdError> {
+        let mut arg = range(start, len);
+        self.ioctl("UFFDIO_WAKE", sys::UFFDIO_WAKE, &mut arg)
+    }
+
+    /// Marks missing pages as poisoned: accesses there get SIGBUS (or EFAULT from the
+    /// kernel) until the range is zapped.
+    pub fn poison(&self, start: usize, len: usize) -> Result<(), UffdError> {
+        let mut arg = sys::UffdioPoison {
+            range: range(start, len),
+            mode: 0,
+            updated: 0,
+        };
+        self.ioctl("UFFDIO_POISON", sys::UFFDIO_POISON, &mut arg)
+            .map_err(|e| partial(e, arg.updated))
+    }
+
+    /// Moves the pages at `src` to the missing range at `dst`, without copying.
+    ///
+    /// # Safety
+    /// `src..src+len` must be anonymous memory the caller owns and no longer references:
+    /// after the call it is unmapped (reads as missing).
+    pub unsafe fn move_pages(&self, dst: usize, src: usize, len: usize) -> Result<(), UffdError> {
+        let mut arg = sys::UffdioMove {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: 0,
+            moved: 0,
+        };
+        self.ioctl("UFFDIO_MOVE", sys::UFFDIO_MOVE, &mut arg)
+            .map_err(|e| partial(e, arg.moved))
+    }
+
+    /// Reads pending fault messages without blocking; returns how many were filled.
+    pub fn read_events(&self, out: &mut [UffdMsg]) -> Result<usize, UffdError> {
+        let bytes = size_of_val(out);
+        // SAFETY: `out` is a writable buffer of `bytes` bytes of plain-old-data messages.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), out.as_mut_ptr().cast(), bytes) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(0),
+                _ => Err(UffdError::Ioctl {
+                    op: "read(userfaultfd)",
+                    source: err,
+                }),
+            };
+        }
+        Ok(n as usize / size_of::<UffdMsg>())
+    }
+}
+
+impl AsFd for Uffd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn range(start: usize, len: usize) -> sys::UffdioRange {
+    sys::UffdioRange {
+        start: start as u64,
+        len: len as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_features_are_named() {
+        let err = check_features(features::WP, features::WP | features::POISON).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("POISON"), "{text}");
+        assert!(!text.contains("PAGEFAULT_FLAG_WP"), "{text}");
+        assert!(check_features(features::WP | features::POISON, features::WP).is_ok());
+    }
+
+    #[test]
+    fn unavailable_names_the_fixes() {
+        let err = UffdError::Unavailable {
+            syscall: io::Error::from_raw_os_error(libc::EPERM),
+            device: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        let text = err.to_string();
+        assert!(text.contains("vm.unprivileged_userfaultfd"), "{text}");
+        assert!(text.contains("/dev/userfaultfd"), "{text}");
+    }
+}

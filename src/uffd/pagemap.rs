@@ -1,0 +1,144 @@
+//! PAGEMAP_SCAN on /proc/self/pagemap: ask the kernel what each page of a range is
+//! (present, written since write-protected, the shared zero page), optionally
+//! write-protecting the pages it reports in the same walk.
+//!
+//! Used to close the zero-page window (DESIGN.md "Hard parts") and by asynchronous dirty
+//! tracking. At most [`MAX_REGIONS`] output slots a call: with more, the kernel can report
+//! a walk end before regions it already returned (PERF-NOTES.md item 7).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use super::{UffdError, check, sys};
+
+pub use sys::PageRegion;
+
+/// Page categories (`PAGE_IS_*`).
+pub mod category {
+    pub use super::sys::{
+        PAGE_IS_HUGE as HUGE, PAGE_IS_PFNZERO as PFNZERO, PAGE_IS_PRESENT as PRESENT,
+        PAGE_IS_WPALLOWED as WPALLOWED, PAGE_IS_WRITTEN as WRITTEN,
+    };
+}
+
+/// Most output regions udax asks for in one call.
+pub const MAX_REGIONS: usize = 512;
+
+/// What to look for in a scan.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Query {
+    /// Pages must have all of these categories.
+    pub required: u64,
+    /// Categories reported back in each region.
+    pub reported: u64,
+    /// Write-protect the matching pages in the same walk (PM_SCAN_WP_MATCHING).
+    pub write_protect: bool,
+}
+
+/// An open /proc/self/pagemap.
+#[derive(Debug)]
+pub struct Pagemap {
+    file: File,
+}
+
+impl Pagemap {
+    /// Opens /proc/self/pagemap.
+    pub fn open() -> Result<Pagemap, UffdError> {
+        let file = File::open("/proc/self/pagemap").map_err(|source| UffdError::Ioctl {
+            op: "open /proc/self/pagemap",
+            source,
+        })?;
+        Ok(Pagemap { file })
+    }
+
+    /// Scans `start..end`, filling `out` (at most [`MAX_REGIONS`] used) with the matching
+    /// regions. Returns the regions filled and where the walk stopped (`end` when done).
+    pub fn scan(
+        &self,
+        start: usize,
+        end: usize,
+        query: Query,
+        out: &mut [PageRegion],
+    ) -> Result<(usize, usize), UffdError> {
+        let slots = out.len().min(MAX_REGIONS);
+        let mut flags = 0;
+        if query.write_protect {
+            flags |= sys::PM_SCAN_WP_MATCHING | sys::PM_SCAN_CHECK_WPASYNC;
+        }
+        let mut arg = sys::PmScanArg {
+            size: size_of::<sys::PmScanArg>() as u64,
+            flags,
+            start: start as u64,
+            end: end as u64,
+            vec: out.as_mut_ptr() as u64,
+            vec_len: slots as u64,
+            category_mask: query.required,
+            return_mask: query.reported | query.required,
+            ..Default::default()
+        };
+        // SAFETY: PAGEMAP_SCAN reads and writes a `struct pm_scan_arg` (`arg`) and writes at
+        // most `vec_len` page regions to `vec`, which points at `slots` slots of `out`.
+        let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), sys::PAGEMAP_SCAN, &mut arg) };
+        check("PAGEMAP_SCAN", ret)?;
+        Ok((ret as usize, arg.walk_end as usize))
+    }
+
+    /// Whether the page at `address` maps the shared zero page.
+    pub fn is_zero_page(&self, address: usize) -> Result<bool, UffdError> {
+        let mut out = [PageRegion::default(); 1];
+        let query = Query {
+            required: category::PFNZERO,
+            ..Query::default()
+        };
+        let (found, _) = self.scan(address, address + crate::PAGE_SIZE, query, &mut out)?;
+        Ok(found == 1)
+    }
+}
+
+impl From<io::Error> for UffdError {
+    fn from(source: io::Error) -> Self {
+        UffdError::Ioctl {
+            op: "pagemap",
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An anonymous page read (zero pfn) versus written (a private page).
+    #[test]
+    fn tells_the_zero_page_from_a_written_one() {
+        let len = 2 * crate::PAGE_SIZE;
+        // SAFETY: a fresh private anonymous mapping, checked against MAP_FAILED, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base as *mut u8;
+        // SAFETY: both pages lie inside the mapping made above.
+        unsafe {
+            std::ptr::read_volatile(base);
+            std::ptr::write_volatile(base.add(crate::PAGE_SIZE), 1);
+        }
+        let pagemap = Pagemap::open().expect("open pagemap");
+        assert!(pagemap.is_zero_page(base as usize).expect("scan"));
+        assert!(
+            !pagemap
+                .is_zero_page(base as usize + crate::PAGE_SIZE)
+                .expect("scan")
+        );
+        // SAFETY: unmapping the mapping made above; nothing references it any more.
+        assert_eq!(unsafe { libc::munmap(base.cast(), len) }, 0);
+    }
+}

@@ -1,0 +1,125 @@
+//! Writeback (the dax_writeback_mapping_range analog): flush writes back exactly the
+//! dirty pages, write-protecting each run before copying it out, then syncs the store.
+//!
+//! For each run of consecutive dirty pages: lock the entries (ascending), write-protect
+//! the run, write it to the store straight from the mapping, mark the pages Clean, unlock.
+//! If a write to a page races its writeback, either it lands before the write-protect
+//! and is in the bytes written, or it comes after and takes a write-protect fault, which
+//! waits for the entry lock and then re-dirties the page (one new fault).
+
+use crate::PAGE_SIZE;
+use crate::entries::{EntryGuard, State};
+use crate::error::Error;
+use crate::mapping::Shared;
+use crate::stats::Counters;
+
+/// Longest run written with one store call (1 MiB).
+const MAX_RUN: usize = 256;
+
+/// Writes back every page dirtied before the call, makes the store durable, and returns
+/// the first error: a failed writeback, or a fault that failed since the last flush.
+pub(crate) fn flush(shared: &Shared) -> Result<(), Error> {
+    let dirty = shared.entries.take_dirty();
+    for (done, run) in runs(&dirty).enumerate() {
+        if let Err(error) = writeback_range(shared, run.clone()) {
+            // Invariant 2: keep every page still Dirty findable by the next flush.
+            let rest = runs(&dirty).skip(done + 1).flatten();
+            for index in run.chain(rest) {
+                if shared.entries.peek(index) == State::Dirty {
+                    shared.entries.remark_dirty(index);
+                }
+            }
+            return Err(error);
+        }
+    }
+    shared.store.sync()?;
+    Counters::add(&shared.counters.flushes, 1);
+    match shared.take_error() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Splits ascending indices into runs of consecutive pages, at most `MAX_RUN` long.
+fn runs(indices: &[usize]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut rest = indices;
+    std::iter::from_fn(move || {
+        let (&first, _) = rest.split_first()?;
+        let mut len = 1;
+        while len < rest.len() && len < MAX_RUN && rest[len] == first + len {
+            len += 1;
+        }
+        rest = &rest[len..];
+        Some(first..first + len)
+    })
+}
+
+/// Writes back the Dirty pages among `run` (ascending, consecutive indices).
+pub(crate) fn writeback_range(shared: &Shared, run: std::ops::Range<usize>) -> Result<(), Error> {
+    let mut guards: Vec<EntryGuard<'_>> = Vec::with_capacity(run.len());
+    for index in run {
+        let guard = shared.entries.lock(index);
+        if guard.state() == State::Dirty {
+            guards.push(guard);
+        } else {
+            // Cleaned or evicted since it was marked: nothing to write; the lock is
+            // dropped here, and no later index is locked yet, so the order holds.
+            drop(guard);
+            writeback_locked(shared, &mut guards)?;
+            guards.clear();
+        }
+    }
+    writeback_locked(shared, &mut guards)
+}
+
+/// Writes back consecutive locked Dirty pages: write-protect, copy out, mark Clean.
+pub(crate) fn writeback_locked(
+    shared: &Shared,
+    guards: &mut [EntryGuard<'_>],
+) -> Result<(), Error> {
+    let Some(first) = guards.first() else {
+        return Ok(());
+    };
+    let address = shared.page_address(first.index());
+    let offset = shared.page_offset(first.index());
+    let len = guards.len() * PAGE_SIZE;
+    shared.uffd.writeprotect(address, len, true, false)?;
+    // SAFETY: the pages are present (Dirty), write-protected, and their entries locked:
+    // any write to them faults and waits for these locks, so nothing changes these bytes
+    // while the slice lives; the range lies inside the mapping.
+    let bytes = unsafe { std::slice::from_raw_parts(address as *const u8, len) };
+    // On failure the pages stay Dirty (and protected: the next write re-faults and
+    // lifts it); the caller re-marks them for the next flush.
+    shared.store.write_at(offset, bytes)?;
+    for guard in guards.iter_mut() {
+        guard.set(State::Clean);
+    }
+    Counters::add(&shared.counters.pages_written_back, guards.len() as u64);
+    Counters::add(&shared.counters.bytes_written, len as u64);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_at_gaps_and_at_the_cap() {
+        let indices: Vec<usize> = [0, 1, 2, 5, 7, 8]
+            .into_iter()
+            .chain(10..10 + MAX_RUN + 3)
+            .collect();
+        let found: Vec<_> = runs(&indices).collect();
+        assert_eq!(
+            found,
+            vec![
+                0..3,
+                5..6,
+                7..9,
+                10..10 + MAX_RUN,
+                10 + MAX_RUN..13 + MAX_RUN
+            ]
+        );
+        assert_eq!(runs(&[]).count(), 0);
+    }
+}
