@@ -139,6 +139,12 @@ fn upgrade(shared: &Shared, guard: &mut EntryGuard<'_>, allocate: bool) -> Resul
 /// The one insert routine. On an Empty entry: install `source`, write-protected unless
 /// `mkwrite`, which installs it writable and dirty in the same step. On a present entry:
 /// with `mkwrite`, lift the write protection in place and mark it Dirty; without, nothing.
+///
+/// The entry moves to its new state *before* the ioctl that makes the page visible or
+/// writable (and back if that fails): the ioctl wakes the faulting thread, whose store may
+/// complete and be followed by a flush before this thread runs again. If that flush races
+/// us, either it finds the page in the dirty index and waits for our entry lock, or the
+/// store had not completed before the flush began.
 pub(crate) fn insert(
     shared: &Shared,
     guard: &mut EntryGuard<'_>,
@@ -146,65 +152,61 @@ pub(crate) fn insert(
     mkwrite: bool,
 ) -> Result<(), Error> {
     let address = shared.page_address(guard.index());
-    let counters = &shared.counters;
-    let state = guard.state();
-    match (state, source, mkwrite) {
-        (State::Empty, Source::Hole, false) => {
-            let after = map_zero_page(shared, address)?;
-            guard.set(after);
-            Counters::add(&counters.zero_faults, 1);
-        }
-        (State::Empty, Source::Hole, true) => {
-            shared.uffd.copy(address, &ZEROS, false, true)?;
-            guard.set(State::Dirty);
-            Counters::add(&counters.write_faults, 1);
-        }
-        (State::Empty, Source::Data(bytes), mkwrite) => {
-            // COPY_MODE_WP installs and write-protects in one step: a copy followed by a
-            // separate write-protect would let a write land in between unseen.
-            shared.uffd.copy(address, bytes, !mkwrite, true)?;
-            if mkwrite {
-                guard.set(State::Dirty);
-                Counters::add(&counters.write_faults, 1);
-            } else {
-                guard.set(State::Clean);
-                Counters::add(&counters.read_faults, 1);
-            }
-        }
-        (_, _, true) => {
-            // Zero: the retried write makes the kernel copy the zero page into a private
-            // page (the zero page itself is never made writable). Clean: the page is our
-            // own private copy, made writable in place.
-            shared.uffd.writeprotect(address, PAGE_SIZE, false, true)?;
-            match state {
-                State::Zero => Counters::add(&counters.zero_to_dirty, 1),
-                State::Clean => Counters::add(&counters.mkwrite_faults, 1),
-                _ => {}
-            }
-            guard.set(State::Dirty);
-        }
-        (_, _, false) => shared.uffd.wake(address, PAGE_SIZE)?,
+    let before = guard.state();
+    let (after, counter) = match (before, source, mkwrite) {
+        (State::Empty, Source::Hole, false) => return insert_zero_page(shared, guard),
+        (State::Empty, _, true) => (State::Dirty, Some(&shared.counters.write_faults)),
+        (State::Empty, _, false) => (State::Clean, Some(&shared.counters.read_faults)),
+        (State::Zero, _, true) => (State::Dirty, Some(&shared.counters.zero_to_dirty)),
+        (State::Clean, _, true) => (State::Dirty, Some(&shared.counters.mkwrite_faults)),
+        // Dirty but protected: a write got into a zero-page window, or a writeback
+        // failed after protecting. Lifting the protection is not a new dirtying.
+        (State::Dirty, _, true) => (State::Dirty, None),
+        (_, _, false) => return Ok(shared.uffd.wake(address, PAGE_SIZE)?),
+    };
+    guard.set(after);
+    let installed = match (before, source) {
+        // COPY_MODE_WP installs and write-protects in one step: a copy followed by a
+        // separate write-protect would let a write land in between unseen.
+        (State::Empty, Source::Data(bytes)) => shared.uffd.copy(address, bytes, !mkwrite, true),
+        (State::Empty, Source::Hole) => shared.uffd.copy(address, &ZEROS, false, true),
+        // Zero: the retried write makes the kernel copy the zero page into a private page
+        // (the zero page itself is never made writable). Clean: our own private copy,
+        // made writable in place.
+        _ => shared.uffd.writeprotect(address, PAGE_SIZE, false, true),
+    };
+    if let Err(error) = installed {
+        guard.set(before);
+        return Err(error.into());
+    }
+    if let Some(counter) = counter {
+        Counters::add(counter, 1);
     }
     Ok(())
 }
 
-/// Maps the zero page write-protected and says what the entry is after.
+/// Maps the zero page write-protected over an Empty entry.
 ///
 /// UFFDIO_ZEROPAGE has no write-protect mode. If a write from another thread races the
 /// window between the zero page and the protection, either it comes after the protection
 /// (a write-protect fault, which waits for our entry lock and then upgrades), or it came
 /// before and the kernel copied the zero page into a private page that we then protected:
-/// PAGEMAP_SCAN tells, and such a page is Dirty, not Zero.
-fn map_zero_page(shared: &Shared, address: usize) -> Result<State, Error> {
+/// PAGEMAP_SCAN tells, and such a page is Dirty, not Zero. Such a write completes without
+/// any fault, so a flush racing the window could miss it: flush waits for open windows.
+fn insert_zero_page(shared: &Shared, guard: &mut EntryGuard<'_>) -> Result<(), Error> {
+    let address = shared.page_address(guard.index());
+    let window = shared.open_zero_window();
     shared.uffd.zeropage(address, PAGE_SIZE, false)?;
+    if let Some(delay) = shared.zero_window_delay {
+        std::thread::sleep(delay);
+    }
     shared.uffd.writeprotect(address, PAGE_SIZE, true, false)?;
-    let after = if shared.pagemap.is_zero_page(address)? {
-        State::Zero
-    } else {
-        State::Dirty
-    };
+    let written = !shared.pagemap.is_zero_page(address)?;
+    guard.set(if written { State::Dirty } else { State::Zero });
+    drop(window);
     shared.uffd.wake(address, PAGE_SIZE)?;
-    Ok(after)
+    Counters::add(&shared.counters.zero_faults, 1);
+    Ok(())
 }
 
 /// A fault failed: poison the page so the access gets SIGBUS instead of hanging, count
@@ -212,12 +214,6 @@ fn map_zero_page(shared: &Shared, address: usize) -> Result<State, Error> {
 fn fail(shared: &Shared, guard: &mut EntryGuard<'_>, error: Error) {
     let index = guard.index();
     let address = shared.page_address(index);
-    if guard.state() != State::Empty {
-        // POISON needs a missing page. Zero and Clean pages equal the store, and Dirty
-        // ones never reach here (their upgrade needs no store call), so dropping loses nothing.
-        shared.region.discard(address, PAGE_SIZE);
-        guard.set(State::Empty);
-    }
     let error = match error {
         Error::Store(source) => Error::FaultFailed {
             offset: shared.page_offset(index),
@@ -226,6 +222,16 @@ fn fail(shared: &Shared, guard: &mut EntryGuard<'_>, error: Error) {
         other => other,
     };
     shared.record_error(error);
+    if guard.state() == State::Dirty {
+        // Unwritten data is never dropped: only lifting a protection failed (an ioctl
+        // error, recorded above); the access retries.
+        let _ = shared.uffd.wake(address, PAGE_SIZE);
+        return;
+    }
+    // POISON needs a missing page. What may be mapped here equals the store (a zero page,
+    // possibly installed before a later step failed, or a clean copy): dropping loses nothing.
+    shared.region.discard(address, PAGE_SIZE);
+    guard.set(State::Empty);
     Counters::add(&shared.counters.sigbus_delivered, 1);
     if let Err(e) = shared.uffd.poison(address, PAGE_SIZE) {
         // Last resort so the faulting thread is not left waiting forever: it retries and

@@ -43,3 +43,8 @@ pub use store::{Extent, ExtentKind, FileStore, MemStore, Store, StoreError};
 pub const PAGE_SIZE: usize = 4096;
 /// The huge (PMD) page size on x86-64.
 pub const HUGE_PAGE_SIZE: usize = 2 << 20;
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -2,7 +2,7 @@
 //! hand out the pointer, flush, stats, and unmap on drop.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use crate::entries::Entries;
 use crate::handler::Handlers;
@@ -31,6 +31,7 @@ pub struct Options {
     pub(crate) granularity: Granularity,
     pub(crate) handler_threads: usize,
     pub(crate) budget: Option<u64>,
+    pub(crate) zero_window_delay: Option<std::time::Duration>,
 }
 
 impl Default for Options {
@@ -40,6 +41,7 @@ impl Default for Options {
             granularity: Granularity::Page,
             handler_threads: 1,
             budget: None,
+            zero_window_delay: None,
         }
     }
 }
@@ -68,6 +70,14 @@ impl Options {
         self.budget = Some(bytes);
         self
     }
+
+    /// Testing only: sleep this long between mapping a zero page and write-protecting it,
+    /// to widen the race window the zero-pfn check closes (see `fault::insert_zero_page`).
+    #[doc(hidden)]
+    pub fn zero_window_delay(mut self, delay: std::time::Duration) -> Self {
+        self.zero_window_delay = Some(delay);
+        self
+    }
 }
 
 /// A store mapped into memory, its faults served by udax.
@@ -91,6 +101,11 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// The first fault-time error since the last flush (reported by that flush).
     error: Mutex<Option<Error>>,
+    /// Held shared while a zero page is mapped but not yet known clean (see
+    /// `fault::insert_zero_page`); flush takes it exclusively to wait those windows out.
+    zero_windows: RwLock<()>,
+    /// Testing only: see `Options::zero_window_delay`.
+    pub(crate) zero_window_delay: Option<std::time::Duration>,
 }
 
 impl Mapping {
@@ -105,6 +120,8 @@ impl Mapping {
             entries: Entries::new(len / PAGE_SIZE),
             counters: Counters::default(),
             error: Mutex::new(None),
+            zero_windows: RwLock::new(()),
+            zero_window_delay: options.zero_window_delay,
             region,
             uffd,
             store,
@@ -262,6 +279,16 @@ impl Shared {
     pub(crate) fn record_error(&self, error: Error) {
         let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
         slot.get_or_insert(error);
+    }
+
+    /// Opens a zero-page window: flush waits until every open window is closed.
+    pub(crate) fn open_zero_window(&self) -> RwLockReadGuard<'_, ()> {
+        self.zero_windows.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until every zero-page window open now has closed.
+    pub(crate) fn wait_zero_windows(&self) {
+        drop(self.zero_windows.write().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Takes the waiting error, if any.

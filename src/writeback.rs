@@ -19,6 +19,9 @@ const MAX_RUN: usize = 256;
 /// Writes back every page dirtied before the call, makes the store durable, and returns
 /// the first error: a failed writeback, or a fault that failed since the last flush.
 pub(crate) fn flush(shared: &Shared) -> Result<(), Error> {
+    // A store into a zero page still being mapped completes without a fault; the fault
+    // marks the page Dirty before its window closes, so after this wait it is indexed.
+    shared.wait_zero_windows();
     let dirty = shared.entries.take_dirty();
     for (done, run) in runs(&dirty).enumerate() {
         if let Err(error) = writeback_range(shared, run.clone()) {
