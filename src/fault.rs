@@ -101,6 +101,9 @@ pub(crate) fn resolve(shared: &Shared, fault: &Fault, scratch: &mut Vec<u8>) {
     if let Err(error) = result {
         fail(shared, &mut guard, error);
     }
+    // Eviction locks other entries (with try_lock only): never while holding this one.
+    drop(guard);
+    crate::evict::after_fault(shared);
 }
 
 /// Missing fault on an Empty entry: ask the store, then insert zeros or its bytes.

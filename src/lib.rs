@@ -26,6 +26,7 @@
 
 mod entries;
 mod error;
+mod evict;
 mod fault;
 mod handler;
 mod mapping;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use crate::entries::Entries;
+use crate::evict::Budget;
 use crate::handler::Handlers;
 use crate::stats::Counters;
 use crate::uffd::pagemap::Pagemap;
@@ -32,6 +33,7 @@ pub struct Options {
     pub(crate) handler_threads: usize,
     pub(crate) budget: Option<u64>,
     pub(crate) zero_window_delay: Option<std::time::Duration>,
+    pub(crate) evict_delay: Option<std::time::Duration>,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             handler_threads: 1,
             budget: None,
             zero_window_delay: None,
+            evict_delay: None,
         }
     }
 }
@@ -65,7 +68,12 @@ impl Options {
         self
     }
 
-    /// Caps resident memory at `bytes` (default: no limit).
+    /// Caps the mapping's resident memory at about `bytes` (default: no limit; at least
+    /// 64 KiB). Past the budget, pages are evicted with a CLOCK (second chance) policy:
+    /// clean ones dropped, dirty ones written back to the store first; the next access
+    /// faults and reads them again. Zero pages (holes that were read) hold no memory and
+    /// do not count. Rss of the mapping stays at or under the budget plus one page per
+    /// handler thread; see the `evict` module's documentation for the policy.
     pub fn budget(mut self, bytes: u64) -> Self {
         self.budget = Some(bytes);
         self
@@ -76,6 +84,15 @@ impl Options {
     #[doc(hidden)]
     pub fn zero_window_delay(mut self, delay: std::time::Duration) -> Self {
         self.zero_window_delay = Some(delay);
+        self
+    }
+
+    /// Testing only: sleep this long between writing back the victims of an eviction and
+    /// dropping them, with their entries locked, to widen the window a racing write must
+    /// get through (see `evict::evict_range`).
+    #[doc(hidden)]
+    pub fn evict_delay(mut self, delay: std::time::Duration) -> Self {
+        self.evict_delay = Some(delay);
         self
     }
 }
@@ -106,12 +123,18 @@ pub(crate) struct Shared {
     zero_windows: RwLock<()>,
     /// Testing only: see `Options::zero_window_delay`.
     pub(crate) zero_window_delay: Option<std::time::Duration>,
+    /// The resident budget and its eviction clock, if the mapping has one.
+    pub(crate) budget: Option<Budget>,
 }
 
 impl Mapping {
     /// Maps the store (or its first `Options::len` bytes) read-write.
     pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Mapping, Error> {
         let len = mapping_len(store.len(), options.len)?;
+        let budget = options
+            .budget
+            .map(|bytes| Budget::new(bytes, options.evict_delay))
+            .transpose()?;
         let uffd = Uffd::open(features::WP | features::POISON)?;
         let region = Region::reserve(len)?;
         uffd.register(region.base, len, true)?;
@@ -122,6 +145,7 @@ impl Mapping {
             error: Mutex::new(None),
             zero_windows: RwLock::new(()),
             zero_window_delay: options.zero_window_delay,
+            budget,
             region,
             uffd,
             store,
@@ -358,7 +382,12 @@ impl Region {
     /// Drops the pages at `address..address+len` (they read as missing afterwards).
     /// Callers hold the entry locks and have written back anything dirty.
     pub(crate) fn discard(&self, address: usize, len: usize) {
-        let _ = self.advise(address - self.base, len, libc::MADV_DONTNEED);
+        let _ = self.try_discard(address, len);
+    }
+
+    /// [`Region::discard`], reporting a failure (the pages may then still be present).
+    pub(crate) fn try_discard(&self, address: usize, len: usize) -> Result<(), Error> {
+        self.advise(address - self.base, len, libc::MADV_DONTNEED)
     }
 }
 
