@@ -84,8 +84,10 @@ pub(crate) enum Source<'a> {
     Data(&'a [u8]),
 }
 
-/// Serves one fault. `scratch` is the thread's buffer for store reads.
-pub(crate) fn resolve(shared: &Shared, fault: &Fault, scratch: &mut Vec<u8>) {
+/// Serves one fault. `scratch` is the caller's buffer for store reads, at least a page
+/// (a handler thread's heap buffer, or a signal handler's stack array: nothing here
+/// allocates).
+pub(crate) fn resolve(shared: &Shared, fault: &Fault, scratch: &mut [u8]) {
     let Some(index) = shared.page_index(fault.address) else {
         return;
     };
@@ -108,7 +110,7 @@ fn fill(
     shared: &Shared,
     guard: &mut EntryGuard<'_>,
     mkwrite: bool,
-    scratch: &mut Vec<u8>,
+    scratch: &mut [u8],
 ) -> Result<(), Error> {
     let offset = shared.page_offset(guard.index());
     match shared.store.extent(offset)?.kind {
@@ -119,7 +121,6 @@ fn fill(
             insert(shared, guard, Source::Hole, mkwrite)
         }
         ExtentKind::Data => {
-            scratch.resize(PAGE_SIZE, 0);
             shared.store.read_at(offset, &mut scratch[..PAGE_SIZE])?;
             Counters::add(&shared.counters.bytes_read, PAGE_SIZE as u64);
             insert(shared, guard, Source::Data(&scratch[..PAGE_SIZE]), mkwrite)
@@ -162,7 +163,7 @@ pub(crate) fn insert(
         // Dirty but protected: a write got into a zero-page window, or a writeback
         // failed after protecting. Lifting the protection is not a new dirtying.
         (State::Dirty, _, true) => (State::Dirty, None),
-        (_, _, false) => return Ok(shared.uffd.wake(address, PAGE_SIZE)?),
+        (_, _, false) => return shared.wake(address, PAGE_SIZE),
     };
     guard.set(after);
     let installed = match (before, source) {
@@ -204,7 +205,7 @@ fn insert_zero_page(shared: &Shared, guard: &mut EntryGuard<'_>) -> Result<(), E
     let written = !shared.pagemap.is_zero_page(address)?;
     guard.set(if written { State::Dirty } else { State::Zero });
     drop(window);
-    shared.uffd.wake(address, PAGE_SIZE)?;
+    shared.wake(address, PAGE_SIZE)?;
     Counters::add(&shared.counters.zero_faults, 1);
     Ok(())
 }
@@ -214,18 +215,11 @@ fn insert_zero_page(shared: &Shared, guard: &mut EntryGuard<'_>) -> Result<(), E
 fn fail(shared: &Shared, guard: &mut EntryGuard<'_>, error: Error) {
     let index = guard.index();
     let address = shared.page_address(index);
-    let error = match error {
-        Error::Store(source) => Error::FaultFailed {
-            offset: shared.page_offset(index),
-            source,
-        },
-        other => other,
-    };
-    shared.record_error(error);
+    shared.record_error(index, &error);
     if guard.state() == State::Dirty {
         // Unwritten data is never dropped: only lifting a protection failed (an ioctl
         // error, recorded above); the access retries.
-        let _ = shared.uffd.wake(address, PAGE_SIZE);
+        let _ = shared.wake(address, PAGE_SIZE);
         return;
     }
     // POISON needs a missing page. What may be mapped here equals the store (a zero page,
@@ -236,8 +230,8 @@ fn fail(shared: &Shared, guard: &mut EntryGuard<'_>, error: Error) {
     if let Err(e) = shared.uffd.poison(address, PAGE_SIZE) {
         // Last resort so the faulting thread is not left waiting forever: it retries and
         // faults again (the error is already recorded).
-        shared.record_error(Error::Uffd(e));
-        let _ = shared.uffd.wake(address, PAGE_SIZE);
+        shared.record_error(index, &Error::Uffd(e));
+        let _ = shared.wake(address, PAGE_SIZE);
     }
 }
 

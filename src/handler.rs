@@ -80,7 +80,7 @@ impl Drop for Handlers {
 /// closing it.
 fn serve(shared: &Shared, stop_fd: libc::c_int) {
     let mut messages = [UffdMsg::default(); BATCH];
-    let mut scratch = Vec::new();
+    let mut scratch = vec![0u8; crate::PAGE_SIZE];
     let mut fds = [
         libc::pollfd {
             fd: shared.uffd.as_fd().as_raw_fd(),
@@ -108,7 +108,7 @@ fn serve(shared: &Shared, stop_fd: libc::c_int) {
         let count = match shared.uffd.read_events(&mut messages) {
             Ok(count) => count,
             Err(error) => {
-                shared.record_error(error.into());
+                shared.record_error(0, &error.into());
                 return;
             }
         };

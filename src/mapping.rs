@@ -1,11 +1,14 @@
 //! The mapping (the VMA analog): reserve the address range, register it with userfaultfd,
 //! hand out the pointer, flush, stats, and unmap on drop.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use crate::entries::Entries;
+use crate::error::ErrorSlot;
+use crate::grace::{Window, Windows};
 use crate::handler::Handlers;
+use crate::sigbus;
 use crate::stats::Counters;
 use crate::uffd::pagemap::Pagemap;
 use crate::uffd::{Uffd, features};
@@ -24,6 +27,36 @@ pub enum Granularity {
     Huge,
 }
 
+/// Who serves a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Handler threads read userfaultfd events and serve them. Kernel-side accesses to the
+    /// mapping (`read(2)` into it, `write(2)` from it) fault and are served like any other.
+    HandlerThreads,
+    /// The faulting thread serves its own fault, in a SIGBUS handler (UFFD_FEATURE_SIGBUS):
+    /// no thread wakes another, several times cheaper here. Kernel-side accesses to pages
+    /// not yet present fail with EFAULT instead of faulting: call [`Mapping::prefault`]
+    /// on a range before handing it to a system call. Needs x86-64 and a store whose
+    /// `is_signal_safe` is true ([`crate::FileStore`]); otherwise handler threads serve.
+    /// Install your own SIGBUS handler, if any, before the first such mapping: udax
+    /// passes it every SIGBUS that is not a udax fault.
+    InThread,
+}
+
+/// How first writes to clean pages are noticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirtyTracking {
+    /// Kernel DAX semantics: clean pages are write-protected and their first write is a
+    /// fault that marks them dirty (allocating the block of a hole then, so ENOSPC hits
+    /// the access as SIGBUS).
+    Sync,
+    /// The kernel resolves first writes itself (UFFD_FEATURE_WP_ASYNC), several times
+    /// cheaper; `flush` finds written pages with PAGEMAP_SCAN and re-protects them in the
+    /// same call. Blocks behind written zero pages are allocated at flush, so ENOSPC is
+    /// returned by `flush`, not raised at the access. Not combinable with a budget.
+    Async,
+}
+
 /// How to map a store. Start from `Options::default()` and chain the setters.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -31,6 +64,8 @@ pub struct Options {
     pub(crate) granularity: Granularity,
     pub(crate) handler_threads: usize,
     pub(crate) budget: Option<u64>,
+    pub(crate) resolution: Resolution,
+    pub(crate) tracking: DirtyTracking,
     pub(crate) zero_window_delay: Option<std::time::Duration>,
 }
 
@@ -41,6 +76,8 @@ impl Default for Options {
             granularity: Granularity::Page,
             handler_threads: 1,
             budget: None,
+            resolution: Resolution::HandlerThreads,
+            tracking: DirtyTracking::Sync,
             zero_window_delay: None,
         }
     }
@@ -71,6 +108,18 @@ impl Options {
         self
     }
 
+    /// Chooses who serves faults (default [`Resolution::HandlerThreads`]).
+    pub fn resolution(mut self, resolution: Resolution) -> Self {
+        self.resolution = resolution;
+        self
+    }
+
+    /// Chooses how first writes are noticed (default [`DirtyTracking::Sync`]).
+    pub fn dirty_tracking(mut self, tracking: DirtyTracking) -> Self {
+        self.tracking = tracking;
+        self
+    }
+
     /// Testing only: sleep this long between mapping a zero page and write-protecting it,
     /// to widen the race window the zero-pfn check closes (see `fault::insert_zero_page`).
     #[doc(hidden)]
@@ -88,7 +137,12 @@ impl Options {
 /// mapping is gone is the caller's bug, as with any unmapped memory.
 pub struct Mapping {
     shared: Arc<Shared>,
+    /// Handler threads (handler-thread resolution), or none.
     handlers: Option<Handlers>,
+    /// The SIGBUS table entry (in-thread resolution), or none.
+    registration: Option<sigbus::Registration>,
+    /// False once closed (nothing left to flush or stop).
+    open: bool,
 }
 
 /// What the handler threads, the fault policy and writeback share.
@@ -100,37 +154,107 @@ pub(crate) struct Shared {
     pub(crate) entries: Entries,
     pub(crate) counters: Counters,
     /// The first fault-time error since the last flush (reported by that flush).
-    error: Mutex<Option<Error>>,
-    /// Held shared while a zero page is mapped but not yet known clean (see
-    /// `fault::insert_zero_page`); flush takes it exclusively to wait those windows out.
-    zero_windows: RwLock<()>,
+    error: ErrorSlot,
+    /// Open while a zero page is mapped but not yet known clean (see
+    /// `fault::insert_zero_page`); flush waits those windows out.
+    zero_windows: Windows,
     /// Testing only: see `Options::zero_window_delay`.
     pub(crate) zero_window_delay: Option<std::time::Duration>,
+    /// Faults are served in the faulting thread: nobody waits to be woken.
+    pub(crate) in_thread: bool,
+    /// How first writes are noticed.
+    pub(crate) tracking: DirtyTracking,
 }
 
 impl Mapping {
     /// Maps the store (or its first `Options::len` bytes) read-write.
     pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Mapping, Error> {
         let len = mapping_len(store.len(), options.len)?;
-        let uffd = Uffd::open(features::WP | features::POISON)?;
+        if options.tracking == DirtyTracking::Async && options.budget.is_some() {
+            return Err(Error::IncompatibleOptions {
+                reason: "asynchronous dirty tracking cannot be combined with a budget \
+                         (eviction could not stop a write racing it)",
+            });
+        }
+        let in_thread = options.resolution == Resolution::InThread
+            && sigbus::is_supported()
+            && store.is_signal_safe();
+        let mut features = features::WP | features::POISON;
+        if in_thread {
+            features |= features::SIGBUS;
+        }
+        if options.tracking == DirtyTracking::Async {
+            features |= features::WP_ASYNC;
+        }
+        let uffd = Uffd::open(features)?;
         let region = Region::reserve(len)?;
         uffd.register(region.base, len, true)?;
         let shared = Arc::new(Shared {
             pagemap: Pagemap::open()?,
             entries: Entries::new(len / PAGE_SIZE),
             counters: Counters::default(),
-            error: Mutex::new(None),
-            zero_windows: RwLock::new(()),
+            error: ErrorSlot::new(),
+            zero_windows: Windows::new(),
             zero_window_delay: options.zero_window_delay,
+            in_thread,
+            tracking: options.tracking,
             region,
             uffd,
             store,
         });
-        let handlers = Handlers::start(&shared, options.handler_threads)?;
-        Ok(Mapping {
+        let mut mapping = Mapping {
             shared,
-            handlers: Some(handlers),
-        })
+            handlers: None,
+            registration: None,
+            open: true,
+        };
+        if in_thread {
+            mapping.registration =
+                sigbus::register(&mapping.shared).map_err(|source| Error::Os {
+                    op: "sigaction(SIGBUS)",
+                    source,
+                })?;
+        }
+        if mapping.registration.is_none() {
+            // Handler threads: the default, or in-thread asked for but the table is full.
+            if in_thread {
+                return Err(Error::IncompatibleOptions {
+                    reason: "too many in-thread mappings at once (64): close one or use handler threads",
+                });
+            }
+            mapping.handlers = Some(Handlers::start(&mapping.shared, options.handler_threads)?);
+        }
+        Ok(mapping)
+    }
+
+    /// Who serves this mapping's faults (in-thread falls back to handler threads for a
+    /// store that is not signal-safe, or off x86-64).
+    pub fn resolution(&self) -> Resolution {
+        if self.shared.in_thread {
+            Resolution::InThread
+        } else {
+            Resolution::HandlerThreads
+        }
+    }
+
+    /// Makes every page of `offset..offset+len` present, as reads (or writes, when
+    /// `write`) from user space would, so that a system call may access the range. With
+    /// in-thread resolution, kernel-side accesses to missing pages fail with EFAULT;
+    /// call this first. Writing prefaults dirty the pages (their bytes are unchanged).
+    pub fn prefault(&self, offset: usize, len: usize, write: bool) -> Result<(), Error> {
+        let bytes = self.atomic_bytes(offset, len)?;
+        let first = offset / PAGE_SIZE;
+        let last = (offset + len).div_ceil(PAGE_SIZE);
+        for page in first..last {
+            let at = (page * PAGE_SIZE).max(offset) - offset;
+            if write {
+                // An atomic no-op write: faults as a store, changes nothing.
+                bytes[at].fetch_add(0, Ordering::Relaxed);
+            } else {
+                bytes[at].load(Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// The first byte of the mapping. Reads and writes through it fault as udax serves
@@ -226,15 +350,17 @@ impl Mapping {
     }
 
     fn stop(&mut self) {
+        self.open = false;
         if let Some(mut handlers) = self.handlers.take() {
             handlers.stop();
         }
+        self.registration = None;
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if self.handlers.is_some() {
+        if self.open {
             // Like munmap of a shared mapping: never lose data. An error here has no one
             // to go to; close() is the way to see it.
             let _ = self.flush();
@@ -275,25 +401,33 @@ impl Shared {
         (index * PAGE_SIZE) as u64
     }
 
-    /// Keeps `error` for the next flush unless an earlier one is waiting.
-    pub(crate) fn record_error(&self, error: Error) {
-        let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
-        slot.get_or_insert(error);
+    /// Wakes threads waiting on faults in a range (nobody waits with in-thread resolution).
+    pub(crate) fn wake(&self, address: usize, len: usize) -> Result<(), Error> {
+        if !self.in_thread {
+            self.uffd.wake(address, len)?;
+        }
+        Ok(())
     }
 
-    /// Opens a zero-page window: flush waits until every open window is closed.
-    pub(crate) fn open_zero_window(&self) -> RwLockReadGuard<'_, ()> {
-        self.zero_windows.read().unwrap_or_else(|e| e.into_inner())
+    /// Keeps the error of a fault on page `index` for the next flush, unless an earlier
+    /// one is waiting. Lock-free: callable from a signal handler.
+    pub(crate) fn record_error(&self, index: usize, error: &Error) {
+        self.error.record(self.page_offset(index), error);
+    }
+
+    /// Opens a zero-page window: flush waits for every window open when it starts.
+    pub(crate) fn open_zero_window(&self) -> Window<'_> {
+        self.zero_windows.open()
     }
 
     /// Waits until every zero-page window open now has closed.
     pub(crate) fn wait_zero_windows(&self) {
-        drop(self.zero_windows.write().unwrap_or_else(|e| e.into_inner()));
+        self.zero_windows.wait();
     }
 
     /// Takes the waiting error, if any.
     pub(crate) fn take_error(&self) -> Option<Error> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.error.take()
     }
 }
 

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Barrier};
 
-use udax::{FileStore, Mapping, Options, Store};
+use udax::{DirtyTracking, FileStore, Mapping, Options, Resolution, Store};
 
 const PAGE: usize = 4096;
 const PAGES: usize = 16;
@@ -141,15 +141,38 @@ fn racing_first_touches_lose_no_write_two_handlers() {
     run(300, Options::default().handler_threads(2));
 }
 
+#[test]
+fn racing_first_touches_lose_no_write_in_thread() {
+    run(300, Options::default().resolution(Resolution::InThread));
+}
+
+#[test]
+fn racing_first_touches_lose_no_write_async_tracking() {
+    run(300, Options::default().dirty_tracking(DirtyTracking::Async));
+}
+
+#[test]
+fn racing_first_touches_lose_no_write_in_thread_async_tracking() {
+    let options = Options::default()
+        .resolution(Resolution::InThread)
+        .dirty_tracking(DirtyTracking::Async);
+    run(300, options);
+}
+
 /// The zero-page window held open for 2 ms: writes from other threads land in private
 /// copies of the zero page before it is write-protected, and the zero-pfn check must see
 /// every one of them.
 #[test]
 fn writes_into_a_wide_open_zero_page_window_are_kept() {
-    let options = Options::default()
-        .handler_threads(2)
-        .zero_window_delay(std::time::Duration::from_millis(2));
-    run(100, options);
+    let delay = std::time::Duration::from_millis(2);
+    run(
+        100,
+        Options::default()
+            .handler_threads(2)
+            .zero_window_delay(delay),
+    );
+    let in_thread = Options::default().resolution(Resolution::InThread);
+    run(100, in_thread.zero_window_delay(delay));
 }
 
 /// Deterministic form of the zero-page race: while the handler holds the window open
@@ -158,6 +181,17 @@ fn writes_into_a_wide_open_zero_page_window_are_kept() {
 /// the zero-pfn check has to see the copy, and flush has to wait for the window to close.
 #[test]
 fn a_store_inside_the_zero_page_window_is_flushed() {
+    store_inside_the_zero_page_window_is_flushed(Options::default());
+}
+
+#[test]
+fn a_store_inside_the_zero_page_window_is_flushed_in_thread() {
+    store_inside_the_zero_page_window_is_flushed(
+        Options::default().resolution(Resolution::InThread),
+    );
+}
+
+fn store_inside_the_zero_page_window_is_flushed(options: Options) {
     if !common::require_uffd() {
         return;
     }

@@ -120,8 +120,10 @@ impl FileStore {
     }
 
     /// Writes `len` zero bytes at `offset`, which lies in the store.
+    /// No allocation (a static buffer): `allocate` may run inside a signal handler.
     fn write_zeros(&self, offset: u64, len: u64) -> Result<(), StoreError> {
-        let zeros = vec![0u8; ZERO_CHUNK.min(len) as usize];
+        static ZEROS: [u8; ZERO_CHUNK as usize] = [0; ZERO_CHUNK as usize];
+        let zeros = &ZEROS[..];
         let mut at = offset;
         while at < offset + len {
             let n = (offset + len - at).min(ZERO_CHUNK) as usize;
@@ -154,9 +156,9 @@ impl Store for FileStore {
             };
             return Ok(run);
         }
-        Err(err(io::Error::other(
-            "the extent kept changing between SEEK_DATA and SEEK_HOLE",
-        )))
+        // The extent kept changing between SEEK_DATA and SEEK_HOLE. EAGAIN, not a
+        // message: no allocation, since this may run inside a signal handler.
+        Err(err(io::Error::from_raw_os_error(libc::EAGAIN)))
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
@@ -207,6 +209,12 @@ impl Store for FileStore {
 
     fn allocated_bytes(&self) -> Option<u64> {
         self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+
+    /// `extent`, `read_at`, `write_at` and `allocate` are plain syscalls (lseek, pread,
+    /// pwrite, fallocate) with no allocation and no lock.
+    fn is_signal_safe(&self) -> bool {
+        true
     }
 }
 
