@@ -166,6 +166,11 @@ pub(crate) fn insert(
         (_, _, false) => return shared.wake(address, PAGE_SIZE),
     };
     guard.set(after);
+    // Counted before the waking ioctl too: a thread reading stats right after its access
+    // must see the fault it took.
+    if let Some(counter) = counter {
+        Counters::add(counter, 1);
+    }
     let installed = match (before, source) {
         // COPY_MODE_WP installs and write-protects in one step: a copy followed by a
         // separate write-protect would let a write land in between unseen.
@@ -178,10 +183,10 @@ pub(crate) fn insert(
     };
     if let Err(error) = installed {
         guard.set(before);
+        if let Some(counter) = counter {
+            Counters::sub(counter, 1);
+        }
         return Err(error.into());
-    }
-    if let Some(counter) = counter {
-        Counters::add(counter, 1);
     }
     Ok(())
 }
@@ -205,8 +210,8 @@ fn insert_zero_page(shared: &Shared, guard: &mut EntryGuard<'_>) -> Result<(), E
     let written = !shared.pagemap.is_zero_page(address)?;
     guard.set(if written { State::Dirty } else { State::Zero });
     drop(window);
-    shared.wake(address, PAGE_SIZE)?;
     Counters::add(&shared.counters.zero_faults, 1);
+    shared.wake(address, PAGE_SIZE)?;
     Ok(())
 }
 
@@ -227,6 +232,7 @@ fn fail(shared: &Shared, guard: &mut EntryGuard<'_>, error: Error) {
     shared.region.discard(address, PAGE_SIZE);
     guard.set(State::Empty);
     Counters::add(&shared.counters.sigbus_delivered, 1);
+    shared.note_poisoned();
     if let Err(e) = shared.uffd.poison(address, PAGE_SIZE) {
         // Last resort so the faulting thread is not left waiting forever: it retries and
         // faults again (the error is already recorded).

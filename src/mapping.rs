@@ -1,8 +1,8 @@
 //! The mapping (the VMA analog): reserve the address range, register it with userfaultfd,
 //! hand out the pointer, flush, stats, and unmap on drop.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::entries::Entries;
 use crate::error::ErrorSlot;
@@ -162,6 +162,11 @@ pub(crate) struct Shared {
     pub(crate) zero_window_delay: Option<std::time::Duration>,
     /// Faults are served in the faulting thread: nobody waits to be woken.
     pub(crate) in_thread: bool,
+    /// Pages ever poisoned; while zero, no SIGBUS can come from a poison marker.
+    poisoned: AtomicU64,
+    /// Serializes flushes: one flush takes the dirty index, and a second must not return
+    /// before the pages the first took are written.
+    pub(crate) flushing: Mutex<()>,
     /// How first writes are noticed.
     pub(crate) tracking: DirtyTracking,
 }
@@ -197,6 +202,8 @@ impl Mapping {
             zero_windows: Windows::new(),
             zero_window_delay: options.zero_window_delay,
             in_thread,
+            poisoned: AtomicU64::new(0),
+            flushing: Mutex::new(()),
             tracking: options.tracking,
             region,
             uffd,
@@ -248,8 +255,12 @@ impl Mapping {
         for page in first..last {
             let at = (page * PAGE_SIZE).max(offset) - offset;
             if write {
-                // An atomic no-op write: faults as a store, changes nothing.
-                bytes[at].fetch_add(0, Ordering::Relaxed);
+                // A compare-exchange of a byte with itself: a locked write cycle, so it
+                // faults as a store, and changes nothing even if another thread races it.
+                // (`fetch_add(0)` would not do: LLVM turns idempotent RMWs into loads.)
+                let value = bytes[at].load(Ordering::Relaxed);
+                let _ =
+                    bytes[at].compare_exchange(value, value, Ordering::Relaxed, Ordering::Relaxed);
             } else {
                 bytes[at].load(Ordering::Relaxed);
             }
@@ -407,6 +418,19 @@ impl Shared {
             self.uffd.wake(address, len)?;
         }
         Ok(())
+    }
+
+    /// Notes that a page was poisoned (see `is_poison_marker`).
+    pub(crate) fn note_poisoned(&self) {
+        self.poisoned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether a SIGBUS at `address` came from a poison marker rather than userfaultfd.
+    /// Without CONFIG_MEMORY_FAILURE both arrive as BUS_ADRERR; the page table tells them
+    /// apart (a marker is a non-present, non-empty entry). Free until a page is poisoned.
+    pub(crate) fn is_poison_marker(&self, address: usize) -> bool {
+        self.poisoned.load(Ordering::Relaxed) != 0
+            && self.pagemap.is_marker(address).unwrap_or(false)
     }
 
     /// Keeps the error of a fault on page `index` for the next flush, unless an earlier

@@ -161,9 +161,14 @@ fn serve(info: *mut libc::siginfo_t, context: *mut libc::c_void) -> bool {
     false
 }
 
-/// Resolves a fault at `address` if it lies in `shared`.
+/// Resolves a fault at `address` if it lies in `shared` and is a userfaultfd fault.
 fn serve_in(shared: &Shared, address: usize, write: bool, present: bool) -> bool {
     if shared.page_index(address).is_none() {
+        return false;
+    }
+    if shared.is_poison_marker(address) {
+        // A page udax poisoned after a store failure: the program's SIGBUS. (Serving it
+        // would fail, poison and re-raise forever.) Returning false chains it.
         return false;
     }
     let fault = Fault {

@@ -21,6 +21,7 @@ const MAX_RUN: usize = 256;
 /// Writes back every page dirtied before the call, makes the store durable, and returns
 /// the first error: a failed writeback, or a fault that failed since the last flush.
 pub(crate) fn flush(shared: &Shared) -> Result<(), Error> {
+    let _serial = shared.flushing.lock().unwrap_or_else(|e| e.into_inner());
     // A store into a zero page still being mapped completes without a fault; the fault
     // marks the page Dirty before its window closes, so after this wait it is indexed.
     shared.wait_zero_windows();
@@ -57,8 +58,10 @@ pub(crate) fn flush(shared: &Shared) -> Result<(), Error> {
 /// (its data is only in memory now); the first error is returned.
 fn collect_written(shared: &Shared) -> Result<(), Error> {
     let (start, end) = (shared.region.base, shared.region.base + shared.region.len);
+    // PRESENT too: an empty page counts as written, and write-protecting it would plant
+    // a uffd-wp marker (WP_ASYNC implies WP_UNPOPULATED), on which UFFDIO_ZEROPAGE fails.
     let query = Query {
-        required: category::WRITTEN,
+        required: category::WRITTEN | category::PRESENT,
         reported: 0,
         write_protect: true,
     };

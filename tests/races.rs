@@ -199,7 +199,7 @@ fn store_inside_the_zero_page_window_is_flushed(options: Options) {
     let path = dir.path().join("window.img");
     let store = Arc::new(FileStore::create(&path, (4 * PAGE) as u64).expect("create"));
     let delay = std::time::Duration::from_millis(50);
-    let mapping = Mapping::new(store, Options::default().zero_window_delay(delay)).expect("map");
+    let mapping = Mapping::new(store, options.zero_window_delay(delay)).expect("map");
     let base = mapping.as_ptr() as usize;
     let page = base + PAGE;
     std::thread::scope(|scope| {

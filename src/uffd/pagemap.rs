@@ -18,7 +18,7 @@ pub use sys::PageRegion;
 pub mod category {
     pub use super::sys::{
         PAGE_IS_HUGE as HUGE, PAGE_IS_PFNZERO as PFNZERO, PAGE_IS_PRESENT as PRESENT,
-        PAGE_IS_WPALLOWED as WPALLOWED, PAGE_IS_WRITTEN as WRITTEN,
+        PAGE_IS_SWAPPED as SWAPPED, PAGE_IS_WPALLOWED as WPALLOWED, PAGE_IS_WRITTEN as WRITTEN,
     };
 }
 
@@ -89,6 +89,20 @@ impl Pagemap {
         let mut out = [PageRegion::default(); 1];
         let query = Query {
             required: category::PFNZERO,
+            ..Query::default()
+        };
+        let (found, _) = self.scan(address, address + crate::PAGE_SIZE, query, &mut out)?;
+        Ok(found == 1)
+    }
+}
+
+impl Pagemap {
+    /// Whether the page at `address` holds a non-present, non-empty entry: for udax's
+    /// anonymous memory without swap use, a UFFDIO_POISON marker.
+    pub fn is_marker(&self, address: usize) -> Result<bool, UffdError> {
+        let mut out = [PageRegion::default(); 1];
+        let query = Query {
+            required: category::SWAPPED,
             ..Query::default()
         };
         let (found, _) = self.scan(address, address + crate::PAGE_SIZE, query, &mut out)?;
