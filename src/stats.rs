@@ -79,6 +79,13 @@ impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
+
+    /// Takes back `n` counted ahead of an operation that then did not happen. Faults are
+    /// counted before the ioctl that wakes the faulting thread, so that a thread reading
+    /// the stats after its access returns sees its own fault.
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Relaxed);
+    }
 }
 
 #[cfg(test)]
