@@ -13,21 +13,22 @@
 //! Every row that installs a page goes through [`insert`] with a `mkwrite` flag, like the
 //! kernel's `insert_pfn(..., mkwrite)`: on an Empty entry it installs (write-protected, or
 //! writable and dirty); on an occupied entry with `mkwrite` it upgrades in place. The same
-//! routine serves a run of pages: a longer run of locked entries is installed with one
-//! ioctl (the 2 MiB path and fault-around build on this).
+//! routine serves a run of pages: the 2 MiB path (`huge`, the pmd_fault analog) hands it
+//! a longer run of locked entries; [`resolve`] tries it first when the mapping's
+//! granularity asks for it.
 //!
 //! A store failure poisons the page (the access gets SIGBUS, or EFAULT for a kernel-side
 //! access), is counted, and is kept for the next flush to return.
 //! This module never spawns or waits for threads: it runs in whichever thread got the fault.
 
-use crate::PAGE_SIZE;
 use crate::entries::{EntryGuard, State};
 use crate::error::Error;
-use crate::mapping::Shared;
+use crate::mapping::{Granularity, Shared};
 use crate::stats::Counters;
 use crate::store::ExtentKind;
 use crate::uffd::pagemap::{Query, category};
 use crate::uffd::{Fault, UffdError};
+use crate::{HUGE_PAGE_SIZE, PAGE_SIZE, huge};
 
 /// The kind of access that faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,8 +95,10 @@ pub(crate) fn resolve(shared: &Shared, fault: &Fault, scratch: &mut Vec<u8>) {
     };
     let mut guard = shared.entries.lock(index);
     let result = match decide(Access::of(fault), guard.state()) {
-        Decision::Fill { mkwrite } => fill(shared, &mut guard, mkwrite, scratch),
-        Decision::Upgrade { allocate } => upgrade(shared, &mut guard, allocate),
+        Decision::Fill { mkwrite } => fill_wide(shared, &mut guard, mkwrite, scratch)
+            .unwrap_or_else(|| fill(shared, &mut guard, mkwrite, scratch)),
+        Decision::Upgrade { allocate } => huge::upgrade(shared, &mut guard)
+            .unwrap_or_else(|| upgrade(shared, &mut guard, allocate)),
         Decision::Wake => shared
             .uffd
             .wake(shared.page_address(index), PAGE_SIZE)
@@ -103,6 +106,20 @@ pub(crate) fn resolve(shared: &Shared, fault: &Fault, scratch: &mut Vec<u8>) {
     };
     if let Err(error) = result {
         fail(shared, &mut guard, error);
+    }
+}
+
+/// A missing fault served wider than its page (2 MiB), as the mapping's granularity asks;
+/// `None` when it falls back to the 4 KiB path.
+fn fill_wide<'a>(
+    shared: &'a Shared,
+    guard: &mut EntryGuard<'a>,
+    mkwrite: bool,
+    scratch: &mut Vec<u8>,
+) -> Option<Result<(), Error>> {
+    match shared.granularity {
+        Granularity::Huge => huge::fill(shared, guard, mkwrite, scratch),
+        Granularity::FaultAround(_) | Granularity::Page => None,
     }
 }
 
@@ -132,7 +149,11 @@ fn fill(
 }
 
 /// Write to a present page: allocate the block behind a zero page, then upgrade.
-fn upgrade(shared: &Shared, guard: &mut EntryGuard<'_>, allocate: bool) -> Result<(), Error> {
+pub(crate) fn upgrade(
+    shared: &Shared,
+    guard: &mut EntryGuard<'_>,
+    allocate: bool,
+) -> Result<(), Error> {
     if allocate {
         let offset = shared.page_offset(guard.index());
         shared.store.allocate(offset, PAGE_SIZE as u64)?;
@@ -209,8 +230,10 @@ pub(crate) fn insert(
 }
 
 /// Installs `source` over a run of Empty entries already set to Clean (or Dirty with
-/// `mkwrite`), and wakes the run. COPY_MODE_WP installs and write-protects in one step: a
-/// copy followed by a separate write-protect would let a write land in between unseen.
+/// `mkwrite`), and wakes the run. A whole 2 MiB range is moved in as one huge page where
+/// possible (`huge::move_in`, which settles the states of what it moved); the rest is
+/// copied. COPY_MODE_WP installs and write-protects in one step: a copy followed by a
+/// separate write-protect would let a write land in between unseen.
 fn install(
     shared: &Shared,
     run: &mut [&mut EntryGuard<'_>],
@@ -218,14 +241,42 @@ fn install(
     mkwrite: bool,
 ) -> Result<(), UffdError> {
     let address = shared.page_address(run[0].index());
+    let len = run.len() * PAGE_SIZE;
     let bytes = match source {
         Source::Data(bytes) => bytes,
         Source::Hole => {
-            debug_assert_eq!(run.len(), 1, "writable holes come one page at a time");
-            &ZEROS
+            debug_assert!(
+                len <= ZEROS.len(),
+                "writable holes come one page or 2 MiB at a time"
+            );
+            &ZEROS[..len]
         }
     };
-    shared.uffd.copy(address, bytes, !mkwrite, true)
+    let moved = if len == HUGE_PAGE_SIZE {
+        huge::move_in(shared, run, source, mkwrite)
+    } else {
+        0
+    };
+    if moved == 0 {
+        return shared.uffd.copy(address, bytes, !mkwrite, true);
+    }
+    if moved < len {
+        let rest = shared
+            .uffd
+            .copy(address + moved, &bytes[moved..], !mkwrite, false);
+        // A partial copy reports its bytes from `address + moved`; report them from `address`.
+        if let Err(error) = rest {
+            let _ = shared.uffd.wake(address, len);
+            return Err(match error {
+                UffdError::Again { op, done } => UffdError::Again {
+                    op,
+                    done: done + moved as u64,
+                },
+                other => other,
+            });
+        }
+    }
+    shared.uffd.wake(address, len)
 }
 
 /// Whether `run` holds consecutive indices, all in state `state`.
@@ -336,8 +387,9 @@ fn fail(shared: &Shared, guard: &mut EntryGuard<'_>, error: Error) {
     }
 }
 
-/// Zeros for installing a writable page over a hole.
-static ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+/// Zeros for installing writable pages over a hole (up to a 2 MiB range; never written,
+/// so it costs no memory beyond the zero pages it reads as).
+static ZEROS: [u8; HUGE_PAGE_SIZE] = [0; HUGE_PAGE_SIZE];
 
 #[cfg(test)]
 mod tests {

@@ -28,6 +28,7 @@ mod entries;
 mod error;
 mod fault;
 mod handler;
+mod huge;
 mod mapping;
 mod stats;
 pub mod store;
