@@ -13,9 +13,9 @@
 //! Every row that installs a page goes through [`insert`] with a `mkwrite` flag, like the
 //! kernel's `insert_pfn(..., mkwrite)`: on an Empty entry it installs (write-protected, or
 //! writable and dirty); on an occupied entry with `mkwrite` it upgrades in place. The same
-//! routine serves a run of pages: the 2 MiB path (`huge`, the pmd_fault analog) hands it
-//! a longer run of locked entries; [`resolve`] tries it first when the mapping's
-//! granularity asks for it.
+//! routine serves a run of pages: the 2 MiB path (`huge`, the pmd_fault analog) and
+//! fault-around (`around`) hand it a longer run of locked entries; [`resolve`] tries them
+//! first when the mapping's granularity asks for it.
 //!
 //! A store failure poisons the page (the access gets SIGBUS, or EFAULT for a kernel-side
 //! access), is counted, and is kept for the next flush to return.
@@ -28,7 +28,7 @@ use crate::stats::Counters;
 use crate::store::ExtentKind;
 use crate::uffd::pagemap::{Query, category};
 use crate::uffd::{Fault, UffdError};
-use crate::{HUGE_PAGE_SIZE, PAGE_SIZE, huge};
+use crate::{HUGE_PAGE_SIZE, PAGE_SIZE, around, huge};
 
 /// The kind of access that faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,8 +109,8 @@ pub(crate) fn resolve(shared: &Shared, fault: &Fault, scratch: &mut Vec<u8>) {
     }
 }
 
-/// A missing fault served wider than its page (2 MiB), as the mapping's granularity asks;
-/// `None` when it falls back to the 4 KiB path.
+/// A missing fault served wider than its page (2 MiB, or a fault-around window), as the
+/// mapping's granularity asks; `None` when it falls back to the 4 KiB path.
 fn fill_wide<'a>(
     shared: &'a Shared,
     guard: &mut EntryGuard<'a>,
@@ -119,6 +119,9 @@ fn fill_wide<'a>(
 ) -> Option<Result<(), Error>> {
     match shared.granularity {
         Granularity::Huge => huge::fill(shared, guard, mkwrite, scratch),
+        Granularity::FaultAround(window) if !mkwrite => {
+            around::fill(shared, guard, window, scratch)
+        }
         Granularity::FaultAround(_) | Granularity::Page => None,
     }
 }

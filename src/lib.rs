@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod around;
 mod entries;
 mod error;
 mod fault;

@@ -130,7 +130,7 @@ pub(crate) struct Shared {
     zero_windows: RwLock<()>,
     /// Testing only: see `Options::zero_window_delay`.
     pub(crate) zero_window_delay: Option<std::time::Duration>,
-    /// How much a missing fault resolves at once (`huge` serves 2 MiB).
+    /// How much a missing fault resolves at once (`huge` and `around` serve the wide ones).
     pub(crate) granularity: Granularity,
     /// See `Options::huge_dirty`.
     pub(crate) huge_dirty: bool,

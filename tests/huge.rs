@@ -1,6 +1,6 @@
-//! The 2 MiB path: one fault per range, the kernel's fallback rules (each with correct
-//! data), exact 4 KiB dirty tracking inside huge ranges, and the window between moving a
-//! huge page in and write-protecting it.
+//! The 2 MiB path and fault-around: one fault per range or window, the kernel's fallback
+//! rules (each with correct data), exact 4 KiB dirty tracking inside huge ranges, and the
+//! window between moving a huge page in and write-protecting it.
 
 mod common;
 
@@ -550,5 +550,71 @@ fn a_store_inside_the_move_window_is_flushed() {
         .expect("read");
     assert_eq!(found[0], 0x77, "the store into the move window was lost");
     assert_eq!(stats.pages_written_back, 1, "{stats:?}");
+    mapping.close().expect("close");
+}
+
+#[test]
+fn fault_around_reads_a_window_per_fault() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let len = 4 << 20;
+    // Alternate 64 KiB of data and 64 KiB of hole.
+    let data: Vec<_> = (0..len)
+        .step_by(128 << 10)
+        .map(|at| at..at + (64 << 10))
+        .collect();
+    let store = file_store(dir.path(), len, data.clone());
+    let options = Options::default().granularity(Granularity::FaultAround(64 << 10));
+    let mapping = Mapping::new(store, options).expect("map");
+    touch_every_page(&mapping);
+    let stats = mapping.stats();
+    let pages = (len / PAGE) as u64;
+    assert_eq!(faults(&stats), pages / 16, "{stats:?}");
+    assert_eq!(stats.zero_faults, stats.read_faults, "{stats:?}");
+    assert_eq!(stats.fault_around_pages, pages - pages / 16, "{stats:?}");
+    let rss = common::mapping_rss_kib(mapping.as_ptr(), mapping.len());
+    assert!(rss <= 2048 + 64, "Rss {rss} KiB: holes must cost nothing");
+    assert_reads(&mapping, |i| match data.iter().any(|r| r.contains(&i)) {
+        true => pattern(i),
+        false => 0,
+    });
+    mapping.close().expect("close");
+}
+
+/// Fault-around never hands a present page to a batched ioctl: it stops there.
+#[test]
+fn fault_around_stops_at_present_pages() {
+    if !common::require_uffd() {
+        return;
+    }
+    let store = Arc::new(MemStore::new(32 * PAGE as u64));
+    let options = Options::default().granularity(Granularity::FaultAround(64 << 10));
+    let mapping = Mapping::new(store, options).expect("map");
+    poke(&mapping, 3 * PAGE, 9); // a 4 KiB write fault: page 3 present
+    let mut byte = [0u8; 1];
+    mapping.read_at(0, &mut byte).expect("read"); // installs 0..3
+    assert_eq!(mapping.stats().fault_around_pages, 2);
+    mapping.read_at(8 * PAGE, &mut byte).expect("read"); // installs 4..16
+    let stats = mapping.stats();
+    assert_eq!(
+        (
+            stats.fault_around_pages,
+            stats.zero_faults,
+            stats.write_faults
+        ),
+        (2 + 11, 2, 1),
+        "{stats:?}"
+    );
+    touch_every_page(&mapping);
+    assert_eq!(
+        mapping.stats().zero_faults,
+        3,
+        "the second window: one fault"
+    );
+    assert_reads(&mapping, |i| if i == 3 * PAGE { 9 } else { 0 });
+    mapping.flush().expect("flush");
+    assert_eq!(mapping.stats().pages_written_back, 1);
     mapping.close().expect("close");
 }

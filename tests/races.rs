@@ -39,6 +39,17 @@ impl Shape {
         }
     }
 
+    /// 256 KiB, every page hot, data and holes alternating every 32 KiB, so a 64 KiB
+    /// fault-around window holds a run of each.
+    fn windows() -> Shape {
+        Shape {
+            pages: 64,
+            hot: (0..64).collect(),
+            is_data: |page| (page / 8) % 2 == 0,
+            stagger: std::time::Duration::ZERO,
+        }
+    }
+
     /// 4 MiB: a 2 MiB range of data and one of holes, 16 hot pages spread over both
     /// (both ends of each range and some in between).
     fn huge() -> Shape {
@@ -191,8 +202,18 @@ fn racing_first_touches_lose_no_write_two_handlers() {
     run(300, Options::default().handler_threads(2));
 }
 
+fn fault_around() -> Options {
+    Options::default().granularity(Granularity::FaultAround(64 << 10))
+}
+
 fn huge() -> Options {
     Options::default().granularity(Granularity::Huge)
+}
+
+#[test]
+fn racing_first_touches_lose_no_write_fault_around() {
+    run_shape(300, fault_around().handler_threads(1), &Shape::windows());
+    run_shape(300, fault_around().handler_threads(2), &Shape::windows());
 }
 
 /// The core shape at 2 MiB granularity: its one range crosses the end of the 64 KiB
