@@ -527,7 +527,10 @@ fn a_store_inside_the_move_window_is_flushed() {
             assert!(started.elapsed() < delay, "the range was never moved in");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        let moved_in = smaps_kib(base as *const u8, HUGE, "AnonHugePages") > 0;
+        // Moved in and not yet protected: the store below lands in the window (unless
+        // this thread stalls for the whole delay right here).
+        let moved_in = smaps_kib(base as *const u8, HUGE, "AnonHugePages") > 0
+            && write_protected(base + 3 * PAGE, 1) == [false];
         poke(&mapping, 3 * PAGE + 5, 0x77);
         mapping.flush().expect("flush");
         assert_eq!(reader.join().expect("reader"), pattern(0));
@@ -539,7 +542,7 @@ fn a_store_inside_the_move_window_is_flushed() {
                 "the store missed the window"
             );
         } else {
-            eprintln!("no huge page was moved in: the window was not exercised");
+            eprintln!("no huge page in its window: the window was not exercised");
         }
     });
     let stats = mapping.stats();
