@@ -80,7 +80,8 @@ impl Drop for Handlers {
 /// closing it.
 fn serve(shared: &Shared, stop_fd: libc::c_int) {
     let mut messages = [UffdMsg::default(); BATCH];
-    let mut scratch = vec![0u8; crate::PAGE_SIZE];
+    // Room for a 2 MiB fill (touched only by wide faults, so it costs no memory else).
+    let mut scratch = vec![0u8; crate::HUGE_PAGE_SIZE];
     let mut fds = [
         libc::pollfd {
             fd: shared.uffd.as_fd().as_raw_fd(),

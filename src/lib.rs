@@ -24,12 +24,14 @@
 //! # Ok(()) }
 //! ```
 
+mod around;
 mod entries;
 mod error;
 mod fault;
 mod futex;
 mod grace;
 mod handler;
+mod huge;
 mod mapping;
 mod sigbus;
 mod stats;

@@ -8,10 +8,11 @@ use crate::entries::Entries;
 use crate::error::ErrorSlot;
 use crate::grace::{Window, Windows};
 use crate::handler::Handlers;
+use crate::huge::HugeSlots;
 use crate::sigbus;
 use crate::stats::Counters;
 use crate::uffd::pagemap::Pagemap;
-use crate::uffd::{Uffd, features};
+use crate::uffd::{Uffd, UffdError, available_features, features};
 use crate::writeback;
 use crate::{Error, HUGE_PAGE_SIZE, PAGE_SIZE, Stats, Store};
 
@@ -66,6 +67,8 @@ pub struct Options {
     pub(crate) budget: Option<u64>,
     pub(crate) resolution: Resolution,
     pub(crate) tracking: DirtyTracking,
+    pub(crate) huge_dirty: bool,
+    pub(crate) huge_move: bool,
     pub(crate) zero_window_delay: Option<std::time::Duration>,
 }
 
@@ -78,6 +81,8 @@ impl Default for Options {
             budget: None,
             resolution: Resolution::HandlerThreads,
             tracking: DirtyTracking::Sync,
+            huge_dirty: false,
+            huge_move: true,
             zero_window_delay: None,
         }
     }
@@ -120,8 +125,27 @@ impl Options {
         self
     }
 
+    /// With [`Granularity::Huge`], track dirty data per 2 MiB range instead of per 4 KiB
+    /// page (default false). A write into a 2 MiB range then makes the whole range writable
+    /// and dirty in one fault (one writable huge mapping where the kernel allows), as the
+    /// kernel's DAX PMD path does, and flush writes back all 512 pages of it. By default
+    /// the range is installed write-protected and only the written page is made writable
+    /// and dirty, so flush writes back exactly the pages written.
+    pub fn huge_dirty(mut self, huge_dirty: bool) -> Self {
+        self.huge_dirty = huge_dirty;
+        self
+    }
+
+    /// Testing only: never move huge pages in (UFFDIO_MOVE); the 2 MiB path then copies.
+    #[doc(hidden)]
+    pub fn huge_move(mut self, huge_move: bool) -> Self {
+        self.huge_move = huge_move;
+        self
+    }
+
     /// Testing only: sleep this long between mapping a zero page and write-protecting it,
-    /// to widen the race window the zero-pfn check closes (see `fault::insert_zero_page`).
+    /// to widen the race window the zero-pfn check closes (see `fault::insert_zero_page`);
+    /// the same between moving a huge page in and write-protecting it (`huge::move_in`).
     #[doc(hidden)]
     pub fn zero_window_delay(mut self, delay: std::time::Duration) -> Self {
         self.zero_window_delay = Some(delay);
@@ -169,6 +193,12 @@ pub(crate) struct Shared {
     pub(crate) flushing: Mutex<()>,
     /// How first writes are noticed.
     pub(crate) tracking: DirtyTracking,
+    /// How much a missing fault resolves at once (`huge` and `around` serve the wide ones).
+    pub(crate) granularity: Granularity,
+    /// See `Options::huge_dirty`.
+    pub(crate) huge_dirty: bool,
+    /// Buffers for filling huge pages to move in; None when UFFDIO_MOVE or THP is unavailable.
+    pub(crate) huge_slots: Option<HugeSlots>,
 }
 
 impl Mapping {
@@ -191,8 +221,15 @@ impl Mapping {
         if options.tracking == DirtyTracking::Async {
             features |= features::WP_ASYNC;
         }
+        // The wide paths allocate, so they never run inside a signal handler: in-thread
+        // mappings resolve 4 KiB at a time (see `fault::fill_wide`).
+        let moves = options.granularity == Granularity::Huge && options.huge_move && !in_thread;
+        let moves = moves && available_features()? & features::MOVE != 0 && HugeSlots::usable();
+        if moves {
+            features |= features::MOVE;
+        }
         let uffd = Uffd::open(features)?;
-        let region = Region::reserve(len)?;
+        let region = Region::reserve(len, false)?;
         uffd.register(region.base, len, true)?;
         let shared = Arc::new(Shared {
             pagemap: Pagemap::open()?,
@@ -205,6 +242,13 @@ impl Mapping {
             poisoned: AtomicU64::new(0),
             flushing: Mutex::new(()),
             tracking: options.tracking,
+            granularity: options.granularity,
+            huge_dirty: options.huge_dirty,
+            huge_slots: if moves {
+                Some(HugeSlots::reserve()?)
+            } else {
+                None
+            },
             region,
             uffd,
             store,
@@ -413,11 +457,11 @@ impl Shared {
     }
 
     /// Wakes threads waiting on faults in a range (nobody waits with in-thread resolution).
-    pub(crate) fn wake(&self, address: usize, len: usize) -> Result<(), Error> {
-        if !self.in_thread {
-            self.uffd.wake(address, len)?;
+    pub(crate) fn wake(&self, address: usize, len: usize) -> Result<(), UffdError> {
+        if self.in_thread {
+            return Ok(());
         }
-        Ok(())
+        self.uffd.wake(address, len)
     }
 
     /// Notes that a page was poisoned (see `is_poison_marker`).
@@ -463,7 +507,10 @@ pub(crate) struct Region {
 
 impl Region {
     /// Reserves `len` bytes at a 2 MiB-aligned address (so 2 MiB faults can line up).
-    fn reserve(len: usize) -> Result<Region, Error> {
+    /// `huge_pages` asks the kernel for transparent huge pages there (MADV_HUGEPAGE); else
+    /// it is told never to use them (MADV_NOHUGEPAGE: the mapping's own pages are only
+    /// ever installed by udax, which moves huge pages in itself).
+    pub(crate) fn reserve(len: usize, huge_pages: bool) -> Result<Region, Error> {
         let padded = len + HUGE_PAGE_SIZE;
         // SAFETY: a new private anonymous mapping at an address of the kernel's choosing;
         // the result is checked against MAP_FAILED before use.
@@ -496,7 +543,12 @@ impl Region {
             );
         }
         region.advise(0, len, libc::MADV_DONTFORK)?;
-        region.advise(0, len, libc::MADV_NOHUGEPAGE)?;
+        let thp = if huge_pages {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
+        };
+        region.advise(0, len, thp)?;
         Ok(region)
     }
 

@@ -15,8 +15,9 @@ use crate::mapping::Shared;
 use crate::stats::Counters;
 use crate::uffd::pagemap::{MAX_REGIONS, PageRegion, Query, category};
 
-/// Longest run written with one store call (1 MiB).
-const MAX_RUN: usize = 256;
+/// Longest run written with one store call (2 MiB): a dirty 2 MiB range mapped as one
+/// huge page is write-protected whole, which keeps the huge mapping (a part would split it).
+const MAX_RUN: usize = 512;
 
 /// Writes back every page dirtied before the call, makes the store durable, and returns
 /// the first error: a failed writeback, or a fault that failed since the last flush.
