@@ -21,7 +21,7 @@ use crate::PAGE_SIZE;
 use crate::entries::{EntryGuard, State};
 use crate::error::Error;
 use crate::fault::{self, Source};
-use crate::huge::join;
+use crate::huge::{Guards, join};
 use crate::mapping::Shared;
 use crate::stats::Counters;
 use crate::store::{Extent, ExtentKind, Store, StoreError};
@@ -43,7 +43,7 @@ pub(crate) fn fill<'a>(
     let free = index - below.len()..index + 1 + above.len();
     let (kind, run) = extent_run(&*shared.store, free.clone(), index).ok()?;
     // Release the neighbours outside the extent before the I/O.
-    let mut below = below.split_off(run.start - free.start);
+    below.drain(..run.start - free.start);
     above.truncate(run.end - index - 1);
     let offset = shared.page_offset(run.start);
     let source = match kind {
@@ -89,14 +89,16 @@ pub(crate) fn window_of(index: usize, window: usize, pages: usize) -> Option<Ran
 
 /// Locks the pages of `indices` in order while each is free and Empty; stops at the first
 /// that is not (never waits).
-fn lock_free_empty<'a>(
-    shared: &'a Shared,
-    indices: impl Iterator<Item = usize>,
-) -> Vec<EntryGuard<'a>> {
-    let mut locked = Vec::new();
+fn lock_free_empty<'a>(shared: &'a Shared, indices: impl Iterator<Item = usize>) -> Guards<'a> {
+    let mut locked = Guards::new();
     for index in indices {
         match shared.entries.try_lock(index) {
-            Some(guard) if guard.state() == State::Empty => locked.push(guard),
+            // A window is at most 2 MiB; past the guards' room, stop as at a busy page.
+            Some(guard) if guard.state() == State::Empty => {
+                if locked.try_push(guard).is_err() {
+                    break;
+                }
+            }
             _ => break,
         }
     }

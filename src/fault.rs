@@ -119,10 +119,6 @@ fn fill_wide<'a>(
     mkwrite: bool,
     scratch: &mut [u8],
 ) -> Option<Result<(), Error>> {
-    if shared.in_thread {
-        // The wide paths allocate (guard lists); a signal handler must not.
-        return None;
-    }
     match shared.granularity {
         Granularity::Huge => huge::fill(shared, guard, mkwrite, scratch),
         Granularity::FaultAround(window) if !mkwrite => {

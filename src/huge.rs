@@ -41,6 +41,8 @@
 //! Never touches the store's bytes beyond the range, and never waits for an entry lock.
 
 use std::ops::Range;
+
+use arrayvec::ArrayVec;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::entries::{EntryGuard, State};
@@ -249,24 +251,21 @@ pub(crate) fn lock_range<'a>(
     range: Range<usize>,
     held: usize,
     state: State,
-) -> Result<(Vec<EntryGuard<'a>>, Vec<EntryGuard<'a>>), Fallback> {
+) -> Result<(Guards<'a>, Guards<'a>), Fallback> {
     let entries = &shared.entries;
     // A cheap look first: most ranges that fail, fail here without a locked instruction.
     if range.clone().any(|index| entries.peek(index) != state) {
         return Err(Fallback::Occupied);
     }
-    let mut below = Vec::with_capacity(held - range.start);
-    let mut above = Vec::with_capacity(range.end - held - 1);
+    let mut below = Guards::new();
+    let mut above = Guards::new();
     for index in range.filter(|&index| index != held) {
         let guard = entries.try_lock(index).ok_or(Fallback::Occupied)?;
         if guard.state() != state {
             return Err(Fallback::Occupied);
         }
-        if index < held {
-            below.push(guard);
-        } else {
-            above.push(guard);
-        }
+        let side = if index < held { &mut below } else { &mut above };
+        side.try_push(guard).map_err(|_| Fallback::Occupied)?;
     }
     Ok((below, above))
 }
@@ -276,13 +275,21 @@ pub(crate) fn join<'g, 'a>(
     below: &'g mut [EntryGuard<'a>],
     held: &'g mut EntryGuard<'a>,
     above: &'g mut [EntryGuard<'a>],
-) -> Vec<&'g mut EntryGuard<'a>> {
-    let mut run = Vec::with_capacity(below.len() + 1 + above.len());
+) -> Run<'g, 'a> {
+    // At most a 2 MiB range: `below` and `above` together hold at most 511 guards.
+    let mut run = Run::new();
     run.extend(below.iter_mut());
     run.push(held);
     run.extend(above.iter_mut());
     run
 }
+
+/// Guards of a 2 MiB range at most, on the stack: the wide paths allocate nothing, so
+/// they may run inside the faulting thread's SIGBUS handler.
+pub(crate) type Guards<'a> = ArrayVec<EntryGuard<'a>, { HUGE_PAGE_SIZE / PAGE_SIZE }>;
+
+/// A run of guards for `fault::insert`, on the stack.
+pub(crate) type Run<'g, 'a> = ArrayVec<&'g mut EntryGuard<'a>, { HUGE_PAGE_SIZE / PAGE_SIZE }>;
 
 /// Moves a transparent huge page holding `source` into the 2 MiB range of `run`, whose
 /// entries are locked and already set to Clean, or to Dirty with `writable`. Returns the

@@ -221,8 +221,8 @@ impl Mapping {
         if options.tracking == DirtyTracking::Async {
             features |= features::WP_ASYNC;
         }
-        // The wide paths allocate, so they never run inside a signal handler: in-thread
-        // mappings resolve 4 KiB at a time (see `fault::fill_wide`).
+        // In-thread faults have a page of scratch, not 2 MiB: their wide faults install
+        // holes (no buffer needed) and fall back to 4 KiB for data, so they never move.
         let moves = options.granularity == Granularity::Huge && options.huge_move && !in_thread;
         let moves = moves && available_features()? & features::MOVE != 0 && HugeSlots::usable();
         if moves {

@@ -475,3 +475,31 @@ fn asynchronous_tracking_with_a_budget_is_refused() {
         Err(Error::IncompatibleOptions { .. })
     ));
 }
+
+/// In-thread resolution serves 2 MiB ranges of holes whole, in the faulting thread.
+#[test]
+fn in_thread_reads_of_holes_take_one_fault_per_2_mib() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pages = 2048;
+    let store = Arc::new(
+        FileStore::create(dir.path().join("holes"), (pages * PAGE) as u64).expect("create"),
+    );
+    let options = Options::default()
+        .resolution(Resolution::InThread)
+        .granularity(udax::Granularity::Huge);
+    let mapping = Mapping::new(store, options).expect("map");
+    assert_eq!(mapping.resolution(), Resolution::InThread);
+    let mut byte = [1u8; 1];
+    for page in 0..pages {
+        mapping.read_at(page * PAGE, &mut byte).expect("read");
+        assert_eq!(byte[0], 0);
+    }
+    let stats = mapping.stats();
+    assert_eq!(stats.huge_faults, (pages / 512) as u64, "{stats:?}");
+    assert_eq!(stats.huge_fallbacks, 0, "{stats:?}");
+    assert_eq!(stats.resident_pages, 0, "{stats:?}");
+    mapping.close().expect("close");
+}

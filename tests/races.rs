@@ -351,3 +351,13 @@ fn store_inside_the_zero_page_window_is_flushed(options: Options) {
     );
     mapping.close().expect("close");
 }
+
+/// In-thread resolution at 2 MiB: hole ranges come in whole (in the faulting thread's
+/// SIGBUS handler), data ranges fall back to 4 KiB (no 2 MiB buffer there).
+#[test]
+fn racing_first_touches_lose_no_write_huge_in_thread() {
+    let in_thread = huge().resolution(Resolution::InThread);
+    run_shape(200, in_thread, &Shape::huge());
+    let around = fault_around().resolution(Resolution::InThread);
+    run_shape(200, around, &Shape::windows());
+}
