@@ -77,7 +77,7 @@ impl Default for Options {
         Options {
             len: None,
             granularity: Granularity::Page,
-            handler_threads: 1,
+            handler_threads: default_handler_threads(),
             budget: None,
             resolution: Resolution::HandlerThreads,
             tracking: DirtyTracking::Sync,
@@ -101,7 +101,8 @@ impl Options {
         self
     }
 
-    /// Sets how many handler threads serve faults (default 1, at least 1).
+    /// Sets how many handler threads serve faults (at least 1; default: one per CPU the
+    /// process may use, at most 4, each pinned to its CPU: see the `handler` module).
     pub fn handler_threads(mut self, threads: usize) -> Self {
         self.handler_threads = threads.max(1);
         self
@@ -422,6 +423,12 @@ impl Drop for Mapping {
             self.stop();
         }
     }
+}
+
+/// One handler thread per CPU the process may use, at most 4: every fault wakes them all,
+/// so more would cost more wasted wakes than they save.
+fn default_handler_threads() -> usize {
+    crate::handler::allowed_cpus().len().clamp(1, 4)
 }
 
 /// Checks the requested length against the store.
