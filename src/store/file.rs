@@ -24,6 +24,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::extent_cache::ExtentCache;
 use super::{Extent, ExtentKind, Store, StoreError, check_range};
 
 /// Size of the zero buffer the no-`fallocate` fallbacks write from.
@@ -46,6 +47,9 @@ pub struct FileStore {
     /// The file's length in bytes.
     /// Invariant 1: the file is not resized while the store lives (mappings depend on it).
     len: u64,
+    /// The last data run `extent` found. Invariant 2: nobody else punches holes in the
+    /// file while the store lives (ours clear the cache).
+    data_run: ExtentCache,
 }
 
 impl FileStore {
@@ -75,6 +79,7 @@ impl FileStore {
             file,
             path: path.to_path_buf(),
             len: size,
+            data_run: ExtentCache::default(),
         })
     }
 
@@ -96,6 +101,7 @@ impl FileStore {
             file,
             path: path.to_path_buf(),
             len,
+            data_run: ExtentCache::default(),
         })
     }
 
@@ -148,6 +154,9 @@ impl Store for FileStore {
 
     fn extent(&self, offset: u64) -> Result<Extent, StoreError> {
         check_range(offset, 1, self.len)?;
+        if let Some(len) = self.data_run.data_at(offset) {
+            return Ok(data(len));
+        }
         let err = |e: io::Error| StoreError::from_io("extent query", offset, e);
         // If a punch_hole races the two seeks, either SEEK_HOLE still finds data at
         // `offset` (the run we report was true when it answered) or it returns `offset`
@@ -157,7 +166,11 @@ impl Store for FileStore {
                 None => hole(self.len - offset),
                 Some(next) if next > offset => hole(next.min(self.len) - offset),
                 Some(_) => match sys::lseek(&self.file, offset, libc::SEEK_HOLE).map_err(err)? {
-                    Some(end) if end > offset => data(end.min(self.len) - offset),
+                    Some(end) if end > offset => {
+                        let end = end.min(self.len);
+                        self.data_run.remember(offset, end);
+                        data(end - offset)
+                    }
                     _ => continue,
                 },
             };
@@ -205,6 +218,7 @@ impl Store for FileStore {
         if len == 0 {
             return Ok(());
         }
+        self.data_run.forget();
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match sys::fallocate(&self.file, mode, offset, len) {
             Ok(()) => Ok(()),

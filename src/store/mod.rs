@@ -8,6 +8,7 @@
 //! ranges inside `0..len()`; a store still checks and returns [`StoreError::OutOfRange`]
 //! rather than panicking.
 
+mod extent_cache;
 mod file;
 mod mem;
 
