@@ -123,23 +123,20 @@ impl Pagemap {
 
     /// Whether the page at `address` maps the shared zero page.
     pub fn is_zero_page(&self, address: usize) -> Result<bool, UffdError> {
-        let mut out = [PageRegion::default(); 1];
-        let query = Query {
-            required: category::PFNZERO,
-            ..Query::default()
-        };
-        let (found, _) = self.scan(address, address + crate::PAGE_SIZE, query, &mut out)?;
-        Ok(found == 1)
+        self.page_is(address, category::PFNZERO)
     }
-}
 
-impl Pagemap {
     /// Whether the page at `address` holds a non-present, non-empty entry: for udax's
     /// anonymous memory without swap use, a UFFDIO_POISON marker.
     pub fn is_marker(&self, address: usize) -> Result<bool, UffdError> {
+        self.page_is(address, category::SWAPPED)
+    }
+
+    /// Whether the page at `address` has every category of `categories`.
+    fn page_is(&self, address: usize, categories: u64) -> Result<bool, UffdError> {
         let mut out = [PageRegion::default(); 1];
         let query = Query {
-            required: category::SWAPPED,
+            required: categories,
             ..Query::default()
         };
         let (found, _) = self.scan(address, address + crate::PAGE_SIZE, query, &mut out)?;
