@@ -21,6 +21,8 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::futex;
+
 /// What an entry says about its page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
@@ -118,7 +120,7 @@ impl Entries {
                 .compare_exchange(current, waiting, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
-                futex_wait(word, waiting);
+                futex::wait(word, waiting);
             }
         }
     }
@@ -235,36 +237,8 @@ impl Drop for EntryGuard<'_> {
         let word = &self.entries.words[self.index];
         let previous = word.fetch_and(!(LOCKED | WAITERS), Ordering::Release);
         if previous & WAITERS != 0 {
-            futex_wake_all(word);
+            futex::wake_all(word);
         }
-    }
-}
-
-/// Sleeps while `word` still equals `expected` (or returns spuriously).
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word`, which outlives the call; a
-    // null timeout means no timeout. Errors (EAGAIN: value changed, EINTR) just retry.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        );
-    }
-}
-
-/// Wakes every thread sleeping on `word`.
-fn futex_wake_all(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE only uses the address of `word` as a key.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        );
     }
 }
 

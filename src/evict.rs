@@ -21,16 +21,21 @@
 //! write-protect, one store write of the Dirty pages, one MADV_DONTNEED.
 //!
 //! **Watermarks and slack.** After every fault, once its entry lock is dropped, the thread
-//! that served it checks the resident count; above the budget (`high`) it evicts until the
-//! count is at most `low = high - batch` (`batch` is 1/8 of the budget, at most 64 pages),
-//! so the syscalls are amortized over a batch. The count includes a page from the moment
-//! its entry moves to Clean or Dirty, before the ioctl that maps it, until after the
-//! page is dropped, so Rss never exceeds it. Each thread adds at most one fault's pages
-//! before it evicts, so resident memory stays at or under **budget + T × P pages**, T being
-//! the threads that resolve faults at once (the handler threads) and P the pages one fault
-//! installs (1 on the 4 KiB path). The budget can be exceeded further only when no victim
-//! can be taken after two sweeps: every resident page locked (faults, a flush) or the
-//! store refusing writes of Dirty pages, which are never dropped unwritten.
+//! that served it (a handler thread, or the faulting thread itself with in-thread
+//! resolution) checks the resident count; above the budget (`high`) it evicts until the
+//! count is at most `low = high - batch`, so the syscalls are amortized over a batch
+//! (`batch` is 1/8 of the budget, at most one step of the hand: 64 pages, or 512 with
+//! [`Granularity::Huge`], whose step is a whole aligned 2 MiB range so that a range
+//! installed as one huge page is dropped whole). The count includes a page from the moment
+//! its entry moves to Clean or Dirty, before the ioctl that maps it, until after the page
+//! is dropped, so Rss never exceeds it. Each thread adds at most one fault's pages before
+//! it evicts, so resident memory stays at or under **budget + T × P pages**, T being the
+//! threads that resolve faults at once (the handler threads; with in-thread resolution,
+//! the threads faulting at once) and P the pages one fault installs (1 on the 4 KiB path,
+//! the window with fault-around, 512 on the 2 MiB path). The budget can be exceeded
+//! further only when no victim can be taken in two sweeps: every resident page locked
+//! (faults, a flush) or the store refusing writes of Dirty pages, which are never dropped
+//! unwritten.
 //!
 //! **Races.** Eviction holds no entry lock when it starts and takes victims with
 //! `try_lock` only, skipping busy entries, so it never waits while holding a lock and the
@@ -46,15 +51,23 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arrayvec::ArrayVec;
+
 use crate::PAGE_SIZE;
 use crate::entries::{Age, EntryGuard, State};
 use crate::error::Error;
-use crate::mapping::Shared;
+use crate::huge::HUGE_PAGES;
+use crate::mapping::{Granularity, Shared};
 use crate::stats::Counters;
 use crate::writeback::writeback_locked;
 
-/// Entries the clock hand looks at per step (and the most victims one step takes).
+/// Entries the clock hand looks at per step (and the most victims one step takes) on the
+/// 4 KiB path and with fault-around.
 const CHUNK: usize = 64;
+
+/// Locked victims of one step, at most a 2 MiB range, kept on the stack (up to 8 KiB):
+/// eviction may run in a SIGBUS handler, where nothing may allocate.
+type Run<'a> = ArrayVec<EntryGuard<'a>, HUGE_PAGES>;
 
 /// The smallest budget accepted, in pages: a single instruction may need several pages
 /// resident at once (a copy between two page-crossing operands needs four).
@@ -66,15 +79,25 @@ pub(crate) struct Budget {
     high: u64,
     /// ...down to this many.
     low: u64,
-    /// The next entry the clock looks at; always below the mapping's page count.
+    /// Entries the hand looks at per step: `CHUNK`, or a whole aligned 2 MiB range with
+    /// [`Granularity::Huge`], so that a range installed as one huge page is dropped whole
+    /// (dropping a part splits it, and frees nothing until all of it is dropped).
+    step: usize,
+    /// The next entry the clock looks at; below the mapping's page count, a multiple of
+    /// `step`.
     hand: AtomicUsize,
     /// Testing only: see `Options::evict_delay`.
     delay: Option<Duration>,
 }
 
 impl Budget {
-    /// A budget of `bytes` of resident pages (rounded down to whole pages).
-    pub(crate) fn new(bytes: u64, delay: Option<Duration>) -> Result<Budget, Error> {
+    /// A budget of `bytes` of resident pages (rounded down to whole pages) for a mapping
+    /// of the given granularity.
+    pub(crate) fn new(
+        bytes: u64,
+        granularity: Granularity,
+        delay: Option<Duration>,
+    ) -> Result<Budget, Error> {
         let high = bytes / PAGE_SIZE as u64;
         if high < MIN_BUDGET_PAGES {
             return Err(Error::BudgetTooSmall {
@@ -82,31 +105,31 @@ impl Budget {
                 minimum: MIN_BUDGET_PAGES * PAGE_SIZE as u64,
             });
         }
-        let batch = (high / 8).clamp(1, CHUNK as u64);
+        let step = match granularity {
+            Granularity::Huge => HUGE_PAGES,
+            Granularity::Page | Granularity::FaultAround(_) => CHUNK,
+        };
+        let batch = (high / 8).clamp(1, step as u64);
         Ok(Budget {
             high,
             low: high - batch,
+            step,
             hand: AtomicUsize::new(0),
             delay,
         })
     }
 
-    /// Moves the hand one step of `CHUNK` entries around a table of `pages` entries and
-    /// returns the entries to look at.
+    /// Moves the hand one step around a table of `pages` entries and returns the entries
+    /// to look at.
     fn advance(&self, pages: usize) -> std::ops::Range<usize> {
-        let step = |hand: usize| {
-            Some(if hand + CHUNK < pages {
-                hand + CHUNK
-            } else {
-                0
-            })
-        };
+        let step = self.step;
+        let next = |hand: usize| Some(if hand + step < pages { hand + step } else { 0 });
         let moved = self
             .hand
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, step);
-        // `step` never refuses, so `moved` is Ok; both arms hold the old hand.
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, next);
+        // `next` never refuses, so `moved` is Ok; both arms hold the old hand.
         let start = moved.unwrap_or_else(|start| start);
-        start..(start + CHUNK).min(pages)
+        start..(start + step).min(pages)
     }
 }
 
@@ -125,7 +148,7 @@ pub(crate) fn after_fault(shared: &Shared) {
 /// too few victims (the first sweep may only have cleared referenced bits).
 fn evict_until(shared: &Shared, budget: &Budget, target: u64) {
     let pages = shared.region.len / PAGE_SIZE;
-    let mut run = Vec::with_capacity(CHUNK);
+    let mut run = Run::new();
     let mut scanned = 0;
     while scanned <= 2 * pages {
         let resident = shared.entries.resident().0;
@@ -145,7 +168,7 @@ fn evict_chunk<'a>(
     budget: &Budget,
     chunk: std::ops::Range<usize>,
     mut wanted: u64,
-    run: &mut Vec<EntryGuard<'a>>,
+    run: &mut Run<'a>,
 ) {
     for index in chunk {
         if wanted == 0 {
@@ -173,11 +196,11 @@ fn evict_chunk<'a>(
 
 /// Evicts the consecutive locked entries in `run`, records a failure for the next flush,
 /// and unlocks them (leaving `run` empty).
-fn evict_run(shared: &Shared, budget: &Budget, run: &mut Vec<EntryGuard<'_>>) {
-    if !run.is_empty() {
-        if let Err(error) = evict_range(shared, run, budget.delay) {
-            shared.record_error(error);
-        }
+fn evict_run(shared: &Shared, budget: &Budget, run: &mut Run<'_>) {
+    if let Some(first) = run.first().map(|guard| guard.index())
+        && let Err(error) = evict_range(shared, run, budget.delay)
+    {
+        shared.record_error(first, &error);
     }
     run.clear();
 }
@@ -242,8 +265,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn watermarks_batch_an_eighth_of_the_budget_up_to_a_chunk() {
-        let pages = |bytes: u64| Budget::new(bytes, None).map(|b| (b.high, b.low));
+    fn watermarks_batch_an_eighth_of_the_budget_up_to_a_step() {
+        let pages = |bytes: u64| {
+            let budget = Budget::new(bytes, Granularity::Page, None);
+            budget.map(|b| (b.high, b.low))
+        };
         assert_eq!(pages(16 * 4096).ok(), Some((16, 14)));
         assert_eq!(pages(2 << 20).ok(), Some((512, 448)));
         assert_eq!(pages(256 << 20).ok(), Some((65_536, 65_472)));
@@ -255,15 +281,21 @@ mod tests {
                 minimum: 65_536
             })
         ));
+        let huge = Budget::new(256 << 20, Granularity::Huge, None).expect("budget");
+        assert_eq!((huge.low, huge.step), (65_536 - 512, 512));
     }
 
     #[test]
-    fn the_hand_steps_by_chunks_and_wraps() {
-        let budget = Budget::new(1 << 20, None).expect("budget");
+    fn the_hand_steps_and_wraps() {
+        let budget = Budget::new(1 << 20, Granularity::Page, None).expect("budget");
         let steps: Vec<_> = (0..4).map(|_| budget.advance(150)).collect();
         assert_eq!(steps, vec![0..64, 64..128, 128..150, 0..64]);
-        let budget = Budget::new(1 << 20, None).expect("budget");
+        let budget = Budget::new(1 << 20, Granularity::FaultAround(1 << 16), None);
+        let budget = budget.expect("budget");
         assert_eq!(budget.advance(10), 0..10);
         assert_eq!(budget.advance(10), 0..10);
+        let budget = Budget::new(1 << 20, Granularity::Huge, None).expect("budget");
+        let steps: Vec<_> = (0..3).map(|_| budget.advance(1024)).collect();
+        assert_eq!(steps, vec![0..512, 512..1024, 0..512]);
     }
 }

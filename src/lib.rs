@@ -24,19 +24,24 @@
 //! # Ok(()) }
 //! ```
 
+mod around;
 mod entries;
 mod error;
 mod evict;
 mod fault;
+mod futex;
+mod grace;
 mod handler;
+mod huge;
 mod mapping;
+mod sigbus;
 mod stats;
 pub mod store;
 pub mod uffd;
 mod writeback;
 
 pub use error::Error;
-pub use mapping::{Granularity, Mapping, Options};
+pub use mapping::{DirtyTracking, Granularity, Mapping, Options, Resolution};
 pub use stats::Stats;
 pub use store::{Extent, ExtentKind, FileStore, MemStore, Store, StoreError};
 

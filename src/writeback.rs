@@ -10,18 +10,26 @@
 use crate::PAGE_SIZE;
 use crate::entries::{EntryGuard, State};
 use crate::error::Error;
+use crate::mapping::DirtyTracking;
 use crate::mapping::Shared;
 use crate::stats::Counters;
+use crate::uffd::pagemap::{MAX_REGIONS, PageRegion, Query, category};
 
-/// Longest run written with one store call (1 MiB).
-const MAX_RUN: usize = 256;
+/// Longest run written with one store call (2 MiB): a dirty 2 MiB range mapped as one
+/// huge page is write-protected whole, which keeps the huge mapping (a part would split it).
+const MAX_RUN: usize = 512;
 
 /// Writes back every page dirtied before the call, makes the store durable, and returns
 /// the first error: a failed writeback, or a fault that failed since the last flush.
 pub(crate) fn flush(shared: &Shared) -> Result<(), Error> {
+    let _serial = shared.flushing.lock().unwrap_or_else(|e| e.into_inner());
     // A store into a zero page still being mapped completes without a fault; the fault
     // marks the page Dirty before its window closes, so after this wait it is indexed.
     shared.wait_zero_windows();
+    let collected = match shared.tracking {
+        DirtyTracking::Sync => Ok(()),
+        DirtyTracking::Async => collect_written(shared),
+    };
     let dirty = shared.entries.take_dirty();
     for (done, run) in runs(&dirty).enumerate() {
         if let Err(error) = writeback_range(shared, run.clone()) {
@@ -35,12 +43,92 @@ pub(crate) fn flush(shared: &Shared) -> Result<(), Error> {
             return Err(error);
         }
     }
+    collected?;
     shared.store.sync()?;
     Counters::add(&shared.counters.flushes, 1);
     match shared.take_error() {
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// Asynchronous dirty tracking: finds the pages written since they were last protected,
+/// re-protecting them in the same walk (PAGEMAP_SCAN with PM_SCAN_WP_MATCHING), and marks
+/// them Dirty. A write after the walk un-protects its page again (the kernel resolves it)
+/// and the next flush finds it. Every written page is marked even if an allocation fails
+/// (its data is only in memory now); the first error is returned.
+fn collect_written(shared: &Shared) -> Result<(), Error> {
+    let (start, end) = (shared.region.base, shared.region.base + shared.region.len);
+    // PRESENT too: an empty page counts as written, and write-protecting it would plant
+    // a uffd-wp marker (WP_ASYNC implies WP_UNPOPULATED), on which UFFDIO_ZEROPAGE fails.
+    let query = Query {
+        required: category::WRITTEN | category::PRESENT,
+        reported: 0,
+        write_protect: true,
+    };
+    let mut regions = [PageRegion::default(); MAX_REGIONS];
+    let mut done = start;
+    let mut first_error = None;
+    while done < end {
+        let walk_start = done;
+        let (count, walk_end) = shared.pagemap.scan(done, end, query, &mut regions)?;
+        for range in new_ranges(&regions[..count], &mut done) {
+            for address in range.step_by(PAGE_SIZE) {
+                if let Some(index) = shared.page_index(address)
+                    && let Err(error) = mark_written(shared, index)
+                {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        // The walk may stop early (output full); it never goes backwards.
+        done = done.max(walk_end);
+        if done == walk_start {
+            break;
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The parts of `regions` at or after `done`, advancing `done` past them. The kernel may
+/// report a walk end before regions it already returned (PERF-NOTES.md item 7); clipping
+/// at `done` keeps each page once.
+fn new_ranges(regions: &[PageRegion], done: &mut usize) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::with_capacity(regions.len());
+    for region in regions {
+        let start = (region.start as usize).max(*done);
+        let end = region.end as usize;
+        if start < end {
+            ranges.push(start..end);
+            *done = end;
+        }
+    }
+    ranges
+}
+
+/// A page the kernel saw written: make its entry Dirty (allocating behind a zero page).
+fn mark_written(shared: &Shared, index: usize) -> Result<(), Error> {
+    let mut guard = shared.entries.lock(index);
+    let before = guard.state();
+    if before == State::Empty || before == State::Dirty {
+        return Ok(());
+    }
+    // Dirty first, so the bytes stay findable even if the allocation fails.
+    guard.set(State::Dirty);
+    Counters::add(
+        &shared.counters.mkwrite_faults,
+        u64::from(before == State::Clean),
+    );
+    Counters::add(
+        &shared.counters.zero_to_dirty,
+        u64::from(before == State::Zero),
+    );
+    if before == State::Zero {
+        shared
+            .store
+            .allocate(shared.page_offset(index), PAGE_SIZE as u64)?;
+    }
+    Ok(())
 }
 
 /// Splits ascending indices into runs of consecutive pages, at most `MAX_RUN` long.
@@ -105,6 +193,26 @@ pub(crate) fn writeback_locked(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn region(start: u64, end: u64) -> PageRegion {
+        PageRegion {
+            start,
+            end,
+            categories: 0,
+        }
+    }
+
+    #[test]
+    fn scan_results_are_clipped_to_new_pages() {
+        let mut done = 0x1000;
+        let first = new_ranges(&[region(0x1000, 0x3000), region(0x5000, 0x6000)], &mut done);
+        assert_eq!(first, vec![0x1000..0x3000, 0x5000..0x6000]);
+        assert_eq!(done, 0x6000);
+        // A later call that restarts before regions already returned yields only new pages.
+        let again = new_ranges(&[region(0x5000, 0x8000), region(0x9000, 0xa000)], &mut done);
+        assert_eq!(again, vec![0x6000..0x8000, 0x9000..0xa000]);
+        assert!(new_ranges(&[region(0x2000, 0x9000)], &mut done).is_empty());
+    }
 
     #[test]
     fn runs_split_at_gaps_and_at_the_cap() {

@@ -1,7 +1,8 @@
 //! Fault races: threads released together onto a few Empty pages, over and over, so that
 //! first touches meet the windows inside fault resolution (zero page then write-protect;
-//! copy then protect). Every byte has one owning thread, so the final file is known
-//! exactly; a write that lands in a page udax believes clean shows up as a mismatch.
+//! copy then protect; a huge page moved in then protected). Every byte has one owning
+//! thread, so the final file is known exactly; a write that lands in a page udax believes
+//! clean shows up as a mismatch. Run at each granularity, over a store shaped for it.
 
 mod common;
 
@@ -9,12 +10,59 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Barrier};
 
-use udax::{FileStore, Mapping, Options, Store};
+use udax::{DirtyTracking, FileStore, Granularity, Mapping, Options, Resolution, Store};
 
 const PAGE: usize = 4096;
 const PAGES: usize = 16;
 const THREADS: usize = 4;
 const OPS_PER_ROUND: usize = 192;
+
+/// The store a run maps: its size, the pages the threads touch, and which pages start
+/// every round as data (the rest are punched back to holes before each round).
+struct Shape {
+    pages: usize,
+    hot: Vec<usize>,
+    is_data: fn(usize) -> bool,
+    /// Thread `t` starts `t` times this late, so that some first touches come while
+    /// another thread's fault is half done rather than all at once.
+    stagger: std::time::Duration,
+}
+
+impl Shape {
+    /// 64 KiB, every page hot, data and holes alternating page by page.
+    fn small() -> Shape {
+        Shape {
+            pages: PAGES,
+            hot: (0..PAGES).collect(),
+            is_data: |page| page % 2 == 0,
+            stagger: std::time::Duration::ZERO,
+        }
+    }
+
+    /// 256 KiB, every page hot, data and holes alternating every 32 KiB, so a 64 KiB
+    /// fault-around window holds a run of each.
+    fn windows() -> Shape {
+        Shape {
+            pages: 64,
+            hot: (0..64).collect(),
+            is_data: |page| (page / 8) % 2 == 0,
+            stagger: std::time::Duration::ZERO,
+        }
+    }
+
+    /// 4 MiB: a 2 MiB range of data and one of holes, 16 hot pages spread over both
+    /// (both ends of each range and some in between).
+    fn huge() -> Shape {
+        Shape {
+            pages: 1024,
+            hot: vec![
+                0, 1, 2, 200, 255, 256, 510, 511, 512, 513, 514, 700, 767, 768, 1022, 1023,
+            ],
+            is_data: |page| page < 512,
+            stagger: std::time::Duration::ZERO,
+        }
+    }
+}
 
 /// xorshift64*: a small seeded generator, so a failure can be replayed.
 fn next(state: &mut u64) -> u64 {
@@ -25,7 +73,13 @@ fn next(state: &mut u64) -> u64 {
 }
 
 /// One round on a fresh mapping; returns the number of accesses made.
-fn round(path: &std::path::Path, model: &mut [u8], round: usize, options: Options) -> usize {
+fn round(
+    path: &std::path::Path,
+    model: &mut [u8],
+    round: usize,
+    options: Options,
+    shape: &Shape,
+) -> usize {
     let store = Arc::new(FileStore::open(path).expect("open store"));
     let mapping = Mapping::new(store, options).expect("map");
     let base = mapping.as_ptr() as usize;
@@ -34,13 +88,15 @@ fn round(path: &std::path::Path, model: &mut [u8], round: usize, options: Option
         let workers: Vec<_> = (0..THREADS)
             .map(|thread| {
                 let barrier = &barrier;
+                let (hot, stagger) = (&shape.hot, shape.stagger);
                 scope.spawn(move || {
                     let mut rng = (round * THREADS + thread + 1) as u64 * 0x9e37_79b9_7f4a_7c15;
                     let mut writes = Vec::new();
                     barrier.wait();
+                    std::thread::sleep(stagger * thread as u32);
                     for op in 0..OPS_PER_ROUND {
                         let r = next(&mut rng);
-                        let page = (r % PAGES as u64) as usize;
+                        let page = hot[(r % hot.len() as u64) as usize];
                         // Thread `thread` owns the bytes at index % THREADS == thread.
                         let slot = ((r >> 8) % (PAGE / THREADS) as u64) as usize;
                         let index = page * PAGE + slot * THREADS + thread;
@@ -67,7 +123,7 @@ fn round(path: &std::path::Path, model: &mut [u8], round: usize, options: Option
     for (index, value) in written.into_iter().flatten() {
         model[index] = value;
     }
-    let mut memory = vec![0u8; PAGES * PAGE];
+    let mut memory = vec![0u8; model.len()];
     mapping.read_at(0, &mut memory).expect("read");
     if let Some(at) = (0..memory.len()).find(|&i| memory[i] != model[i]) {
         panic!(
@@ -80,21 +136,26 @@ fn round(path: &std::path::Path, model: &mut [u8], round: usize, options: Option
 }
 
 fn run(rounds: usize, options: Options) {
+    run_shape(rounds, options, &Shape::small());
+}
+
+fn run_shape(rounds: usize, options: Options, shape: &Shape) {
     if !common::require_uffd() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("races.img");
-    let mut model = vec![0u8; PAGES * PAGE];
+    let pages = shape.pages;
+    let mut model = vec![0u8; pages * PAGE];
+    let holes: Vec<usize> = (0..pages).filter(|&p| !(shape.is_data)(p)).collect();
     {
-        // Half the pages start as data, half as holes.
-        let store = FileStore::create(&path, (PAGES * PAGE) as u64).expect("create");
+        let store = FileStore::create(&path, (pages * PAGE) as u64).expect("create");
         drop(store);
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
             .expect("open");
-        for page in (0..PAGES).step_by(2) {
+        for page in (0..pages).filter(|&p| (shape.is_data)(p)) {
             let bytes = vec![0x5a; PAGE];
             file.write_all_at(&bytes, (page * PAGE) as u64)
                 .expect("write");
@@ -104,17 +165,17 @@ fn run(rounds: usize, options: Options) {
     }
     let mut ops = 0;
     for r in 0..rounds {
-        // Odd pages become holes again, so every round has zero-page windows to race.
+        // The hole pages become holes again, so every round has zero-page windows to race.
         let store = FileStore::open(&path).expect("open");
-        for page in (1..PAGES).step_by(2) {
+        for &page in &holes {
             store
                 .punch_hole((page * PAGE) as u64, PAGE as u64)
                 .expect("punch");
             model[page * PAGE..(page + 1) * PAGE].fill(0);
         }
         drop(store);
-        ops += round(&path, &mut model, r, options.clone());
-        let mut found = vec![0u8; PAGES * PAGE];
+        ops += round(&path, &mut model, r, options.clone(), shape);
+        let mut found = vec![0u8; pages * PAGE];
         std::fs::File::open(&path)
             .expect("open")
             .read_exact_at(&mut found, 0)
@@ -141,15 +202,94 @@ fn racing_first_touches_lose_no_write_two_handlers() {
     run(300, Options::default().handler_threads(2));
 }
 
+#[test]
+fn racing_first_touches_lose_no_write_in_thread() {
+    run(300, Options::default().resolution(Resolution::InThread));
+}
+
+#[test]
+fn racing_first_touches_lose_no_write_async_tracking() {
+    run(300, Options::default().dirty_tracking(DirtyTracking::Async));
+}
+
+#[test]
+fn racing_first_touches_lose_no_write_in_thread_async_tracking() {
+    let options = Options::default()
+        .resolution(Resolution::InThread)
+        .dirty_tracking(DirtyTracking::Async);
+    run(300, options);
+}
+
+fn fault_around() -> Options {
+    Options::default().granularity(Granularity::FaultAround(64 << 10))
+}
+
+fn huge() -> Options {
+    Options::default().granularity(Granularity::Huge)
+}
+
+#[test]
+fn racing_first_touches_lose_no_write_fault_around() {
+    run_shape(300, fault_around().handler_threads(1), &Shape::windows());
+    run_shape(300, fault_around().handler_threads(2), &Shape::windows());
+}
+
+/// The core shape at 2 MiB granularity: its one range crosses the end of the 64 KiB
+/// mapping, so every fault takes the fallback path.
+#[test]
+fn racing_first_touches_lose_no_write_huge_fallback() {
+    run(300, huge().handler_threads(2));
+}
+
+#[test]
+fn racing_first_touches_lose_no_write_huge() {
+    run_shape(200, huge().handler_threads(1), &Shape::huge());
+    run_shape(200, huge().handler_threads(2), &Shape::huge());
+}
+
+/// Whole ranges dirtied by writes, and write-protect faults upgrading whole ranges.
+#[test]
+fn racing_first_touches_lose_no_write_huge_dirty() {
+    run_shape(
+        200,
+        huge().huge_dirty(true).handler_threads(2),
+        &Shape::huge(),
+    );
+}
+
 /// The zero-page window held open for 2 ms: writes from other threads land in private
 /// copies of the zero page before it is write-protected, and the zero-pfn check must see
 /// every one of them.
 #[test]
 fn writes_into_a_wide_open_zero_page_window_are_kept() {
-    let options = Options::default()
+    let delay = std::time::Duration::from_millis(2);
+    run(
+        100,
+        Options::default()
+            .handler_threads(2)
+            .zero_window_delay(delay),
+    );
+    let in_thread = Options::default().resolution(Resolution::InThread);
+    run(100, in_thread.zero_window_delay(delay));
+}
+
+/// The windows held open for 2 ms at 2 MiB: the zero-page window over 512 pages, and the
+/// window between moving a huge page in and write-protecting it. Stores that land in them
+/// must all be found (zero-pfn check; compare with the bytes moved in). Staggered starts
+/// put later threads' first touches inside windows that earlier threads' faults opened,
+/// and with every page hot most pages are written once: a store lost in a window is not
+/// covered up by a later write that dirties its page.
+#[test]
+fn writes_into_wide_open_huge_windows_are_kept() {
+    let options = huge()
         .handler_threads(2)
         .zero_window_delay(std::time::Duration::from_millis(2));
-    run(100, options);
+    let shape = Shape {
+        hot: (0..1024).collect(),
+        stagger: std::time::Duration::from_millis(1),
+        ..Shape::huge()
+    };
+    run_shape(100, options, &shape);
 }
 
 /// Deterministic form of the zero-page race: while the handler holds the window open
@@ -158,6 +298,17 @@ fn writes_into_a_wide_open_zero_page_window_are_kept() {
 /// the zero-pfn check has to see the copy, and flush has to wait for the window to close.
 #[test]
 fn a_store_inside_the_zero_page_window_is_flushed() {
+    store_inside_the_zero_page_window_is_flushed(Options::default());
+}
+
+#[test]
+fn a_store_inside_the_zero_page_window_is_flushed_in_thread() {
+    store_inside_the_zero_page_window_is_flushed(
+        Options::default().resolution(Resolution::InThread),
+    );
+}
+
+fn store_inside_the_zero_page_window_is_flushed(options: Options) {
     if !common::require_uffd() {
         return;
     }
@@ -165,7 +316,7 @@ fn a_store_inside_the_zero_page_window_is_flushed() {
     let path = dir.path().join("window.img");
     let store = Arc::new(FileStore::create(&path, (4 * PAGE) as u64).expect("create"));
     let delay = std::time::Duration::from_millis(50);
-    let mapping = Mapping::new(store, Options::default().zero_window_delay(delay)).expect("map");
+    let mapping = Mapping::new(store, options.zero_window_delay(delay)).expect("map");
     let base = mapping.as_ptr() as usize;
     let page = base + PAGE;
     std::thread::scope(|scope| {
@@ -199,4 +350,14 @@ fn a_store_inside_the_zero_page_window_is_flushed() {
         "{stats:?}"
     );
     mapping.close().expect("close");
+}
+
+/// In-thread resolution at 2 MiB: hole ranges come in whole (in the faulting thread's
+/// SIGBUS handler), data ranges fall back to 4 KiB (no 2 MiB buffer there).
+#[test]
+fn racing_first_touches_lose_no_write_huge_in_thread() {
+    let in_thread = huge().resolution(Resolution::InThread);
+    run_shape(200, in_thread, &Shape::huge());
+    let around = fault_around().resolution(Resolution::InThread);
+    run_shape(200, around, &Shape::windows());
 }

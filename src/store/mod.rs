@@ -8,6 +8,7 @@
 //! ranges inside `0..len()`; a store still checks and returns [`StoreError::OutOfRange`]
 //! rather than panicking.
 
+mod extent_cache;
 mod file;
 mod mem;
 
@@ -134,6 +135,14 @@ pub trait Store: Send + Sync {
 
     /// Makes every completed write durable.
     fn sync(&self) -> Result<(), StoreError>;
+
+    /// Whether `extent`, `read_at`, `write_at` and `allocate` may run inside a signal
+    /// handler (the faulting thread's SIGBUS handler, in in-thread resolution): no memory
+    /// allocation, no lock that the interrupted code could hold, only async-signal-safe
+    /// system calls. Stores that say no are served by handler threads.
+    fn is_signal_safe(&self) -> bool {
+        false
+    }
 
     /// Bytes of space the store has allocated (for reports), if it knows.
     fn allocated_bytes(&self) -> Option<u64> {

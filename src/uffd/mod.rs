@@ -368,17 +368,29 @@ impl Uffd {
             .map_err(|e| partial(e, arg.updated))
     }
 
-    /// Moves the pages at `src` to the missing range at `dst`, without copying.
+    /// Moves the pages at `src` to the missing range at `dst`, without copying. A 2 MiB
+    /// aligned move of a huge page into a range without a page table maps it as one huge
+    /// page. The moved pages are writable. Wakes waiters of the range when `wake`.
     ///
     /// # Safety
     /// `src..src+len` must be anonymous memory the caller owns and no longer references:
     /// after the call it is unmapped (reads as missing).
-    pub unsafe fn move_pages(&self, dst: usize, src: usize, len: usize) -> Result<(), UffdError> {
+    pub unsafe fn move_pages(
+        &self,
+        dst: usize,
+        src: usize,
+        len: usize,
+        wake: bool,
+    ) -> Result<(), UffdError> {
         let mut arg = sys::UffdioMove {
             dst: dst as u64,
             src: src as u64,
             len: len as u64,
-            mode: 0,
+            mode: if wake {
+                0
+            } else {
+                sys::UFFDIO_MOVE_MODE_DONTWAKE
+            },
             moved: 0,
         };
         self.ioctl("UFFDIO_MOVE", sys::UFFDIO_MOVE, &mut arg)

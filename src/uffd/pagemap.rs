@@ -18,12 +18,15 @@ pub use sys::PageRegion;
 pub mod category {
     pub use super::sys::{
         PAGE_IS_HUGE as HUGE, PAGE_IS_PFNZERO as PFNZERO, PAGE_IS_PRESENT as PRESENT,
-        PAGE_IS_WPALLOWED as WPALLOWED, PAGE_IS_WRITTEN as WRITTEN,
+        PAGE_IS_SWAPPED as SWAPPED, PAGE_IS_WPALLOWED as WPALLOWED, PAGE_IS_WRITTEN as WRITTEN,
     };
 }
 
 /// Most output regions udax asks for in one call.
 pub const MAX_REGIONS: usize = 512;
+
+/// Output slots [`Pagemap::for_each_region`] uses a call (kept on the stack).
+const BATCH: usize = 64;
 
 /// What to look for in a scan.
 #[derive(Clone, Copy, Debug, Default)]
@@ -84,11 +87,56 @@ impl Pagemap {
         Ok((ret as usize, arg.walk_end as usize))
     }
 
-    /// Whether the page at `address` maps the shared zero page.
-    pub fn is_zero_page(&self, address: usize) -> Result<bool, UffdError> {
+    /// Calls `visit` with every region of `start..end` that matches `query`, in ascending
+    /// order, scanning in batches of a few slots (no allocation). Stops at the first error.
+    pub fn for_each_region(
+        &self,
+        start: usize,
+        end: usize,
+        query: Query,
+        mut visit: impl FnMut(&PageRegion),
+    ) -> Result<(), UffdError> {
+        let mut out = [PageRegion::default(); BATCH];
+        let mut at = start;
+        while at < end {
+            let (found, walk_end) = self.scan(at, end, query, &mut out)?;
+            out[..found].iter().for_each(&mut visit);
+            // A full batch may stop the walk early; an empty one ends it (walk_end = end).
+            if walk_end <= at {
+                break;
+            }
+            at = walk_end;
+        }
+        Ok(())
+    }
+
+    /// Whether `start..start+len` is mapped by one present transparent huge page.
+    pub fn is_huge(&self, start: usize, len: usize) -> Result<bool, UffdError> {
         let mut out = [PageRegion::default(); 1];
         let query = Query {
-            required: category::PFNZERO,
+            required: category::PRESENT | category::HUGE,
+            ..Query::default()
+        };
+        let (found, _) = self.scan(start, start + len, query, &mut out)?;
+        Ok(found == 1 && out[0].start == start as u64 && out[0].end == (start + len) as u64)
+    }
+
+    /// Whether the page at `address` maps the shared zero page.
+    pub fn is_zero_page(&self, address: usize) -> Result<bool, UffdError> {
+        self.page_is(address, category::PFNZERO)
+    }
+
+    /// Whether the page at `address` holds a non-present, non-empty entry: for udax's
+    /// anonymous memory without swap use, a UFFDIO_POISON marker.
+    pub fn is_marker(&self, address: usize) -> Result<bool, UffdError> {
+        self.page_is(address, category::SWAPPED)
+    }
+
+    /// Whether the page at `address` has every category of `categories`.
+    fn page_is(&self, address: usize, categories: u64) -> Result<bool, UffdError> {
+        let mut out = [PageRegion::default(); 1];
+        let query = Query {
+            required: categories,
             ..Query::default()
         };
         let (found, _) = self.scan(address, address + crate::PAGE_SIZE, query, &mut out)?;
@@ -140,5 +188,51 @@ mod tests {
         );
         // SAFETY: unmapping the mapping made above; nothing references it any more.
         assert_eq!(unsafe { libc::munmap(base.cast(), len) }, 0);
+    }
+
+    /// Zero pages alternating with written ones: more regions than one batch holds, each
+    /// visited once, in order.
+    #[test]
+    fn for_each_region_walks_past_a_full_batch() {
+        let pages = 4 * BATCH;
+        let len = pages * crate::PAGE_SIZE;
+        // SAFETY: a fresh private anonymous mapping, checked against MAP_FAILED, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base as usize;
+        for page in 0..pages {
+            let at = (base + page * crate::PAGE_SIZE) as *mut u8;
+            // SAFETY: every page lies inside the mapping made above.
+            unsafe {
+                match page % 2 {
+                    0 => drop(std::ptr::read_volatile(at)),
+                    _ => std::ptr::write_volatile(at, 1),
+                }
+            }
+        }
+        let pagemap = Pagemap::open().expect("open pagemap");
+        let query = Query {
+            required: category::PFNZERO,
+            ..Query::default()
+        };
+        let mut zero = Vec::new();
+        pagemap
+            .for_each_region(base, base + len, query, |r| {
+                zero.push((r.start as usize - base) / crate::PAGE_SIZE)
+            })
+            .expect("scan");
+        assert_eq!(zero, (0..pages).step_by(2).collect::<Vec<_>>());
+        assert!(!pagemap.is_huge(base, len).expect("scan"));
+        // SAFETY: unmapping the mapping made above; nothing references it any more.
+        assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, len) }, 0);
     }
 }

@@ -42,6 +42,7 @@ pub const UFFDIO_COPY_MODE_WP: u64 = 1 << 1;
 pub const UFFDIO_ZEROPAGE_MODE_DONTWAKE: u64 = 1 << 0;
 pub const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 pub const UFFDIO_WRITEPROTECT_MODE_DONTWAKE: u64 = 1 << 1;
+pub const UFFDIO_MOVE_MODE_DONTWAKE: u64 = 1 << 0;
 
 pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
@@ -155,6 +156,7 @@ pub const UFFDIO_POISON: u64 = iowr(UFFDIO, 0x08, size_of::<UffdioPoison>());
 pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 pub const PAGE_IS_HUGE: u64 = 1 << 6;
 pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;

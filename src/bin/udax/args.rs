@@ -1,0 +1,489 @@
+//! Command-line arguments (clap) and their validation into a [`Plan`].
+//!
+//! Values that need a one-line "cause: fix" error on bad input (sizes, workload and
+//! granularity lists, counts) are taken as text and checked here, not by clap.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use udax::{DirtyTracking, Granularity, Resolution};
+
+use crate::error::CliError;
+use crate::size::parse_size;
+use crate::workload::Workload;
+
+/// udax: a DAX-style memory-mapped view of any store, page faults served in user space.
+#[derive(Debug, Parser)]
+#[command(name = "udax", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Benchmark udax against the kernel's own mmap of the same file.
+    #[command(after_long_help = bench_help())]
+    Bench(Box<BenchArgs>),
+    /// Show a store file's size, allocated bytes and extents (data and holes).
+    Inspect(InspectArgs),
+}
+
+/// The long help of `udax bench`: the workloads (from [`Workload::about`]) and the rest.
+fn bench_help() -> String {
+    let mut text = String::from(
+        "Workloads (each on udax and on the kernel's MAP_SHARED mmap of the same file, alternating):\n",
+    );
+    for w in Workload::ALL {
+        text.push_str(&format!("  {:<17} {}\n", w.name(), w.about()));
+    }
+    text.push('\n');
+    text.push_str(BENCH_HELP);
+    text
+}
+
+const BENCH_HELP: &str = "\
+The store: without --store, a sparse file under $TMPDIR (or /tmp), removed afterwards.
+With --store PATH, that file is used and kept. A file that did not exist is created.
+An existing file is never modified by sparse-read, seq-read and rand-read, which read it
+as it is; the writing workloads (seq-write, rand-write, write-after-read, mkwrite, flush)
+punch holes in or fill its first SIZE bytes as they need and OVERWRITE ITS DATA.
+
+Every run starts cold: the store is put back in the state its workload starts from
+(holes punched, or filled with data and fdatasync'ed) and the file's page cache is dropped
+with posix_fadvise(DONTNEED); after the timed phases each run is flushed (msync for the
+kernel) and unmapped, untimed. 2 GiB (at most twice SIZE) of memory is touched and freed
+first, so first-touch costs of the virtual machine do not land in the timings.
+
+Measured: ns per 4 KiB page of the timed phases (median, min-max over --repeat runs),
+peak Rss of the mapping (sampled from /proc/self/smaps at the end of each phase),
+store bytes allocated afterwards (st_blocks*512), and the udax counters. The kernel
+baseline ignores --granularity and --budget; its rows are paired with each granularity.";
+
+/// `udax bench` arguments.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Bytes to map: 4096, 64KiB, 256MiB, 1GiB (a multiple of 4096).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    pub size: String,
+    /// Store file to use and keep (default: a temporary sparse file, removed afterwards).
+    /// Writing workloads overwrite its data; see --help.
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// Workloads to run, comma-separated (default: all).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub workload: Vec<String>,
+    /// udax fault granularities, comma-separated: 4k, 64k (fault-around), 2m (huge).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "4k")]
+    pub granularity: Vec<String>,
+    /// Who serves udax faults, comma-separated: handler (handler threads), in-thread
+    /// (the faulting thread, through SIGBUS).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "handler"
+    )]
+    pub resolution: Vec<String>,
+    /// How udax notices first writes to clean pages, comma-separated: sync
+    /// (write-protect faults, DAX semantics), async (WP_ASYNC, found at flush).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "sync"
+    )]
+    pub dirty_tracking: Vec<String>,
+    /// Application threads running each workload (the pages split in contiguous shares).
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub threads: String,
+    /// Resident-memory budget of the udax mapping (default: none).
+    #[arg(long, value_name = "SIZE")]
+    pub budget: Option<String>,
+    /// Runs of each workload on each engine.
+    #[arg(long, value_name = "N", default_value = "3")]
+    pub repeat: String,
+    /// Write the results as JSON to FILE, or to stdout with "-" (then no table).
+    #[arg(long, value_name = "FILE|-")]
+    pub json: Option<String>,
+    /// Draw the udax/kernel ratios per workload as an SVG bar chart.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+/// `udax inspect` arguments.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The store file.
+    pub path: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// List every extent, even when there are many.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Where the JSON report goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JsonOut {
+    /// Standard output (no table then).
+    Stdout,
+    /// A file.
+    File(PathBuf),
+}
+
+/// A command-line name and the library value it stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice<T> {
+    /// The name on the command line and in reports.
+    pub name: &'static str,
+    /// What it means for the library.
+    pub value: T,
+}
+
+/// The granularities `--granularity` accepts.
+pub const GRANULARITIES: [Choice<Granularity>; 3] = [
+    Choice {
+        name: "4k",
+        value: Granularity::Page,
+    },
+    Choice {
+        name: "64k",
+        value: Granularity::FaultAround(64 << 10),
+    },
+    Choice {
+        name: "2m",
+        value: Granularity::Huge,
+    },
+];
+
+/// The fault resolutions `--resolution` accepts.
+pub const RESOLUTIONS: [Choice<Resolution>; 2] = [
+    Choice {
+        name: "handler",
+        value: Resolution::HandlerThreads,
+    },
+    Choice {
+        name: "in-thread",
+        value: Resolution::InThread,
+    },
+];
+
+/// The dirty-tracking modes `--dirty-tracking` accepts.
+pub const TRACKINGS: [Choice<DirtyTracking>; 2] = [
+    Choice {
+        name: "sync",
+        value: DirtyTracking::Sync,
+    },
+    Choice {
+        name: "async",
+        value: DirtyTracking::Async,
+    },
+];
+
+/// One udax configuration the benchmark compares with the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variant {
+    /// Fault granularity.
+    pub granularity: Choice<Granularity>,
+    /// Who serves faults.
+    pub resolution: Choice<Resolution>,
+    /// How first writes are noticed.
+    pub tracking: Choice<DirtyTracking>,
+}
+
+impl Variant {
+    /// A short label: the granularity, then whichever mode is not the default
+    /// ("4k", "2m in-thread", "64k in-thread async").
+    pub fn label(&self) -> String {
+        let mut label = self.granularity.name.to_string();
+        for (choice, default) in [
+            (self.resolution.name, RESOLUTIONS[0].name),
+            (self.tracking.name, TRACKINGS[0].name),
+        ] {
+            if choice != default {
+                label.push(' ');
+                label.push_str(choice);
+            }
+        }
+        label
+    }
+}
+
+/// A validated `udax bench` invocation.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Bytes mapped (a page multiple, > 0).
+    pub size: u64,
+    /// The `--store` path, if given.
+    pub store: Option<PathBuf>,
+    /// Workloads, in the order given.
+    pub workloads: Vec<Workload>,
+    /// udax configurations: every granularity x resolution x dirty tracking given.
+    pub variants: Vec<Variant>,
+    /// Application threads (>= 1).
+    pub threads: usize,
+    /// udax resident budget in bytes.
+    pub budget: Option<u64>,
+    /// Runs per workload, engine and granularity (>= 1).
+    pub repeat: usize,
+    /// Where to write JSON.
+    pub json: Option<JsonOut>,
+    /// Where to draw the chart.
+    pub plot: Option<PathBuf>,
+}
+
+impl Plan {
+    /// Pages mapped.
+    pub fn pages(&self) -> u64 {
+        self.size / udax::PAGE_SIZE as u64
+    }
+}
+
+impl BenchArgs {
+    /// Checks every argument; the first bad one is the error.
+    pub fn plan(&self) -> Result<Plan, CliError> {
+        let size = parse_page_size("--size", &self.size)?;
+        if size / udax::PAGE_SIZE as u64 > u32::MAX as u64 {
+            return Err(CliError::bad(
+                format!("--size {} is too large", self.size),
+                "pass at most 16TiB",
+            ));
+        }
+        let budget = match &self.budget {
+            Some(text) => Some(parse_page_size("--budget", text)?),
+            None => None,
+        };
+        let json = match self.json.as_deref() {
+            None => None,
+            Some("-") => Some(JsonOut::Stdout),
+            Some(path) => {
+                let path = PathBuf::from(path);
+                check_parent("--json", &path)?;
+                Some(JsonOut::File(path))
+            }
+        };
+        if let Some(plot) = &self.plot {
+            check_parent("--plot", plot)?;
+        }
+        let granularities = parse_choices("granularity", &self.granularity, &GRANULARITIES)?;
+        let resolutions = parse_choices("resolution", &self.resolution, &RESOLUTIONS)?;
+        let trackings = parse_choices("dirty tracking", &self.dirty_tracking, &TRACKINGS)?;
+        if budget.is_some() && trackings.iter().any(|t| t.value == DirtyTracking::Async) {
+            return Err(CliError::bad(
+                "--budget cannot be combined with --dirty-tracking async",
+                "drop one of them (async tracking finds written pages only at flush)",
+            ));
+        }
+        let mut variants = Vec::new();
+        for &granularity in &granularities {
+            for &resolution in &resolutions {
+                for &tracking in &trackings {
+                    variants.push(Variant {
+                        granularity,
+                        resolution,
+                        tracking,
+                    });
+                }
+            }
+        }
+        Ok(Plan {
+            size,
+            store: self.store.clone(),
+            workloads: parse_workloads(&self.workload)?,
+            variants,
+            threads: parse_count("--threads", &self.threads)?,
+            budget,
+            repeat: parse_count("--repeat", &self.repeat)?,
+            json,
+            plot: self.plot.clone(),
+        })
+    }
+}
+
+/// A SIZE that must be a non-zero multiple of 4096.
+fn parse_page_size(flag: &str, text: &str) -> Result<u64, CliError> {
+    let fix = "pass a whole number of bytes, a multiple of 4096, like 4096, 64KiB, 256MiB or 1GiB";
+    let size = parse_size(text).map_err(|why| CliError::bad(format!("{flag} {why}"), fix))?;
+    if size == 0 {
+        return Err(CliError::bad(format!("{flag} {text:?} is zero"), fix));
+    }
+    if size % udax::PAGE_SIZE as u64 != 0 {
+        return Err(CliError::bad(
+            format!("{flag} {text:?} ({size} bytes) is not a multiple of 4096"),
+            fix,
+        ));
+    }
+    Ok(size)
+}
+
+/// A count of at least 1.
+fn parse_count(flag: &str, text: &str) -> Result<usize, CliError> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(CliError::bad(
+            format!("{flag} {text:?} is not a whole number of at least 1"),
+            format!("pass e.g. {flag} 1"),
+        )),
+    }
+}
+
+fn names_of<T>(all: &[T], name: impl Fn(&T) -> &'static str) -> String {
+    all.iter().map(name).collect::<Vec<_>>().join(", ")
+}
+
+/// The workload list; empty means all.
+fn parse_workloads(list: &[String]) -> Result<Vec<Workload>, CliError> {
+    if list.is_empty() || list.iter().all(|n| n.trim() == "all") {
+        return Ok(Workload::ALL.to_vec());
+    }
+    let mut out: Vec<Workload> = Vec::new();
+    for name in list.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let workload = Workload::parse(name).ok_or_else(|| {
+            CliError::bad(
+                format!("unknown workload {name:?}"),
+                format!(
+                    "pick from {} (or all)",
+                    names_of(&Workload::ALL, |w| w.name())
+                ),
+            )
+        })?;
+        if !out.contains(&workload) {
+            out.push(workload);
+        }
+    }
+    Ok(out)
+}
+
+/// A list of names from `all` (never empty: the first of `all` is the default).
+fn parse_choices<T: Copy + PartialEq>(
+    what: &str,
+    list: &[String],
+    all: &[Choice<T>],
+) -> Result<Vec<Choice<T>>, CliError> {
+    let mut out: Vec<Choice<T>> = Vec::new();
+    for name in list.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let lower = name.to_ascii_lowercase();
+        let choice = all
+            .iter()
+            .copied()
+            .find(|c| c.name == lower)
+            .ok_or_else(|| {
+                CliError::bad(
+                    format!("unknown {what} {name:?}"),
+                    format!("pick from {}", names_of(all, |c| c.name)),
+                )
+            })?;
+        if !out.contains(&choice) {
+            out.push(choice);
+        }
+    }
+    if out.is_empty() {
+        out.push(all[0]);
+    }
+    Ok(out)
+}
+
+/// Fails unless the directory `path` would be written in exists.
+fn check_parent(flag: &str, path: &Path) -> Result<(), CliError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => return Ok(()),
+    };
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(CliError::bad(
+            format!("{flag} directory {} does not exist", dir.display()),
+            "create it first or pass a path in an existing directory",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn bench(args: &[&str]) -> Result<Plan, CliError> {
+        let cli = Cli::try_parse_from([&["udax", "bench"], args].concat()).expect("clap");
+        match cli.command {
+            Command::Bench(b) => b.plan(),
+            Command::Inspect(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let plan = bench(&[]).expect("defaults are valid");
+        assert_eq!(plan.size, 1 << 30);
+        assert_eq!(plan.workloads, Workload::ALL.to_vec());
+        assert_eq!(plan.variants.len(), 1);
+        assert_eq!(plan.variants[0].label(), "4k");
+        assert_eq!((plan.threads, plan.repeat), (1, 3));
+        assert_eq!(plan.json, None);
+    }
+
+    #[test]
+    fn lists_and_sizes() {
+        let plan = bench(&[
+            "--size",
+            "16MiB",
+            "--workload",
+            "seq-read,flush",
+            "--granularity",
+            "4k,2M",
+            "--json",
+            "-",
+            "--budget",
+            "1MiB",
+        ])
+        .expect("valid");
+        assert_eq!(plan.size, 16 << 20);
+        assert_eq!(plan.workloads, vec![Workload::SeqRead, Workload::Flush]);
+        assert_eq!(plan.variants.len(), 2);
+        assert_eq!(plan.variants[1].granularity.value, Granularity::Huge);
+        assert_eq!(plan.json, Some(JsonOut::Stdout));
+        assert_eq!(plan.budget, Some(1 << 20));
+    }
+
+    #[test]
+    fn bad_input_names_the_cause() {
+        let msg = |args: &[&str]| bench(args).expect_err("should fail").to_string();
+        assert!(msg(&["--workload", "nope"]).contains("unknown workload \"nope\""));
+        assert!(msg(&["--size", "0"]).contains("is zero"));
+        assert!(msg(&["--size", "lots"]).contains("not a number"));
+        assert!(msg(&["--size", "5000"]).contains("not a multiple of 4096"));
+        assert!(msg(&["--granularity", "1g"]).contains("unknown granularity"));
+        assert!(msg(&["--repeat", "0"]).contains("--repeat"));
+        assert!(msg(&["--json", "/nonexistent-dir/x.json"]).contains("does not exist"));
+        assert!(msg(&["--resolution", "psychic"]).contains("unknown resolution"));
+        assert!(msg(&["--dirty-tracking", "async", "--budget", "1MiB"]).contains("--budget"));
+    }
+
+    #[test]
+    fn variants_are_the_product() {
+        let plan = bench(&[
+            "--granularity",
+            "4k,2m",
+            "--resolution",
+            "handler,in-thread",
+            "--dirty-tracking",
+            "sync,async",
+        ])
+        .expect("valid");
+        let labels: Vec<String> = plan.variants.iter().map(Variant::label).collect();
+        assert_eq!(labels.len(), 8);
+        assert_eq!(labels[0], "4k");
+        assert_eq!(labels[3], "4k in-thread async");
+        assert_eq!(labels[5], "2m async");
+    }
+}

@@ -1,0 +1,213 @@
+//! `udax bench`: the driver. For each workload and granularity, `--repeat` times, it runs
+//! the workload on udax and then on the kernel baseline, on the same store file, prepared
+//! afresh before each run; then it prints the table, the JSON and the chart.
+//!
+//! Untimed around every run: preparing the store (holes or data, page cache dropped),
+//! mapping, and afterwards a flush/msync and unmap, so no dirty page of one run is written
+//! back during the next.
+
+use std::io::{self, IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::args::{BenchArgs, JsonOut, Plan, Variant};
+use crate::engine::{Engine, EngineKind};
+use crate::error::CliError;
+use crate::kernel::KernelMap;
+use crate::machine::Machine;
+use crate::prng::SplitMix64;
+use crate::report::{self, Config, Report, ResultRow, Sample};
+use crate::store_file::BenchStore;
+use crate::udax_engine::{self, UdaxMap};
+use crate::warmup;
+use crate::workload::Workload;
+
+/// The most memory touched and freed before the runs (PERF-NOTES.md: 2 GiB).
+const WARM_UP_MAX: u64 = 2 << 30;
+
+/// Runs `udax bench`.
+pub fn run(args: &BenchArgs) -> Result<(), CliError> {
+    let plan = args.plan()?;
+    udax_engine::probe()?;
+    let mut store = match &plan.store {
+        Some(path) => BenchStore::given(path, plan.size)?,
+        None => BenchStore::temporary(&std::env::temp_dir(), plan.size)?,
+    };
+    let machine = Machine::collect(store.path());
+    let warm = WARM_UP_MAX.min(plan.size.saturating_mul(2));
+    warmup::touch_and_free(warm as usize)
+        .map_err(|e| CliError::failed("touching memory before the runs", e))?;
+
+    let show = io::stderr().is_terminal() && plan.json != Some(JsonOut::Stdout);
+    let mut results = Vec::new();
+    for (index, &workload) in plan.workloads.iter().enumerate() {
+        let bar = progress_bar(show, workload, &plan);
+        for variant in &plan.variants {
+            let [udax, kernel] = run_pair(&mut store, &plan, workload, variant, index, &bar)?;
+            let row = |engine, samples: &[Sample]| {
+                ResultRow::new(
+                    workload.name(),
+                    engine,
+                    variant,
+                    plan.size,
+                    plan.threads,
+                    samples,
+                )
+            };
+            results.push(row(EngineKind::Udax, &udax));
+            results.push(row(EngineKind::Kernel, &kernel));
+        }
+        let summary = report::ratios(&results)
+            .iter()
+            .filter(|r| r.workload == workload.name())
+            .map(|r| format!("{} {:.2}x", r.mode, r.udax_over_kernel))
+            .collect::<Vec<_>>()
+            .join(", ");
+        bar.finish_with_message(format!("udax/kernel {summary}"));
+    }
+    drop(store);
+    output(&plan, machine, results)
+}
+
+/// Runs one workload at one granularity `--repeat` times on each engine, alternating.
+fn run_pair(
+    store: &mut BenchStore,
+    plan: &Plan,
+    workload: Workload,
+    variant: &Variant,
+    index: usize,
+    bar: &ProgressBar,
+) -> Result<[Vec<Sample>; 2], CliError> {
+    let mut samples = [Vec::new(), Vec::new()];
+    for repeat in 0..plan.repeat {
+        // The same random orders for both engines within a repeat.
+        let seed = SplitMix64::new(((index as u64) << 32) | repeat as u64).next_u64();
+        for (slot, engine) in [EngineKind::Udax, EngineKind::Kernel]
+            .into_iter()
+            .enumerate()
+        {
+            bar.set_message(format!(
+                "{} {} run {}/{}",
+                engine.name(),
+                variant.label(),
+                repeat + 1,
+                plan.repeat
+            ));
+            samples[slot].push(run_once(store, plan, workload, variant, engine, seed)?);
+            bar.inc(1);
+        }
+    }
+    Ok(samples)
+}
+
+/// One run: prepare the store, map it, run the workload, flush and unmap, measure.
+fn run_once(
+    store: &mut BenchStore,
+    plan: &Plan,
+    workload: Workload,
+    variant: &Variant,
+    engine: EngineKind,
+    seed: u64,
+) -> Result<Sample, CliError> {
+    store.prepare(workload)?;
+    let (outcome, counters) = match engine {
+        EngineKind::Udax => {
+            let map = UdaxMap::new(store.path(), plan.size, variant, plan.budget)?;
+            let outcome = workload.run(&map, plan.threads, seed)?;
+            let counters = map.counters();
+            map.close()?;
+            (outcome, counters)
+        }
+        EngineKind::Kernel => {
+            let map = KernelMap::new(store.file(), plan.size as usize)
+                .map_err(|e| CliError::failed("mmap of the store (kernel baseline)", e))?;
+            let outcome = workload.run(&map, plan.threads, seed)?;
+            map.flush()?;
+            (outcome, None)
+        }
+    };
+    store.settle();
+    let per_page = |d: Duration| d.as_nanos() as f64 / plan.pages() as f64;
+    Ok(Sample {
+        ns_per_page: per_page(outcome.timed),
+        phases: outcome
+            .phases
+            .iter()
+            .map(|&(name, took, timed)| (name, per_page(took), timed))
+            .collect(),
+        rss_peak: outcome.rss_peak,
+        allocated: store.allocated_bytes()?,
+        counters,
+    })
+}
+
+fn progress_bar(show: bool, workload: Workload, plan: &Plan) -> ProgressBar {
+    let runs = (plan.variants.len() * plan.repeat * 2) as u64;
+    let target = if show {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(runs), target);
+    let style =
+        ProgressStyle::with_template("{prefix:>16} [{bar:24}] {pos}/{len} {elapsed:>4} {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(workload.name());
+    if show {
+        // Keeps the elapsed time moving during long runs; hidden bars need no ticker thread.
+        bar.enable_steady_tick(Duration::from_millis(500));
+    }
+    bar
+}
+
+/// Prints the table (unless the JSON goes to stdout), writes the JSON and the chart.
+fn output(plan: &Plan, machine: Machine, results: Vec<ResultRow>) -> Result<(), CliError> {
+    let ratios = report::ratios(&results);
+    // A closed stdout (`| head`) ends the output quietly.
+    let stdout_error = |e: io::Error| CliError::failed("writing to stdout", e);
+    let quiet_pipe = |r: io::Result<()>| match r {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(stdout_error),
+    };
+    if plan.json != Some(JsonOut::Stdout) {
+        let stdout = io::stdout();
+        quiet_pipe(report::write_table(&mut stdout.lock(), &results, &ratios))?;
+    }
+    if let Some(path) = &plan.plot {
+        let title = format!(
+            "udax / kernel time, {} store, {} thread(s)",
+            crate::size::format_bytes(plan.size),
+            plan.threads
+        );
+        crate::plot::draw(path, &ratios, &title)?;
+    }
+    let Some(json) = &plan.json else {
+        return Ok(());
+    };
+    let report = Report {
+        machine,
+        config: Config {
+            size_bytes: plan.size,
+            repeat: plan.repeat,
+            threads: plan.threads,
+            budget_bytes: plan.budget,
+            store: plan.store.as_ref().map(|p| p.display().to_string()),
+        },
+        results,
+        ratios,
+    };
+    let text = serde_json::to_string_pretty(&report)
+        .map_err(|e| CliError::failed("encoding the JSON report", e))?;
+    match json {
+        JsonOut::Stdout => {
+            let stdout = io::stdout();
+            let mut out = stdout.lock();
+            quiet_pipe(writeln!(out, "{text}"))
+        }
+        JsonOut::File(path) => std::fs::write(path, text + "\n")
+            .map_err(|e| CliError::failed(format!("writing {}", path.display()), e)),
+    }
+}

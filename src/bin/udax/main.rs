@@ -1,0 +1,54 @@
+//! `udax`: the command-line face of the udax library.
+//!
+//! - `udax bench`: runs workloads on a udax mapping and on the kernel's own mmap of the
+//!   same file, side by side, and reports times, memory, allocation, counters and ratios
+//!   (table, `--json`, `--plot`).
+//! - `udax inspect PATH`: a store file's size, allocated bytes and extents.
+//!
+//! Exit codes: 0 on success; 2 on bad input (a wrong argument, a missing directory, a store
+//! too small, no userfaultfd permission), with one line `udax: <cause>: <fix>` on stderr;
+//! 1 when a run fails on the way.
+//!
+//! One concept a file: `args` (command line), `size` (SIZE values), `workload` (what each
+//! workload does), `engine` (what a workload runs on), `udax_engine` and `kernel` (the two
+//! engines), `store_file` (the benchmark's store file), `smaps` (Rss of a range),
+//! `warmup`, `prng`, `bench` (the driver), `report` (table and JSON), `plot`, `machine`,
+//! `inspect`.
+
+mod args;
+mod bench;
+mod engine;
+mod error;
+mod inspect;
+mod kernel;
+mod machine;
+mod plot;
+mod prng;
+mod report;
+mod size;
+mod smaps;
+mod store_file;
+mod udax_engine;
+mod warmup;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Bench(args) => bench::run(args),
+        Command::Inspect(args) => inspect::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("udax: {error}");
+            error.exit_code()
+        }
+    }
+}

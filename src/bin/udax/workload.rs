@@ -1,0 +1,341 @@
+//! The benchmark workloads: what each one does to a mapped store, and which part is timed.
+//!
+//! A workload runs against any [`Engine`] (udax or the kernel baseline) through its
+//! [`Region`]: one-byte volatile loads and eight-byte volatile stores, one per 4 KiB page,
+//! split over the application threads in contiguous shares. To add a workload: add a
+//! variant, its name and description in [`Workload::ALL`]/[`Workload::name`]/[`Workload::about`],
+//! the store it starts from in [`Workload::start`], and its phases in [`Workload::run`].
+
+use std::hint::black_box;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use crate::engine::{Engine, Region};
+use crate::error::CliError;
+use crate::prng::{SplitMix64, permutation};
+use crate::smaps;
+
+/// What the store must hold when a workload starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Every page a hole.
+    Holes,
+    /// Every page written (allocated, non-zero), and the file's page cache dropped.
+    Written,
+}
+
+/// One benchmark workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Read one byte of every page of an all-hole store.
+    SparseRead,
+    /// Read every page of a written store, in order, from a cold page cache.
+    SeqRead,
+    /// Read every page of a written store, in random order, from a cold page cache.
+    RandRead,
+    /// Write every page of an all-hole store in order, then flush.
+    SeqWrite,
+    /// Write every page of an all-hole store in random order, then flush.
+    RandWrite,
+    /// Read every page of an all-hole store, then write every page, then flush.
+    WriteAfterRead,
+    /// Read every page of a written store, then write every page.
+    Mkwrite,
+    /// On a written store read in full, dirty 1% of the pages at random; time the flush.
+    Flush,
+}
+
+/// The order pages are visited in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    Seq,
+    Rand,
+}
+
+/// What one run of a workload measured.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Time of the timed phases, added up.
+    pub timed: Duration,
+    /// Every phase in order: name, time, whether it counts in `timed`.
+    pub phases: Vec<(&'static str, Duration, bool)>,
+    /// Highest Rss of the mapping seen at the end of a phase.
+    pub rss_peak: u64,
+}
+
+impl Workload {
+    /// Every workload, in the order `udax bench` runs them.
+    pub const ALL: [Workload; 8] = [
+        Workload::SparseRead,
+        Workload::SeqRead,
+        Workload::RandRead,
+        Workload::SeqWrite,
+        Workload::RandWrite,
+        Workload::WriteAfterRead,
+        Workload::Mkwrite,
+        Workload::Flush,
+    ];
+
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::SparseRead => "sparse-read",
+            Workload::SeqRead => "seq-read",
+            Workload::RandRead => "rand-read",
+            Workload::SeqWrite => "seq-write",
+            Workload::RandWrite => "rand-write",
+            Workload::WriteAfterRead => "write-after-read",
+            Workload::Mkwrite => "mkwrite",
+            Workload::Flush => "flush",
+        }
+    }
+
+    /// One line for `--help`: what the workload does and what is timed.
+    pub fn about(self) -> &'static str {
+        match self {
+            Workload::SparseRead => "read one byte of every page of an all-hole store",
+            Workload::SeqRead => {
+                "read every page in order of a written store, page cache dropped first"
+            }
+            Workload::RandRead => {
+                "read every page in random order of a written store, page cache dropped first"
+            }
+            Workload::SeqWrite => "write every page in order of an all-hole store, then flush",
+            Workload::RandWrite => {
+                "write every page in random order of an all-hole store, then flush"
+            }
+            Workload::WriteAfterRead => {
+                "read every page of an all-hole store, write every page, then flush"
+            }
+            Workload::Mkwrite => "read every page of a written store, then write every page",
+            Workload::Flush => {
+                "read a written store in full, dirty 1% of pages at random; only the flush is timed"
+            }
+        }
+    }
+
+    /// The workload called `name`, if any.
+    pub fn parse(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    /// The store this workload starts from.
+    pub fn start(self) -> Start {
+        match self {
+            Workload::SparseRead
+            | Workload::SeqWrite
+            | Workload::RandWrite
+            | Workload::WriteAfterRead => Start::Holes,
+            Workload::SeqRead | Workload::RandRead | Workload::Mkwrite | Workload::Flush => {
+                Start::Written
+            }
+        }
+    }
+
+    /// Whether the workload writes to the store (and so may overwrite a `--store` file).
+    pub fn writes(self) -> bool {
+        !matches!(
+            self,
+            Workload::SparseRead | Workload::SeqRead | Workload::RandRead
+        )
+    }
+
+    /// Runs the workload once on `engine` with `threads` application threads; `seed` fixes
+    /// the random orders (pass the same seed to both engines).
+    pub fn run(self, engine: &dyn Engine, threads: usize, seed: u64) -> Result<Outcome, CliError> {
+        let mut run = Run::new(engine, threads, seed);
+        match self {
+            Workload::SparseRead => run.read(Order::Seq, true)?,
+            Workload::SeqRead => run.read(Order::Seq, true)?,
+            Workload::RandRead => run.read(Order::Rand, true)?,
+            Workload::SeqWrite => {
+                run.write(Order::Seq, true)?;
+                run.flush(true)?;
+            }
+            Workload::RandWrite => {
+                run.write(Order::Rand, true)?;
+                run.flush(true)?;
+            }
+            Workload::WriteAfterRead => {
+                run.read(Order::Seq, true)?;
+                run.write(Order::Seq, true)?;
+                run.flush(true)?;
+            }
+            Workload::Mkwrite => {
+                run.read(Order::Seq, true)?;
+                run.write(Order::Seq, true)?;
+            }
+            Workload::Flush => {
+                run.read(Order::Seq, false)?;
+                run.dirty_fraction(100)?;
+                run.flush(true)?;
+            }
+        }
+        Ok(run.outcome)
+    }
+}
+
+/// The pages one thread visits.
+enum Share {
+    InOrder(Range<u32>),
+    Shuffled(Vec<u32>),
+}
+
+impl Share {
+    fn for_each(&self, mut f: impl FnMut(usize)) {
+        match self {
+            Share::InOrder(range) => range.clone().for_each(|p| f(p as usize)),
+            Share::Shuffled(pages) => pages.iter().for_each(|&p| f(p as usize)),
+        }
+    }
+}
+
+/// One run in progress: the engine, the thread shares, and what was measured so far.
+struct Run<'a> {
+    engine: &'a dyn Engine,
+    region: Region,
+    shares: Vec<Range<u32>>,
+    seed: u64,
+    outcome: Outcome,
+}
+
+impl<'a> Run<'a> {
+    fn new(engine: &'a dyn Engine, threads: usize, seed: u64) -> Self {
+        let region = engine.region();
+        let pages = u32::try_from(region.pages()).expect("page count checked by the plan");
+        let threads = threads.clamp(1, pages.max(1) as usize) as u32;
+        let shares = (0..threads)
+            .map(|t| {
+                let share = |t: u32| (pages as u64 * t as u64 / threads as u64) as u32;
+                share(t)..share(t + 1)
+            })
+            .collect();
+        Run {
+            engine,
+            region,
+            shares,
+            seed,
+            outcome: Outcome::default(),
+        }
+    }
+
+    /// Builds the visiting lists (outside any timing).
+    fn lists(&self, order: Order) -> Vec<Share> {
+        self.shares
+            .iter()
+            .enumerate()
+            .map(|(i, range)| match order {
+                Order::Seq => Share::InOrder(range.clone()),
+                Order::Rand => {
+                    let seed = self.seed ^ (i as u64).wrapping_mul(0xA076_1D64_78BD_642F);
+                    Share::Shuffled(permutation(range.start, range.end, seed))
+                }
+            })
+            .collect()
+    }
+
+    /// Runs `f` on every share, one thread each (inline when there is one share).
+    fn on_shares(lists: &[Share], f: impl Fn(&Share) + Sync) {
+        if let [only] = lists {
+            f(only);
+            return;
+        }
+        std::thread::scope(|scope| {
+            for share in lists {
+                let f = &f;
+                scope.spawn(move || f(share));
+            }
+        });
+    }
+
+    fn read(&mut self, order: Order, timed: bool) -> Result<(), CliError> {
+        let lists = self.lists(order);
+        let region = self.region;
+        self.phase("read", timed, || {
+            Self::on_shares(&lists, |share| {
+                let mut sum = 0u8;
+                share.for_each(|page| sum = sum.wrapping_add(region.read_page(page)));
+                black_box(sum);
+            });
+            Ok(())
+        })
+    }
+
+    fn write(&mut self, order: Order, timed: bool) -> Result<(), CliError> {
+        let lists = self.lists(order);
+        let region = self.region;
+        let salt = self.seed & !1;
+        self.phase("write", timed, || {
+            Self::on_shares(&lists, |share| {
+                share.for_each(|page| region.write_page(page, page_value(page, salt)));
+            });
+            Ok(())
+        })
+    }
+
+    /// Writes `1/divisor` of the pages (at least one), chosen at random, from this thread.
+    fn dirty_fraction(&mut self, divisor: usize) -> Result<(), CliError> {
+        let pages = self.region.pages();
+        let count = (pages / divisor).max(1);
+        let mut rng = SplitMix64::new(self.seed);
+        let all = permutation(0, pages as u32, rng.next_u64());
+        let region = self.region;
+        let salt = self.seed & !1;
+        self.phase("dirty", false, || {
+            all[..count]
+                .iter()
+                .for_each(|&p| region.write_page(p as usize, page_value(p as usize, salt)));
+            Ok(())
+        })
+    }
+
+    fn flush(&mut self, timed: bool) -> Result<(), CliError> {
+        let engine = self.engine;
+        self.phase("flush", timed, || engine.flush())
+    }
+
+    /// Runs one phase, adds its time if `timed`, then samples the mapping's Rss.
+    fn phase(
+        &mut self,
+        name: &'static str,
+        timed: bool,
+        body: impl FnOnce() -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
+        let start = Instant::now();
+        body()?;
+        let took = start.elapsed();
+        if timed {
+            self.outcome.timed += took;
+        }
+        self.outcome.phases.push((name, took, timed));
+        let rss = smaps::rss_of_range(self.region.addr(), self.region.len())
+            .map_err(|e| CliError::failed("reading /proc/self/smaps", e))?;
+        self.outcome.rss_peak = self.outcome.rss_peak.max(rss);
+        Ok(())
+    }
+}
+
+/// The non-zero value written to `page`: distinct for every page of a run.
+fn page_value(page: usize, salt: u64) -> u64 {
+    ((page as u64) << 1 | 1) ^ salt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for w in Workload::ALL {
+            assert_eq!(Workload::parse(w.name()), Some(w));
+        }
+        assert_eq!(Workload::parse("bogus"), None);
+    }
+
+    #[test]
+    fn page_values_are_distinct_and_non_zero() {
+        let salt = 0x1234_5678_9abc_def0 & !1;
+        assert_ne!(page_value(0, salt), 0);
+        assert_ne!(page_value(1, salt), page_value(2, salt));
+    }
+}

@@ -1,0 +1,725 @@
+//! Tests of the `udax` command line: `udax bench` for every workload (JSON fields and
+//! counters), the table, `--json FILE`, `--plot`, `--store`, `udax inspect`, and every
+//! bad-input case (exit code 2, one line naming the cause and the fix, nothing left in
+//! $TMPDIR).
+//!
+//! Bench tests need userfaultfd. Where it is unavailable they print "SKIPPED" and pass,
+//! except when CI=true: there that is a failure.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const UDAX: &str = env!("CARGO_BIN_EXE_udax");
+const SIZE: &str = "16MiB";
+const SIZE_BYTES: u64 = 16 << 20;
+const PAGES: u64 = SIZE_BYTES / 4096;
+
+/// The counters DESIGN.md names, which every udax result must carry.
+const COUNTERS: [&str; 15] = [
+    "zero_faults",
+    "read_faults",
+    "write_faults",
+    "mkwrite_faults",
+    "zero_to_dirty",
+    "huge_faults",
+    "huge_fallbacks",
+    "pages_written_back",
+    "flushes",
+    "evictions",
+    "bytes_read",
+    "bytes_written",
+    "sigbus_delivered",
+    "resident_pages",
+    "resident_pages_peak",
+];
+
+/// A fresh directory for one test, used as $TMPDIR, removed on drop.
+struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch(tempfile::tempdir().expect("create a temporary directory"))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// A `udax` command with $TMPDIR pointing here.
+    fn udax(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(UDAX);
+        command.args(args).env("TMPDIR", self.path());
+        command
+    }
+
+    /// Names of what is left in the directory.
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.path())
+            .expect("read the scratch directory")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Whether a failed bench run failed only because userfaultfd is unavailable here, in
+/// which case the caller skips (never under CI=true).
+fn skip_without_userfaultfd(output: &Output) -> bool {
+    let stderr = text(&output.stderr);
+    if output.status.code() == Some(2) && stderr.contains("userfaultfd") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "userfaultfd unavailable under CI: {stderr}"
+        );
+        eprintln!("SKIPPED: userfaultfd is unavailable here: {stderr}");
+        return true;
+    }
+    false
+}
+
+/// Runs `udax bench --size 16MiB --repeat 1 --json - <extra>` and returns the JSON, or None
+/// to skip. Checks that nothing is left in $TMPDIR.
+fn bench_json(extra: &[&str]) -> Option<Value> {
+    let scratch = Scratch::new();
+    let mut args = vec!["bench", "--size", SIZE, "--repeat", "1", "--json", "-"];
+    args.extend_from_slice(extra);
+    let output = scratch.udax(&args).output().expect("run udax");
+    if skip_without_userfaultfd(&output) {
+        return None;
+    }
+    assert!(
+        output.status.success(),
+        "udax {args:?} failed: {}",
+        text(&output.stderr)
+    );
+    assert_eq!(scratch.leftovers(), Vec::<String>::new(), "left in $TMPDIR");
+    Some(serde_json::from_slice(&output.stdout).expect("stdout is one JSON document"))
+}
+
+/// The result of `engine` (and granularity `gran`) in a report.
+fn result<'a>(report: &'a Value, engine: &str, gran: &str) -> &'a Value {
+    report["results"]
+        .as_array()
+        .expect("results is an array")
+        .iter()
+        .find(|r| r["engine"] == engine && r["granularity"] == gran)
+        .unwrap_or_else(|| panic!("no {engine} {gran} result in {report:#}"))
+}
+
+fn counter(result: &Value, name: &str) -> u64 {
+    result["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("counter {name} missing in {result:#}"))
+}
+
+fn u64_of(result: &Value, field: &str) -> u64 {
+    result[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing in {result:#}"))
+}
+
+/// Runs one workload at 4 KiB granularity and checks the report's shape; returns the udax
+/// and kernel results.
+fn bench_workload(workload: &str) -> Option<(Value, Value)> {
+    let report = bench_json(&["--workload", workload])?;
+    for key in ["kernel_release", "cpus", "memory_bytes", "cpu_model"] {
+        assert!(
+            !report["machine"][key].is_null(),
+            "machine.{key} missing: {report:#}"
+        );
+    }
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "one udax and one kernel result");
+    for r in results {
+        assert_eq!(r["workload"], workload);
+        assert_eq!(r["granularity"], "4k");
+        assert_eq!(u64_of(r, "size_bytes"), SIZE_BYTES);
+        assert_eq!(u64_of(r, "pages"), PAGES);
+        let median = r["median_ns_per_page"].as_f64().expect("median");
+        let min = r["min_ns_per_page"].as_f64().expect("min");
+        let max = r["max_ns_per_page"].as_f64().expect("max");
+        assert!(min > 0.0 && min <= median && median <= max, "{r:#}");
+        u64_of(r, "rss_peak_bytes");
+        u64_of(r, "store_allocated_bytes");
+        assert!(r["counters"].is_object());
+    }
+    let udax = result(&report, "udax", "4k").clone();
+    let kernel = result(&report, "kernel", "4k").clone();
+    assert_eq!(kernel["counters"], serde_json::json!({}));
+    for name in COUNTERS {
+        counter(&udax, name);
+    }
+    let ratios = report["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 1);
+    assert_eq!(ratios[0]["workload"], workload);
+    assert_eq!(ratios[0]["granularity"], "4k");
+    let ratio = ratios[0]["udax_over_kernel"].as_f64().expect("ratio");
+    let expected = udax["median_ns_per_page"].as_f64().expect("udax median")
+        / kernel["median_ns_per_page"]
+            .as_f64()
+            .expect("kernel median");
+    assert!(
+        (ratio - expected).abs() < 1e-9 * expected.max(1.0),
+        "{ratio} vs {expected}"
+    );
+    assert_eq!(counter(&udax, "sigbus_delivered"), 0);
+    Some((udax, kernel))
+}
+
+#[test]
+fn bench_sparse_read() {
+    let Some((udax, kernel)) = bench_workload("sparse-read") else {
+        return;
+    };
+    assert_eq!(counter(&udax, "zero_faults"), PAGES);
+    assert_eq!(counter(&udax, "read_faults"), 0);
+    assert_eq!(counter(&udax, "write_faults"), 0);
+    assert_eq!(u64_of(&udax, "store_allocated_bytes"), 0);
+    assert_eq!(
+        u64_of(&udax, "rss_peak_bytes"),
+        0,
+        "zero pages cost no memory"
+    );
+    assert_eq!(u64_of(&kernel, "store_allocated_bytes"), 0);
+}
+
+#[test]
+fn bench_seq_read() {
+    let Some((udax, kernel)) = bench_workload("seq-read") else {
+        return;
+    };
+    assert_eq!(counter(&udax, "read_faults"), PAGES);
+    assert_eq!(counter(&udax, "zero_faults"), 0);
+    assert!(counter(&udax, "bytes_read") >= SIZE_BYTES);
+    assert_eq!(counter(&udax, "pages_written_back"), 0);
+    assert!(u64_of(&udax, "store_allocated_bytes") >= SIZE_BYTES);
+    assert!(u64_of(&kernel, "store_allocated_bytes") >= SIZE_BYTES);
+}
+
+#[test]
+fn bench_rand_read() {
+    let Some((udax, _)) = bench_workload("rand-read") else {
+        return;
+    };
+    assert_eq!(counter(&udax, "read_faults"), PAGES);
+    assert_eq!(counter(&udax, "zero_faults"), 0);
+    assert!(counter(&udax, "bytes_read") >= SIZE_BYTES);
+}
+
+fn check_write_all_then_flush(workload: &str) {
+    let Some((udax, kernel)) = bench_workload(workload) else {
+        return;
+    };
+    assert_eq!(counter(&udax, "write_faults"), PAGES);
+    assert_eq!(counter(&udax, "pages_written_back"), PAGES);
+    assert_eq!(counter(&udax, "flushes"), 1);
+    assert!(counter(&udax, "bytes_written") >= SIZE_BYTES);
+    assert!(u64_of(&udax, "store_allocated_bytes") >= SIZE_BYTES);
+    assert!(u64_of(&kernel, "store_allocated_bytes") >= SIZE_BYTES);
+}
+
+#[test]
+fn bench_seq_write() {
+    check_write_all_then_flush("seq-write");
+}
+
+#[test]
+fn bench_rand_write() {
+    check_write_all_then_flush("rand-write");
+}
+
+#[test]
+fn bench_write_after_read() {
+    let Some((udax, _)) = bench_workload("write-after-read") else {
+        return;
+    };
+    assert_eq!(counter(&udax, "zero_faults"), PAGES);
+    assert_eq!(counter(&udax, "zero_to_dirty"), PAGES);
+    assert_eq!(counter(&udax, "pages_written_back"), PAGES);
+    assert_eq!(counter(&udax, "flushes"), 1);
+    assert!(u64_of(&udax, "store_allocated_bytes") >= SIZE_BYTES);
+}
+
+#[test]
+fn bench_mkwrite() {
+    let Some((udax, _)) = bench_workload("mkwrite") else {
+        return;
+    };
+    assert_eq!(counter(&udax, "read_faults"), PAGES);
+    assert_eq!(counter(&udax, "mkwrite_faults"), PAGES);
+    assert_eq!(counter(&udax, "write_faults"), 0);
+    // Counters are taken before the untimed flush that ends every run.
+    assert_eq!(counter(&udax, "pages_written_back"), 0);
+}
+
+#[test]
+fn bench_flush() {
+    let Some((udax, _)) = bench_workload("flush") else {
+        return;
+    };
+    let dirty = PAGES / 100;
+    assert_eq!(counter(&udax, "read_faults"), PAGES);
+    assert_eq!(counter(&udax, "mkwrite_faults"), dirty);
+    assert_eq!(counter(&udax, "pages_written_back"), dirty);
+    assert_eq!(counter(&udax, "flushes"), 1);
+}
+
+#[test]
+fn bench_granularities_and_threads() {
+    let Some(report) = bench_json(&[
+        "--workload",
+        "sparse-read,seq-write",
+        "--granularity",
+        "4k,2m",
+        "--threads",
+        "2",
+    ]) else {
+        return;
+    };
+    assert_eq!(report["results"].as_array().expect("results").len(), 8);
+    assert_eq!(report["ratios"].as_array().expect("ratios").len(), 4);
+    let huge = report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| {
+            r["workload"] == "sparse-read" && r["engine"] == "udax" && r["granularity"] == "2m"
+        })
+        .expect("udax 2m sparse-read");
+    assert!(counter(huge, "huge_faults") >= 1, "{huge:#}");
+    let write = report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["workload"] == "seq-write" && r["engine"] == "udax" && r["granularity"] == "4k")
+        .expect("udax 4k seq-write");
+    assert_eq!(u64_of(write, "threads"), 2);
+    assert_eq!(counter(write, "pages_written_back"), PAGES);
+}
+
+#[test]
+fn bench_modes() {
+    let Some(report) = bench_json(&[
+        "--workload",
+        "seq-write",
+        "--resolution",
+        "handler,in-thread",
+        "--dirty-tracking",
+        "sync,async",
+    ]) else {
+        return;
+    };
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 8);
+    let ratios = report["ratios"].as_array().expect("ratios");
+    let modes: Vec<&str> = ratios
+        .iter()
+        .map(|r| r["mode"].as_str().expect("mode"))
+        .collect();
+    assert_eq!(
+        modes,
+        ["4k", "4k async", "4k in-thread", "4k in-thread async"]
+    );
+    for r in results.iter().filter(|r| r["engine"] == "udax") {
+        assert!(r["resolution"] == "handler" || r["resolution"] == "in-thread");
+        assert!(r["dirty_tracking"] == "sync" || r["dirty_tracking"] == "async");
+        assert_eq!(counter(r, "sigbus_delivered"), 0);
+        assert_eq!(counter(r, "pages_written_back"), PAGES, "{r:#}");
+    }
+}
+
+#[test]
+fn bench_table_json_file_and_plot() {
+    let scratch = Scratch::new();
+    let out = tempfile::tempdir().expect("output directory");
+    let json = out.path().join("r.json");
+    let svg = out.path().join("r.svg");
+    let output = scratch
+        .udax(&[
+            "bench",
+            "--size",
+            "1MiB",
+            "--repeat",
+            "2",
+            "--workload",
+            "sparse-read,flush",
+            "--json",
+            json.to_str().expect("utf-8 path"),
+            "--plot",
+            svg.to_str().expect("utf-8 path"),
+        ])
+        .output()
+        .expect("run udax");
+    if skip_without_userfaultfd(&output) {
+        return;
+    }
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let table = text(&output.stdout);
+    assert!(table.starts_with("workload"), "{table}");
+    assert!(
+        table.contains("udax/kernel") && table.contains("kernel"),
+        "{table}"
+    );
+    assert!(
+        table.contains("sparse-read") && table.contains("flush"),
+        "{table}"
+    );
+    assert!(
+        table.contains("zero=256"),
+        "sparse-read's counters: {table}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json file")).expect("JSON");
+    assert_eq!(report["results"].as_array().expect("results").len(), 4);
+    assert_eq!(
+        report["results"][0]["ns_per_page_runs"]
+            .as_array()
+            .expect("runs")
+            .len(),
+        2
+    );
+    let drawing = std::fs::read_to_string(&svg).expect("svg file");
+    assert!(drawing.contains("<svg"), "not an SVG");
+    assert!(drawing.contains("sparse-read") && drawing.contains("flush"));
+    assert_eq!(scratch.leftovers(), Vec::<String>::new());
+}
+
+/// Writes `byte` over `0..len` of a new file.
+fn filled_file(path: &Path, len: usize, byte: u8) {
+    std::fs::write(path, vec![byte; len]).expect("write the store file");
+}
+
+#[test]
+fn bench_store_read_workloads_keep_the_data() {
+    let scratch = Scratch::new();
+    let store = scratch.path().join("mine.img");
+    filled_file(&store, 1 << 20, 0x5A);
+    let output = scratch
+        .udax(&[
+            "bench",
+            "--size",
+            "1MiB",
+            "--repeat",
+            "1",
+            "--workload",
+            "sparse-read,seq-read,rand-read",
+            "--store",
+            store.to_str().expect("utf-8 path"),
+            "--json",
+            "-",
+        ])
+        .output()
+        .expect("run udax");
+    if skip_without_userfaultfd(&output) {
+        return;
+    }
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let data = std::fs::read(&store).expect("the store is kept");
+    assert_eq!(data.len(), 1 << 20);
+    assert!(
+        data.iter().all(|&b| b == 0x5A),
+        "read-only workloads changed the store"
+    );
+    assert_eq!(scratch.leftovers(), vec!["mine.img".to_string()]);
+}
+
+#[test]
+fn bench_store_created_and_kept() {
+    let scratch = Scratch::new();
+    let store = scratch.path().join("new.img");
+    let output = scratch
+        .udax(&[
+            "bench",
+            "--size",
+            "1MiB",
+            "--repeat",
+            "1",
+            "--workload",
+            "seq-write",
+            "--store",
+            store.to_str().expect("utf-8 path"),
+            "--json",
+            "-",
+        ])
+        .output()
+        .expect("run udax");
+    if skip_without_userfaultfd(&output) {
+        return;
+    }
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(std::fs::metadata(&store).expect("kept").len(), 1 << 20);
+}
+
+/// A 1 MiB file with data at [64 KiB, 68 KiB) and [512 KiB, 520 KiB), holes elsewhere.
+fn file_with_holes(path: &Path) -> File {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .expect("create");
+    file.set_len(1 << 20).expect("size");
+    file.write_all_at(&[1u8; 4096], 64 << 10).expect("write");
+    file.write_all_at(&[2u8; 8192], 512 << 10).expect("write");
+    file.sync_all().expect("sync");
+    file
+}
+
+#[test]
+fn inspect_reports_known_holes() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("holes.img");
+    file_with_holes(&path);
+    let output = Command::new(UDAX)
+        .args(["inspect", "--json"])
+        .arg(&path)
+        .output()
+        .expect("run udax");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["size_bytes"], 1 << 20);
+    assert_eq!(report["allocated_bytes"], 12288);
+    assert_eq!(report["data_bytes"], 12288);
+    assert_eq!(report["hole_bytes"], (1 << 20) - 12288);
+    let extents: Vec<(String, u64, u64)> = report["extents"]
+        .as_array()
+        .expect("extents")
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().expect("kind").to_string(),
+                e["offset"].as_u64().expect("offset"),
+                e["length"].as_u64().expect("length"),
+            )
+        })
+        .collect();
+    let expected = [
+        ("hole", 0, 64 << 10),
+        ("data", 64 << 10, 4096),
+        ("hole", 68 << 10, (512 - 68) << 10),
+        ("data", 512 << 10, 8192),
+        ("hole", 520 << 10, (1024 - 520) << 10),
+    ]
+    .map(|(k, o, l)| (k.to_string(), o, l));
+    assert_eq!(extents, expected);
+
+    let output = Command::new(UDAX)
+        .arg("inspect")
+        .arg(&path)
+        .output()
+        .expect("run udax");
+    assert!(output.status.success());
+    let shown = text(&output.stdout);
+    assert!(
+        shown.contains("size:      1.0 MiB (1048576 bytes)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("allocated: 12.0 KiB (12288 bytes)"),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.split_whitespace().take(3).eq(["data", "524288", "8192"])),
+        "{shown}"
+    );
+}
+
+#[test]
+fn inspect_summarises_long_lists() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("striped.img");
+    let file = File::create(&path).expect("create");
+    file.set_len(1 << 20).expect("size");
+    for page in (0..256).step_by(4) {
+        file.write_all_at(&[7u8; 4096], page * 4096).expect("write");
+    }
+    file.sync_all().expect("sync");
+    let run = |all: bool| {
+        let mut command = Command::new(UDAX);
+        command.arg("inspect").arg(&path);
+        if all {
+            command.arg("--all");
+        }
+        let output = command.output().expect("run udax");
+        assert!(output.status.success());
+        text(&output.stdout)
+    };
+    let short = run(false);
+    assert!(short.contains("extents:   128 (64 data"), "{short}");
+    assert!(short.contains("108 more extents"), "{short}");
+    let long = run(true);
+    assert_eq!(long.matches("  data  ").count(), 64, "{long}");
+}
+
+/// Runs `udax args` with $TMPDIR in a fresh directory and checks a bad-input failure:
+/// exit code 2, one line `udax: ...` containing every `needle`, nothing left behind.
+fn assert_bad_input(args: &[&str], needles: &[&str]) {
+    let scratch = Scratch::new();
+    let output = scratch.udax(args).output().expect("run udax");
+    check_bad_input(&output, needles);
+    assert_eq!(scratch.leftovers(), Vec::<String>::new(), "left in $TMPDIR");
+}
+
+fn check_bad_input(output: &Output, needles: &[&str]) {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("udax: "), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    assert!(output.stdout.is_empty());
+    eprintln!("as expected: {stderr}");
+}
+
+#[test]
+fn bad_unknown_workload() {
+    assert_bad_input(
+        &["bench", "--size", "1MiB", "--workload", "seq-read,zigzag"],
+        &["unknown workload \"zigzag\"", "sparse-read", "flush"],
+    );
+}
+
+#[test]
+fn bad_zero_size() {
+    assert_bad_input(&["bench", "--size", "0"], &["--size", "zero", "1GiB"]);
+}
+
+#[test]
+fn bad_unparsable_size() {
+    assert_bad_input(
+        &["bench", "--size", "lots"],
+        &["--size", "not a number", "64KiB"],
+    );
+    assert_bad_input(
+        &["bench", "--size", "1.5GiB"],
+        &["--size", "not a whole number"],
+    );
+    assert_bad_input(&["bench", "--size", "5000"], &["not a multiple of 4096"]);
+    assert_bad_input(&["bench", "--size", "12XB"], &["--size", "unknown unit"]);
+}
+
+#[test]
+fn bad_store_in_missing_directory() {
+    let scratch = Scratch::new();
+    let store = scratch.path().join("missing").join("store.img");
+    let output = scratch
+        .udax(&[
+            "bench",
+            "--size",
+            "1MiB",
+            "--store",
+            store.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("run udax");
+    check_bad_input(&output, &["does not exist", "missing", "create it"]);
+    assert_eq!(scratch.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn bad_store_smaller_than_size() {
+    let scratch = Scratch::new();
+    let store = scratch.path().join("small.img");
+    filled_file(&store, 1 << 20, 3);
+    let output = scratch
+        .udax(&[
+            "bench",
+            "--size",
+            "2MiB",
+            "--store",
+            store.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("run udax");
+    check_bad_input(&output, &["less than --size", "--size 1048576", "truncate"]);
+    let data = std::fs::read(&store).expect("kept");
+    assert!(
+        data.len() == 1 << 20 && data.iter().all(|&b| b == 3),
+        "store changed"
+    );
+    assert_eq!(scratch.leftovers(), vec!["small.img".to_string()]);
+}
+
+#[test]
+fn bad_inspect_missing_file() {
+    assert_bad_input(
+        &["inspect", "/nonexistent/udax-store.img"],
+        &["/nonexistent/udax-store.img"],
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+mod no_userfaultfd {
+    //! Runs `udax bench` under a seccomp filter that fails the userfaultfd syscall and
+    //! the /dev/userfaultfd ioctl with EPERM, as on a machine where neither is permitted.
+
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    const PR_SET_NO_NEW_PRIVS: libc::c_int = 38;
+    const PR_SET_SECCOMP: libc::c_int = 22;
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const USERFAULTFD_IOC_NEW: u32 = 0xAA00;
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+
+    fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+        libc::sock_filter { code, jt, jf, k }
+    }
+
+    /// arch != x86_64 -> allow; userfaultfd -> EPERM; ioctl(_, USERFAULTFD_IOC_NEW) -> EPERM.
+    fn filter() -> Vec<libc::sock_filter> {
+        vec![
+            op(LD_W_ABS, 0, 0, 4),                                         // 0: arch
+            op(JEQ_K, 0, 5, AUDIT_ARCH_X86_64),                            // 1: -> 7 unless x86_64
+            op(LD_W_ABS, 0, 0, 0),                                         // 2: syscall number
+            op(JEQ_K, 4, 0, libc::SYS_userfaultfd as u32),                 // 3: -> 8
+            op(JEQ_K, 0, 2, libc::SYS_ioctl as u32),                       // 4: -> 7 unless ioctl
+            op(LD_W_ABS, 0, 0, 24),                                        // 5: low half of args[1]
+            op(JEQ_K, 1, 0, USERFAULTFD_IOC_NEW),                          // 6: -> 8, else 7
+            op(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),                      // 7
+            op(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32), // 8
+        ]
+    }
+
+    #[test]
+    fn bad_no_userfaultfd_permission() {
+        let scratch = Scratch::new();
+        let mut program = filter();
+        let prog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_mut_ptr(),
+        };
+        let prog_addr = &prog as *const libc::sock_fprog as usize;
+        let mut command = scratch.udax(&["bench", "--size", "1MiB", "--repeat", "1"]);
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl,
+        // which is async-signal-safe; `prog` and `program` live in the parent's memory,
+        // copied into the child by fork, and outlive the spawn below.
+        unsafe {
+            command.pre_exec(move || {
+                let prog = prog_addr as *const libc::sock_fprog;
+                if libc::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::prctl(PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, prog) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let output = command.output().expect("run udax under seccomp");
+        drop(program);
+        check_bad_input(&output, &["userfaultfd"]);
+        assert_eq!(scratch.leftovers(), Vec::<String>::new());
+    }
+}

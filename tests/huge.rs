@@ -1,0 +1,623 @@
+//! The 2 MiB path and fault-around: one fault per range or window, the kernel's fallback
+//! rules (each with correct data), exact 4 KiB dirty tracking inside huge ranges, and the
+//! window between moving a huge page in and write-protecting it.
+
+mod common;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use udax::{FileStore, Granularity, Mapping, MemStore, Options, Stats, Store, StoreError};
+
+const PAGE: usize = 4096;
+const HUGE: usize = 2 << 20;
+const HUGE_PAGES: usize = HUGE / PAGE;
+
+/// The byte the written stores hold at `offset`: different in every page.
+fn pattern(offset: usize) -> u8 {
+    ((offset / PAGE) * 31 + offset % 253) as u8
+}
+
+/// Writes `pattern` over `range` of the file at `path`.
+fn write_pattern(path: &Path, range: std::ops::Range<usize>) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut at = range.start;
+    while at < range.end {
+        let end = (at + HUGE).min(range.end);
+        let bytes: Vec<u8> = (at..end).map(pattern).collect();
+        file.write_all_at(&bytes, at as u64).expect("write");
+        at = end;
+    }
+}
+
+/// A sparse file store of `len` bytes with `pattern` written over the `data` ranges.
+fn file_store(
+    dir: &Path,
+    len: usize,
+    data: impl IntoIterator<Item = std::ops::Range<usize>>,
+) -> Arc<FileStore> {
+    let path = dir.join("store.img");
+    drop(FileStore::create(&path, len as u64).expect("create"));
+    for range in data {
+        write_pattern(&path, range);
+    }
+    Arc::new(FileStore::open(&path).expect("open"))
+}
+
+fn huge() -> Options {
+    Options::default().granularity(Granularity::Huge)
+}
+
+/// Reads one byte of every page with a volatile load.
+fn touch_every_page(mapping: &Mapping) {
+    for page in 0..mapping.len() / PAGE {
+        // SAFETY: inside the live mapping.
+        unsafe { std::ptr::read_volatile(mapping.as_ptr().add(page * PAGE)) };
+    }
+}
+
+/// Stores one byte (atomically: the handler may race it) at `offset` of the mapping.
+fn poke(mapping: &Mapping, offset: usize, value: u8) {
+    assert!(offset < mapping.len());
+    // SAFETY: inside the live mapping; AtomicU8 has no alignment needs.
+    let byte = unsafe { &*(mapping.as_ptr().add(offset) as *const AtomicU8) };
+    byte.store(value, Ordering::Relaxed);
+}
+
+/// Asserts that the mapping reads `expected(offset)` everywhere.
+fn assert_reads(mapping: &Mapping, expected: impl Fn(usize) -> u8) {
+    // SAFETY: no thread writes the mapping while the slice lives.
+    let bytes = unsafe { mapping.as_slice() };
+    if let Some(at) = (0..bytes.len()).find(|&i| bytes[i] != expected(i)) {
+        panic!(
+            "byte {at} (page {}) reads {:#x}, expected {:#x}",
+            at / PAGE,
+            bytes[at],
+            expected(at)
+        );
+    }
+}
+
+/// Faults served, of any kind.
+fn faults(stats: &Stats) -> u64 {
+    stats.zero_faults
+        + stats.read_faults
+        + stats.write_faults
+        + stats.mkwrite_faults
+        + stats.zero_to_dirty
+}
+
+/// Sums a `field:` (in KiB) of /proc/self/smaps over the VMAs overlapping `ptr..ptr+len`.
+fn smaps_kib(ptr: *const u8, len: usize, field: &str) -> u64 {
+    let (start, end) = (ptr as usize, ptr as usize + len);
+    let mut text = String::new();
+    File::open("/proc/self/smaps")
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .expect("read smaps");
+    let mut inside = false;
+    let mut total = 0;
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = lo < end && hi > start;
+                continue;
+            }
+        }
+        if let (true, Some(rest)) = (inside, line.strip_prefix(field)) {
+            let kib = rest.trim_start_matches(':').trim().trim_end_matches("kB");
+            total += kib.trim().parse::<u64>().expect("smaps number");
+        }
+    }
+    total
+}
+
+/// Whether each of `pages` pages from `address` is uffd-write-protected (pagemap bit 57).
+fn write_protected(address: usize, pages: usize) -> Vec<bool> {
+    let file = File::open("/proc/self/pagemap").expect("open pagemap");
+    let mut words = vec![0u8; pages * 8];
+    file.read_exact_at(&mut words, (address / PAGE * 8) as u64)
+        .expect("read pagemap");
+    words
+        .chunks_exact(8)
+        .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) & (1 << 57) != 0)
+        .collect()
+}
+
+#[test]
+fn reading_a_hole_store_takes_one_fault_per_2mib_and_no_memory() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let len = 64 << 20;
+    let store = file_store(dir.path(), len, None);
+    let mapping = Mapping::new(store, huge()).expect("map");
+    touch_every_page(&mapping);
+    let stats = mapping.stats();
+    let pages = (len / PAGE) as u64;
+    assert_eq!(faults(&stats), pages / 512, "{stats:?}");
+    assert_eq!(
+        (stats.zero_faults, stats.huge_faults, stats.huge_fallbacks),
+        (pages / 512, pages / 512, 0),
+        "{stats:?}"
+    );
+    let rss = common::mapping_rss_kib(mapping.as_ptr(), mapping.len());
+    assert!(rss < 1024, "Rss {rss} KiB after reading 64 MiB of holes");
+    assert_reads(&mapping, |_| 0);
+    mapping.close().expect("close");
+}
+
+/// Reads a written 64 MiB store at 2 MiB; returns the AnonHugePages (KiB) afterwards.
+fn read_written_store(options: Options) -> u64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let len = 64 << 20;
+    let store = file_store(dir.path(), len, Some(0..len));
+    let mapping = Mapping::new(store, options).expect("map");
+    touch_every_page(&mapping);
+    let stats = mapping.stats();
+    let pages = (len / PAGE) as u64;
+    assert_eq!(faults(&stats), pages / 512, "{stats:?}");
+    assert_eq!(
+        (stats.read_faults, stats.huge_faults, stats.huge_fallbacks),
+        (pages / 512, pages / 512, 0),
+        "{stats:?}"
+    );
+    assert_reads(&mapping, pattern);
+    let anon_huge = smaps_kib(mapping.as_ptr(), mapping.len(), "AnonHugePages");
+    // Reading changed nothing: a flush writes nothing back.
+    mapping.flush().expect("flush");
+    assert_eq!(mapping.stats().pages_written_back, 0);
+    mapping.close().expect("close");
+    anon_huge
+}
+
+#[test]
+fn reading_a_written_store_takes_one_fault_per_2mib_with_the_right_bytes() {
+    if !common::require_uffd() {
+        return;
+    }
+    let anon_huge = read_written_store(huge());
+    // Whether the kernel let us map true huge pages is recorded, not required.
+    eprintln!(
+        "2 MiB data path: AnonHugePages {anon_huge} KiB of 65536 KiB: true huge mappings {}",
+        if anon_huge > 0 {
+            "achieved"
+        } else {
+            "not achieved (copied)"
+        }
+    );
+}
+
+/// Where no huge page can be had, a 2 MiB range is still one fault, copied in.
+#[test]
+fn without_huge_pages_a_range_is_copied_in_one_fault() {
+    if !common::require_uffd() {
+        return;
+    }
+    let anon_huge = read_written_store(huge().huge_move(false));
+    assert_eq!(anon_huge, 0, "copies make no huge mappings");
+}
+
+#[test]
+fn mixed_extents_fall_back_to_4k() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Range 0: one data page in holes. Range 1: all data.
+    let data = [7 * PAGE..8 * PAGE, HUGE..2 * HUGE];
+    let store = file_store(dir.path(), 2 * HUGE, data.clone());
+    let mapping = Mapping::new(store, huge()).expect("map");
+    touch_every_page(&mapping);
+    let stats = mapping.stats();
+    // Range 0: the first fault finds mixed extents, each later one a present entry.
+    assert_eq!(
+        (stats.huge_fallbacks, stats.huge_faults),
+        (512, 1),
+        "{stats:?}"
+    );
+    assert_eq!(
+        (stats.zero_faults, stats.read_faults),
+        (511, 2),
+        "{stats:?}"
+    );
+    assert_reads(&mapping, |i| match data.iter().any(|r| r.contains(&i)) {
+        true => pattern(i),
+        false => 0,
+    });
+    mapping.close().expect("close");
+}
+
+#[test]
+fn a_range_crossing_the_end_of_the_mapping_falls_back_to_4k() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let len = 3 << 20;
+    let store = file_store(dir.path(), len, Some(0..len));
+    let mapping = Mapping::new(store, huge()).expect("map");
+    touch_every_page(&mapping);
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.huge_faults, stats.huge_fallbacks, stats.read_faults),
+        (1, 256, 257),
+        "{stats:?}"
+    );
+    assert_reads(&mapping, pattern);
+    mapping.close().expect("close");
+}
+
+/// A range with one 4 KiB entry present stays 4 KiB even once the store is uniform again:
+/// a 4 KiB fault never upgrades to 2 MiB.
+#[test]
+fn a_present_entry_makes_the_range_fall_back() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = file_store(dir.path(), 2 * HUGE, Some(0..PAGE));
+    let mapping = Mapping::new(store.clone(), huge()).expect("map");
+    let mut byte = [0u8; 1];
+    mapping.read_at(100 * PAGE, &mut byte).expect("read");
+    assert_eq!(mapping.stats().huge_fallbacks, 1, "mixed extents");
+    store.punch_hole(0, PAGE as u64).expect("punch");
+    mapping.read_at(200 * PAGE, &mut byte).expect("read");
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.huge_fallbacks, stats.huge_faults, stats.zero_faults),
+        (2, 0, 2),
+        "{stats:?}"
+    );
+    // The other range is untouched and uniform: 2 MiB.
+    mapping.read_at(HUGE + 5, &mut byte).expect("read");
+    assert_eq!(mapping.stats().huge_faults, 1);
+    assert_reads(&mapping, |_| 0);
+    mapping.close().expect("close");
+}
+
+/// A store that fails reads touching one page (`MemStore` otherwise).
+struct FailingReads {
+    inner: MemStore,
+    bad_page: u64,
+}
+
+impl Store for FailingReads {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn extent(&self, offset: u64) -> Result<udax::Extent, StoreError> {
+        self.inner.extent(offset)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        let bad = self.bad_page * PAGE as u64;
+        if offset < bad + PAGE as u64 && offset + buf.len() as u64 > bad {
+            let source = std::io::Error::from_raw_os_error(libc::EIO);
+            return Err(StoreError::Io {
+                op: "read",
+                offset,
+                source,
+            });
+        }
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
+        self.inner.write_at(offset, buf)
+    }
+    fn allocate(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        self.inner.allocate(offset, len)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        self.inner.punch_hole(offset, len)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+}
+
+/// A read error in a neighbour's block falls back, and the faulting page is served alone.
+#[test]
+fn a_store_error_elsewhere_in_the_range_falls_back_and_serves_the_page() {
+    if !common::require_uffd() {
+        return;
+    }
+    let bytes: Vec<u8> = (0..HUGE).map(pattern).collect();
+    let store = Arc::new(FailingReads {
+        inner: MemStore::with_data(&bytes),
+        bad_page: 300,
+    });
+    let mapping = Mapping::new(store, huge()).expect("map");
+    let mut page = vec![0u8; PAGE];
+    mapping.read_at(10 * PAGE, &mut page).expect("read");
+    assert!(
+        page.iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern(10 * PAGE + i))
+    );
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.huge_fallbacks, stats.huge_faults, stats.read_faults),
+        (1, 0, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.sigbus_delivered, 0);
+    mapping.close().expect("close");
+}
+
+/// One-byte writes spread over huge ranges (read first, or written while Empty, data and
+/// hole) are written back exactly: one page each, not 512.
+#[test]
+fn flush_after_one_byte_writes_writes_back_exactly_the_touched_pages() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Ranges 0..3 data, range 3 hole.
+    let store = file_store(dir.path(), 4 * HUGE, Some(0..3 * HUGE));
+    let path = store.path().to_path_buf();
+    let mapping = Mapping::new(store, huge()).expect("map");
+    // Ranges 0 and 1 are read first (Clean, write-protected); 2 and 3 are Empty.
+    let mut byte = [0u8; 1];
+    mapping.read_at(0, &mut byte).expect("read");
+    mapping.read_at(HUGE, &mut byte).expect("read");
+    let touched = [
+        3 * PAGE + 1,
+        700 * PAGE + 2,
+        1100 * PAGE + 3,
+        1600 * PAGE + 4,
+    ];
+    for &offset in &touched {
+        poke(&mapping, offset, 0xee);
+    }
+    let stats = mapping.stats();
+    assert_eq!(stats.huge_faults, 4, "{stats:?}");
+    assert_eq!(
+        (stats.mkwrite_faults, stats.zero_to_dirty),
+        (3, 1),
+        "{stats:?}"
+    );
+    mapping.flush().expect("flush");
+    let stats = mapping.stats();
+    assert_eq!(stats.pages_written_back, touched.len() as u64, "{stats:?}");
+    let mut file = vec![0u8; 4 * HUGE];
+    File::open(&path)
+        .expect("open")
+        .read_exact_at(&mut file, 0)
+        .expect("read");
+    let expected = |i: usize| match (touched.contains(&i), i < 3 * HUGE) {
+        (true, _) => 0xee,
+        (false, true) => pattern(i),
+        (false, false) => 0,
+    };
+    if let Some(at) = (0..file.len()).find(|&i| file[i] != expected(i)) {
+        panic!(
+            "file byte {at} is {:#x}, expected {:#x}",
+            file[at],
+            expected(at)
+        );
+    }
+    assert_reads(&mapping, expected);
+    mapping.close().expect("close");
+}
+
+/// A write to one page of a huge Clean range lifts the protection of that page only: the
+/// other 511 stay protected and Clean (each later write is its own fault). Same for Zero.
+#[test]
+fn a_write_into_a_huge_range_unprotects_only_its_page() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = file_store(dir.path(), 2 * HUGE, Some(0..HUGE));
+    let mapping = Mapping::new(store, huge()).expect("map");
+    let base = mapping.as_ptr() as usize;
+    touch_every_page(&mapping);
+    let huge_before = smaps_kib(mapping.as_ptr(), mapping.len(), "AnonHugePages");
+    assert!(write_protected(base, 2 * HUGE_PAGES).iter().all(|&wp| wp));
+    poke(&mapping, 5 * PAGE, 1);
+    poke(&mapping, HUGE + 9 * PAGE, 2);
+    for (range, page) in [(0, 5), (1, 9)] {
+        let bits = write_protected(base + range * HUGE, HUGE_PAGES);
+        let open: Vec<usize> = (0..HUGE_PAGES).filter(|&p| !bits[p]).collect();
+        assert_eq!(open, vec![page], "range {range}: unprotected pages");
+    }
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.mkwrite_faults, stats.zero_to_dirty),
+        (1, 1),
+        "{stats:?}"
+    );
+    poke(&mapping, 6 * PAGE, 3);
+    assert_eq!(
+        mapping.stats().mkwrite_faults,
+        2,
+        "page 6 was still protected"
+    );
+    mapping.flush().expect("flush");
+    assert_eq!(mapping.stats().pages_written_back, 3);
+    eprintln!(
+        "AnonHugePages {huge_before} KiB before the write, {} KiB after (the split)",
+        smaps_kib(mapping.as_ptr(), mapping.len(), "AnonHugePages")
+    );
+    mapping.close().expect("close");
+}
+
+/// With huge dirty tracking, a write dirties its whole range (one writable huge mapping),
+/// flush writes back 512 pages, and the next write re-dirties the whole range in one fault.
+#[test]
+fn huge_dirty_tracking_dirties_whole_ranges() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = file_store(dir.path(), 3 * HUGE, Some(0..HUGE));
+    let path = store.path().to_path_buf();
+    let mapping = Mapping::new(store, huge().huge_dirty(true)).expect("map");
+    poke(&mapping, 7, 0xaa); // data range, Empty
+    poke(&mapping, HUGE + 8, 0xbb); // hole range, Empty
+    let mut byte = [0u8; 1];
+    mapping.read_at(2 * HUGE, &mut byte).expect("read"); // hole range, read: Zero
+    poke(&mapping, 2 * HUGE + PAGE, 0xcc); // ...then written
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.huge_faults, stats.write_faults, stats.mkwrite_faults),
+        (4, 3, 0),
+        "{stats:?}"
+    );
+    let anon_huge = smaps_kib(mapping.as_ptr(), mapping.len(), "AnonHugePages");
+    eprintln!("huge dirty: AnonHugePages {anon_huge} KiB for 3 written ranges");
+    mapping.flush().expect("flush");
+    assert_eq!(mapping.stats().pages_written_back, 3 * 512);
+    poke(&mapping, 9 * PAGE, 0xdd);
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.mkwrite_faults, stats.huge_faults),
+        (1, 5),
+        "{stats:?}"
+    );
+    mapping.flush().expect("flush");
+    assert_eq!(mapping.stats().pages_written_back, 4 * 512);
+    let expected = |i: usize| match i {
+        7 => 0xaa,
+        i if i == HUGE + 8 => 0xbb,
+        i if i == 2 * HUGE + PAGE => 0xcc,
+        i if i == 9 * PAGE => 0xdd,
+        i if i < HUGE => pattern(i),
+        _ => 0,
+    };
+    let mut file = vec![0u8; 3 * HUGE];
+    File::open(&path)
+        .expect("open")
+        .read_exact_at(&mut file, 0)
+        .expect("read");
+    assert!((0..file.len()).all(|i| file[i] == expected(i)), "file");
+    assert_reads(&mapping, expected);
+    mapping.close().expect("close");
+}
+
+/// Deterministic form of the move window: while the handler holds it open (the huge page
+/// moved in, writable, not yet protected), another thread's store lands without a fault.
+/// The compare after the protection must see it, and flush must write it back.
+#[test]
+fn a_store_inside_the_move_window_is_flushed() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = file_store(dir.path(), HUGE, Some(0..HUGE));
+    let path = store.path().to_path_buf();
+    let delay = std::time::Duration::from_millis(300);
+    let mapping = Mapping::new(store, huge().zero_window_delay(delay)).expect("map");
+    let base = mapping.as_ptr() as usize;
+    std::thread::scope(|scope| {
+        // SAFETY: inside the mapping, which outlives the scope.
+        let reader = scope.spawn(|| unsafe { std::ptr::read_volatile(base as *const u8) });
+        // Wait until the range is mapped (the move is done) but the window still open.
+        let started = std::time::Instant::now();
+        while smaps_kib(base as *const u8, HUGE, "Rss") == 0 {
+            assert!(started.elapsed() < delay, "the range was never moved in");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Moved in and not yet protected: the store below lands in the window (unless
+        // this thread stalls for the whole delay right here).
+        let moved_in = smaps_kib(base as *const u8, HUGE, "AnonHugePages") > 0
+            && write_protected(base + 3 * PAGE, 1) == [false];
+        poke(&mapping, 3 * PAGE + 5, 0x77);
+        mapping.flush().expect("flush");
+        assert_eq!(reader.join().expect("reader"), pattern(0));
+        if moved_in {
+            // The store landed while the huge page was writable: no fault served it.
+            assert_eq!(
+                mapping.stats().mkwrite_faults,
+                0,
+                "the store missed the window"
+            );
+        } else {
+            eprintln!("no huge page in its window: the window was not exercised");
+        }
+    });
+    let stats = mapping.stats();
+    let mut found = [0u8; 1];
+    File::open(&path)
+        .expect("open")
+        .read_exact_at(&mut found, (3 * PAGE + 5) as u64)
+        .expect("read");
+    assert_eq!(found[0], 0x77, "the store into the move window was lost");
+    assert_eq!(stats.pages_written_back, 1, "{stats:?}");
+    mapping.close().expect("close");
+}
+
+#[test]
+fn fault_around_reads_a_window_per_fault() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let len = 4 << 20;
+    // Alternate 64 KiB of data and 64 KiB of hole.
+    let data: Vec<_> = (0..len)
+        .step_by(128 << 10)
+        .map(|at| at..at + (64 << 10))
+        .collect();
+    let store = file_store(dir.path(), len, data.clone());
+    let options = Options::default().granularity(Granularity::FaultAround(64 << 10));
+    let mapping = Mapping::new(store, options).expect("map");
+    touch_every_page(&mapping);
+    let stats = mapping.stats();
+    let pages = (len / PAGE) as u64;
+    assert_eq!(faults(&stats), pages / 16, "{stats:?}");
+    assert_eq!(stats.zero_faults, stats.read_faults, "{stats:?}");
+    assert_eq!(stats.fault_around_pages, pages - pages / 16, "{stats:?}");
+    let rss = common::mapping_rss_kib(mapping.as_ptr(), mapping.len());
+    assert!(rss <= 2048 + 64, "Rss {rss} KiB: holes must cost nothing");
+    assert_reads(&mapping, |i| match data.iter().any(|r| r.contains(&i)) {
+        true => pattern(i),
+        false => 0,
+    });
+    mapping.close().expect("close");
+}
+
+/// Fault-around never hands a present page to a batched ioctl: it stops there.
+#[test]
+fn fault_around_stops_at_present_pages() {
+    if !common::require_uffd() {
+        return;
+    }
+    let store = Arc::new(MemStore::new(32 * PAGE as u64));
+    let options = Options::default().granularity(Granularity::FaultAround(64 << 10));
+    let mapping = Mapping::new(store, options).expect("map");
+    poke(&mapping, 3 * PAGE, 9); // a 4 KiB write fault: page 3 present
+    let mut byte = [0u8; 1];
+    mapping.read_at(0, &mut byte).expect("read"); // installs 0..3
+    assert_eq!(mapping.stats().fault_around_pages, 2);
+    mapping.read_at(8 * PAGE, &mut byte).expect("read"); // installs 4..16
+    let stats = mapping.stats();
+    assert_eq!(
+        (
+            stats.fault_around_pages,
+            stats.zero_faults,
+            stats.write_faults
+        ),
+        (2 + 11, 2, 1),
+        "{stats:?}"
+    );
+    touch_every_page(&mapping);
+    assert_eq!(
+        mapping.stats().zero_faults,
+        3,
+        "the second window: one fault"
+    );
+    assert_reads(&mapping, |i| if i == 3 * PAGE { 9 } else { 0 });
+    mapping.flush().expect("flush");
+    assert_eq!(mapping.stats().pages_written_back, 1);
+    mapping.close().expect("close");
+}
