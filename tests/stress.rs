@@ -12,6 +12,10 @@
 //!   flush is durable when the flush returns, whatever other flushes run meanwhile);
 //! - the `OnlyClose` variant never flushes: `close()` alone must write everything back.
 //!
+//! The budget variants run the same under a 2 MiB resident budget (an eighth of the
+//! store, the size of the hot window), so eviction writes back and drops pages all the
+//! time, racing the workers' writes and the flushes.
+//!
 //! Thread `t` writes only bytes whose index is `t` modulo 4, so each thread's own model is
 //! exact, every read of an own byte is checked at once, and at the end the whole file must
 //! equal the merged models.
@@ -314,6 +318,9 @@ fn add(totals: &mut Stats, s: &Stats) {
     totals.zero_to_dirty += s.zero_to_dirty;
     totals.pages_written_back += s.pages_written_back;
     totals.flushes += s.flushes;
+    totals.evictions += s.evictions;
+    totals.evicted_dirty += s.evicted_dirty;
+    totals.resident_pages_peak = totals.resident_pages_peak.max(s.resident_pages_peak);
 }
 
 fn stress(handler_threads: usize, writeback: Writeback) {
@@ -326,14 +333,15 @@ fn stress(handler_threads: usize, writeback: Writeback) {
     );
 }
 
-fn stress_with(label: &str, options: Options, rounds: u64, writeback: Writeback) {
+/// Runs `rounds` rounds; returns the counters added up over them (zero when skipped).
+fn stress_with(label: &str, options: Options, rounds: u64, writeback: Writeback) -> Stats {
+    let mut totals = Stats::default();
     if !common::require_uffd() {
-        return;
+        return totals;
     }
     let seed = seed() ^ label.len() as u64;
     let started = Instant::now();
     let mut total_ops = 0;
-    let mut totals = Stats::default();
     for round in 0..rounds {
         let tmp = TempStore::new("stress.img");
         let mut rng = XorShift::new(seed.wrapping_add(round));
@@ -361,7 +369,11 @@ fn stress_with(label: &str, options: Options, rounds: u64, writeback: Writeback)
                 "the flusher never overlapped the workers: {stats:?}"
             );
         } else {
-            assert_eq!(stats.pages_written_back, 0, "nobody flushed: {stats:?}");
+            // Nobody flushed: only eviction (under a budget) wrote anything back.
+            assert_eq!(
+                stats.pages_written_back, stats.evicted_dirty,
+                "nobody flushed: {stats:?}"
+            );
         }
         assert!(stats.zero_faults + stats.write_faults > 0, "{stats:?}");
         mapping.close().expect("close");
@@ -375,7 +387,8 @@ fn stress_with(label: &str, options: Options, rounds: u64, writeback: Writeback)
     eprintln!(
         "stress {label} {writeback:?}: {total_ops} ops in {rounds} \
          rounds, {:.1?}, seed {seed}; zero_faults {} read_faults {} write_faults {} \
-         mkwrite_faults {} zero_to_dirty {} pages_written_back {} flushes {}",
+         mkwrite_faults {} zero_to_dirty {} pages_written_back {} flushes {} evictions {} \
+         evicted_dirty {} resident_pages_peak {}",
         started.elapsed(),
         totals.zero_faults,
         totals.read_faults,
@@ -383,8 +396,12 @@ fn stress_with(label: &str, options: Options, rounds: u64, writeback: Writeback)
         totals.mkwrite_faults,
         totals.zero_to_dirty,
         totals.pages_written_back,
-        totals.flushes
+        totals.flushes,
+        totals.evictions,
+        totals.evicted_dirty,
+        totals.resident_pages_peak
     );
+    totals
 }
 
 #[test]
@@ -405,6 +422,35 @@ fn stress_three_handler_threads_with_concurrent_flush() {
 #[test]
 fn stress_two_handler_threads_written_back_only_by_close() {
     stress(2, Writeback::OnlyClose);
+}
+
+/// The stress workload under a 2 MiB budget with `threads` handler threads: zero lost
+/// writes, evictions (dirty ones too) all along, resident pages at most budget + threads.
+fn stress_under_budget(options: Options, threads: u64, writeback: Writeback) {
+    const BUDGET: u64 = 2 << 20;
+    let label = format!("budget=2MiB threads={threads}");
+    let totals = stress_with(&label, options.budget(BUDGET), ROUNDS, writeback);
+    if totals == Stats::default() {
+        return; // skipped
+    }
+    assert!(
+        totals.evictions > 0 && totals.evicted_dirty > 0,
+        "{totals:?}"
+    );
+    let limit = BUDGET / PAGE as u64 + threads;
+    assert!(totals.resident_pages_peak <= limit, "{totals:?}");
+}
+
+#[test]
+fn stress_under_a_2_mib_budget_two_handler_threads_with_concurrent_flush() {
+    let options = Options::default().handler_threads(2);
+    stress_under_budget(options, 2, Writeback::Concurrent);
+}
+
+#[test]
+fn stress_under_a_2_mib_budget_written_back_only_by_eviction_and_close() {
+    let options = Options::default().handler_threads(2);
+    stress_under_budget(options, 2, Writeback::OnlyClose);
 }
 
 /// Pages of the first-touch race test.
@@ -618,6 +664,16 @@ fn stress_in_thread_resolution_with_concurrent_flush() {
     in_child("stress_in_thread_resolution_with_concurrent_flush", || {
         let options = Options::default().resolution(Resolution::InThread);
         stress_with("resolution=InThread", options, 1, Writeback::Concurrent);
+    });
+}
+
+/// The budget workload with faults resolved (and eviction run) in the faulting threads'
+/// SIGBUS handlers: four workers, so at most four pages over the budget.
+#[test]
+fn stress_under_a_2_mib_budget_in_thread_resolution() {
+    in_child("stress_under_a_2_mib_budget_in_thread_resolution", || {
+        let options = Options::default().resolution(Resolution::InThread);
+        stress_under_budget(options, THREADS as u64, Writeback::Concurrent);
     });
 }
 
