@@ -271,6 +271,62 @@ fn bench_flush() {
     assert_eq!(counter(&udax, "flushes"), 1);
 }
 
+/// The budget a workload runs under by default: a quarter of SIZE.
+const DEFAULT_BUDGET: u64 = SIZE_BYTES / 4;
+
+/// Checks what every run under a budget shows: the udax row carries the budget, pages
+/// were evicted, and udax stayed within the budget (the resident count exactly, Rss at
+/// phase ends) while the kernel, which has none, used more.
+fn check_under_budget(udax: &Value, kernel: &Value) {
+    assert_eq!(u64_of(udax, "budget_bytes"), DEFAULT_BUDGET, "{udax:#}");
+    assert!(kernel["budget_bytes"].is_null(), "{kernel:#}");
+    assert!(counter(udax, "evictions") > 0, "{udax:#}");
+    // At most one page over per handler thread (one per CPU, at most 4).
+    let budget_pages = DEFAULT_BUDGET / 4096;
+    assert!(
+        counter(udax, "resident_pages_peak") <= budget_pages + 4,
+        "{udax:#}"
+    );
+    assert!(
+        u64_of(udax, "rss_peak_bytes") <= DEFAULT_BUDGET + 4 * 4096,
+        "{udax:#}"
+    );
+    assert!(
+        u64_of(kernel, "rss_peak_bytes") > DEFAULT_BUDGET,
+        "the kernel has no budget: {kernel:#}"
+    );
+}
+
+#[test]
+fn bench_sort() {
+    let Some((udax, kernel)) = bench_workload("sort") else {
+        return;
+    };
+    check_under_budget(&udax, &kernel);
+    assert!(counter(&udax, "evicted_dirty") > 0, "{udax:#}");
+    assert_eq!(counter(&udax, "flushes"), 1);
+    let phases: Vec<&str> = udax["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(phases, ["sort", "flush"]);
+}
+
+#[test]
+fn bench_rand_read_budget() {
+    let Some((udax, kernel)) = bench_workload("rand-read-budget") else {
+        return;
+    };
+    check_under_budget(&udax, &kernel);
+    assert_eq!(counter(&udax, "evicted_dirty"), 0, "{udax:#}");
+    assert_eq!(counter(&udax, "zero_faults"), 0);
+    // One read per page of the store, a quarter of them (about) served from memory.
+    let reads = counter(&udax, "read_faults");
+    assert!(reads > PAGES / 2 && reads <= PAGES, "{udax:#}");
+}
+
 #[test]
 fn bench_granularities_and_threads() {
     let Some(report) = bench_json(&[

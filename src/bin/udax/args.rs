@@ -47,9 +47,10 @@ fn bench_help() -> String {
 const BENCH_HELP: &str = "\
 The store: without --store, a sparse file under $TMPDIR (or /tmp), removed afterwards.
 With --store PATH, that file is used and kept. A file that did not exist is created.
-An existing file is never modified by sparse-read, seq-read and rand-read, which read it
-as it is; the writing workloads (seq-write, rand-write, write-after-read, mkwrite, flush)
-punch holes in or fill its first SIZE bytes as they need and OVERWRITE ITS DATA.
+An existing file is never modified by sparse-read, seq-read, rand-read and
+rand-read-budget, which read it as it is; the writing workloads (seq-write, rand-write,
+write-after-read, mkwrite, flush, sort) punch holes in or fill its first SIZE bytes as
+they need and OVERWRITE ITS DATA.
 
 Every run starts cold: the store is put back in the state its workload starts from
 (holes punched, or filled with data and fdatasync'ed) and the file's page cache is dropped
@@ -60,7 +61,14 @@ first, so first-touch costs of the virtual machine do not land in the timings.
 Measured: ns per 4 KiB page of the timed phases (median, min-max over --repeat runs),
 peak Rss of the mapping (sampled from /proc/self/smaps at the end of each phase),
 store bytes allocated afterwards (st_blocks*512), and the udax counters. The kernel
-baseline ignores --granularity and --budget; its rows are paired with each granularity.";
+baseline ignores --granularity and --budget; its rows are paired with each granularity.
+
+The resident budget: --budget caps the udax mapping's resident memory in every workload.
+sort and rand-read-budget run under a budget even without it, a quarter of SIZE (the
+store is four times the budget), except with --dirty-tracking async, which cannot run
+under a budget; the kernel baseline never has one and caches what it touches, which its
+peak Rss shows. sort checks the file after each run (sorted, same
+values), untimed; with --threads N it sorts on N threads.";
 
 /// `udax bench` arguments.
 #[derive(Debug, Args)]
@@ -99,7 +107,8 @@ pub struct BenchArgs {
     /// Application threads running each workload (the pages split in contiguous shares).
     #[arg(long, value_name = "N", default_value = "1")]
     pub threads: String,
-    /// Resident-memory budget of the udax mapping (default: none).
+    /// Resident-memory budget of the udax mapping, at least 64KiB (default: none; a quarter
+    /// of SIZE for sort and rand-read-budget).
     #[arg(long, value_name = "SIZE")]
     pub budget: Option<String>,
     /// Runs of each workload on each engine.
@@ -257,6 +266,12 @@ impl BenchArgs {
             Some(text) => Some(parse_page_size("--budget", text)?),
             None => None,
         };
+        if let Some(bytes) = budget.filter(|&b| b < MIN_BUDGET) {
+            return Err(CliError::bad(
+                format!("--budget {bytes} bytes is below udax's minimum of 64KiB"),
+                "pass --budget 64KiB or more",
+            ));
+        }
         let json = match self.json.as_deref() {
             None => None,
             Some("-") => Some(JsonOut::Stdout),
@@ -278,6 +293,7 @@ impl BenchArgs {
                 "drop one of them (async tracking finds written pages only at flush)",
             ));
         }
+        let workloads = parse_workloads(&self.workload)?;
         let mut variants = Vec::new();
         for &granularity in &granularities {
             for &resolution in &resolutions {
@@ -293,7 +309,7 @@ impl BenchArgs {
         Ok(Plan {
             size,
             store: self.store.clone(),
-            workloads: parse_workloads(&self.workload)?,
+            workloads,
             variants,
             threads: parse_count("--threads", &self.threads)?,
             budget,
@@ -303,6 +319,9 @@ impl BenchArgs {
         })
     }
 }
+
+/// The smallest budget the library accepts (16 pages).
+const MIN_BUDGET: u64 = 64 << 10;
 
 /// A SIZE that must be a non-zero multiple of 4096.
 fn parse_page_size(flag: &str, text: &str) -> Result<u64, CliError> {
@@ -467,6 +486,7 @@ mod tests {
         assert!(msg(&["--json", "/nonexistent-dir/x.json"]).contains("does not exist"));
         assert!(msg(&["--resolution", "psychic"]).contains("unknown resolution"));
         assert!(msg(&["--dirty-tracking", "async", "--budget", "1MiB"]).contains("--budget"));
+        assert!(msg(&["--budget", "32KiB"]).contains("below udax's minimum"));
     }
 
     #[test]

@@ -45,18 +45,13 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         let bar = progress_bar(show, workload, &plan);
         for variant in &plan.variants {
             let [udax, kernel] = run_pair(&mut store, &plan, workload, variant, index, &bar)?;
-            let row = |engine, samples: &[Sample]| {
-                ResultRow::new(
-                    workload.name(),
-                    engine,
-                    variant,
-                    plan.size,
-                    plan.threads,
-                    samples,
-                )
+            let row = |engine, budget, samples: &[Sample]| {
+                let run = (plan.size, plan.threads, budget);
+                ResultRow::new(workload.name(), engine, variant, run, samples)
             };
-            results.push(row(EngineKind::Udax, &udax));
-            results.push(row(EngineKind::Kernel, &kernel));
+            let budget = workload.budget(plan.size, plan.budget, variant);
+            results.push(row(EngineKind::Udax, budget, &udax));
+            results.push(row(EngineKind::Kernel, None, &kernel));
         }
         let summary = report::ratios(&results)
             .iter()
@@ -110,10 +105,11 @@ fn run_once(
     engine: EngineKind,
     seed: u64,
 ) -> Result<Sample, CliError> {
-    store.prepare(workload)?;
+    store.prepare(workload, seed)?;
     let (outcome, counters) = match engine {
         EngineKind::Udax => {
-            let map = UdaxMap::new(store.path(), plan.size, variant, plan.budget)?;
+            let budget = workload.budget(plan.size, plan.budget, variant);
+            let map = UdaxMap::new(store.path(), plan.size, variant, budget)?;
             let outcome = workload.run(&map, plan.threads, seed)?;
             let counters = map.counters();
             map.close()?;
@@ -127,6 +123,7 @@ fn run_once(
             (outcome, None)
         }
     };
+    workload.verify(store.file(), plan.size, seed)?;
     store.settle();
     let per_page = |d: Duration| d.as_nanos() as f64 / plan.pages() as f64;
     Ok(Sample {

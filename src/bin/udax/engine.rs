@@ -85,6 +85,18 @@ impl Region {
         unsafe { std::ptr::read_volatile(self.ptr.add(page * PAGE)) }
     }
 
+    /// Reads all 4 KiB of page `page` (volatile 8-byte loads) and returns their xor.
+    pub fn read_whole_page(&self, page: usize) -> u64 {
+        assert!(page < self.pages, "page {page} outside the region");
+        // SAFETY: the page lies inside the region (checked above), which is mapped readable
+        // while its engine lives; a page start is 8-byte aligned (the region is page-aligned).
+        let words = unsafe { self.ptr.add(page * PAGE).cast::<u64>() };
+        (0..PAGE / 8).fold(0, |acc, i| {
+            // SAFETY: `i < PAGE / 8`, so the word lies inside the page.
+            acc ^ unsafe { std::ptr::read_volatile(words.add(i)) }
+        })
+    }
+
     /// Writes `value` as the first 8 bytes of page `page` (a store the compiler cannot drop).
     pub fn write_page(&self, page: usize, value: u64) {
         assert!(page < self.pages, "page {page} outside the region");

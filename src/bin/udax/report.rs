@@ -66,6 +66,9 @@ pub struct ResultRow {
     pub pages: u64,
     /// Application threads.
     pub threads: usize,
+    /// The udax mapping's resident budget (`--budget`, or the workload's default); null
+    /// for the kernel, which has none.
+    pub budget_bytes: Option<u64>,
     /// Median over the runs of timed ns / pages.
     pub median_ns_per_page: f64,
     /// Fastest run.
@@ -137,8 +140,7 @@ impl ResultRow {
         workload: &str,
         engine: EngineKind,
         variant: &Variant,
-        size_bytes: u64,
-        threads: usize,
+        (size_bytes, threads, budget_bytes): (u64, usize, Option<u64>),
         samples: &[Sample],
     ) -> ResultRow {
         let runs: Vec<f64> = samples.iter().map(|s| s.ns_per_page).collect();
@@ -159,6 +161,7 @@ impl ResultRow {
             size_bytes,
             pages,
             threads,
+            budget_bytes,
             median_ns_per_page: median,
             min_ns_per_page: runs.iter().copied().fold(f64::INFINITY, f64::min),
             max_ns_per_page: runs.iter().copied().fold(0.0, f64::max),
@@ -315,7 +318,14 @@ pub fn write_table(out: &mut dyn Write, results: &[ResultRow], ratios: &[Ratio])
                 format_ns(r.max_ns_per_page)
             ),
             format!("{:.2}", r.gib_per_s),
-            format_bytes(r.rss_peak_bytes),
+            match r.budget_bytes {
+                Some(budget) => format!(
+                    "{} (budget {})",
+                    format_bytes(r.rss_peak_bytes),
+                    format_bytes(budget)
+                ),
+                None => format_bytes(r.rss_peak_bytes),
+            },
             format_bytes(r.store_allocated_bytes),
             ratio,
             key_counters(&r.counters),
@@ -381,8 +391,7 @@ mod tests {
             "sparse-read",
             EngineKind::Udax,
             &four_k(),
-            16384,
-            1,
+            (16384, 1, Some(8192)),
             &[
                 sample(30.0, Some(stats)),
                 sample(10.0, Some(stats)),
@@ -398,8 +407,7 @@ mod tests {
             "sparse-read",
             EngineKind::Kernel,
             &four_k(),
-            16384,
-            1,
+            (16384, 1, None),
             &[sample(5.0, None), sample(15.0, None)],
         );
         assert_eq!(kernel.median_ns_per_page, 10.0);
@@ -413,6 +421,7 @@ mod tests {
         let text = String::from_utf8(text).expect("utf-8");
         assert!(text.contains("2.00x"), "{text}");
         assert!(text.contains("zero=4"), "{text}");
+        assert!(text.contains("4.0 KiB (budget 8.0 KiB)"), "{text}");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Both engines map the same file, one after the other. Before each run the file is put in
 //! the state the workload starts from ([`Start`]): holes are punched with
-//! `fallocate(PUNCH_HOLE)`, a written store is filled with non-zero data by `pwrite` in
-//! 1 MiB chunks and `fdatasync`; then the file's page cache is dropped with
+//! `fallocate(PUNCH_HOLE)`, a written store is filled with non-zero data (or, for `sort`,
+//! the run's pseudo-random words) by `pwrite` in 1 MiB chunks and `fdatasync`; then the
+//! file's page cache is dropped with
 //! `posix_fadvise(DONTNEED)` so every run starts cold. A fill is skipped when the file is
 //! known to be fully written already (every page written and synced by the previous run).
 //!
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::error::CliError;
 use crate::size::format_bytes;
-use crate::workload::{Start, Workload};
+use crate::workload::{Start, Workload, random_words};
 
 /// Who the file belongs to, which decides what the benchmark may do to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,14 +168,16 @@ impl BenchStore {
         Ok(meta.blocks() * 512)
     }
 
-    /// Puts the file in the state `workload` starts from, then drops its page cache.
-    /// A user's existing file is left as it is for workloads that do not write.
-    pub fn prepare(&mut self, workload: Workload) -> Result<(), CliError> {
+    /// Puts the file in the state `workload` starts from (`seed` picks the random words of
+    /// [`Start::RandomWords`]), then drops its page cache. A user's existing file is left as
+    /// it is for workloads that do not write.
+    pub fn prepare(&mut self, workload: Workload, seed: u64) -> Result<(), CliError> {
         let may_change = self.ownership != Ownership::Given || workload.writes();
         if may_change {
             match workload.start() {
                 Start::Holes if self.contents != Contents::Holes => self.punch()?,
                 Start::Written if self.contents != Contents::Written => self.fill()?,
+                Start::RandomWords => self.fill_random(seed)?,
                 _ => {}
             }
         }
@@ -253,6 +256,31 @@ impl BenchStore {
         let mut offset = 0;
         while offset < self.size {
             let len = CHUNK.min(self.size - offset) as usize;
+            self.file
+                .write_all_at(&chunk[..len], offset)
+                .map_err(|e| CliError::failed(format!("filling {}", self.path.display()), e))?;
+            offset += len as u64;
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| CliError::failed(format!("fdatasync of {}", self.path.display()), e))?;
+        self.contents = Contents::Written;
+        Ok(())
+    }
+
+    /// Writes the words of `random_words(seed)` over `0..size` in 1 MiB chunks, then
+    /// `fdatasync`.
+    fn fill_random(&mut self, seed: u64) -> Result<(), CliError> {
+        const CHUNK: usize = 1 << 20;
+        let mut words = random_words(seed);
+        let mut chunk = vec![0u8; CHUNK];
+        let mut offset = 0;
+        while offset < self.size {
+            let len = (CHUNK as u64).min(self.size - offset) as usize;
+            for word in chunk[..len].chunks_exact_mut(8) {
+                let value = words.next().expect("random_words never ends");
+                word.copy_from_slice(&value.to_ne_bytes());
+            }
             self.file
                 .write_all_at(&chunk[..len], offset)
                 .map_err(|e| CliError::failed(format!("filling {}", self.path.display()), e))?;

@@ -5,12 +5,25 @@
 //! split over the application threads in contiguous shares. To add a workload: add a
 //! variant, its name and description in [`Workload::ALL`]/[`Workload::name`]/[`Workload::about`],
 //! the store it starts from in [`Workload::start`], and its phases in [`Workload::run`].
+//!
+//! Two workloads exist to exercise the resident budget (their udax runs get a budget of a
+//! quarter of SIZE unless `--budget` says otherwise; the kernel baseline has none):
+//! `sort` (LLNL UMap's `umapsort`: seeded pseudo-random u64 sorted in place by rayon's
+//! parallel sort, then checked by reading the file) and `rand-read-budget` (random 4 KiB
+//! reads, with replacement, over a written store four times the budget).
 
+use std::fs::File;
 use std::hint::black_box;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use crate::engine::{Engine, Region};
+use rayon::slice::ParallelSliceMut;
+
+use udax::DirtyTracking;
+
+use crate::args::Variant;
+use crate::engine::{Engine, PAGE, Region};
 use crate::error::CliError;
 use crate::prng::{SplitMix64, permutation};
 use crate::smaps;
@@ -22,6 +35,9 @@ pub enum Start {
     Holes,
     /// Every page written (allocated, non-zero), and the file's page cache dropped.
     Written,
+    /// Every u64 a pseudo-random value from the run's seed ([`random_words`]), written
+    /// afresh before every run, and the file's page cache dropped.
+    RandomWords,
 }
 
 /// One benchmark workload.
@@ -43,6 +59,12 @@ pub enum Workload {
     Mkwrite,
     /// On a written store read in full, dirty 1% of the pages at random; time the flush.
     Flush,
+    /// Sort the store's pseudo-random u64 in place with a parallel sort, flush; the file
+    /// is then checked (sorted, same sum and xor), untimed.
+    Sort,
+    /// Random 4 KiB reads (with replacement, one per page of the store) of a written store
+    /// four times the udax budget.
+    RandReadBudget,
 }
 
 /// The order pages are visited in.
@@ -65,7 +87,7 @@ pub struct Outcome {
 
 impl Workload {
     /// Every workload, in the order `udax bench` runs them.
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 10] = [
         Workload::SparseRead,
         Workload::SeqRead,
         Workload::RandRead,
@@ -74,6 +96,8 @@ impl Workload {
         Workload::WriteAfterRead,
         Workload::Mkwrite,
         Workload::Flush,
+        Workload::Sort,
+        Workload::RandReadBudget,
     ];
 
     /// The name on the command line and in reports.
@@ -87,6 +111,8 @@ impl Workload {
             Workload::WriteAfterRead => "write-after-read",
             Workload::Mkwrite => "mkwrite",
             Workload::Flush => "flush",
+            Workload::Sort => "sort",
+            Workload::RandReadBudget => "rand-read-budget",
         }
     }
 
@@ -111,6 +137,13 @@ impl Workload {
             Workload::Flush => {
                 "read a written store in full, dirty 1% of pages at random; only the flush is timed"
             }
+            Workload::Sort => {
+                "sort a store of seeded random u64 in place (rayon, --threads), then flush; \
+                 checked after"
+            }
+            Workload::RandReadBudget => {
+                "random 4 KiB reads of a written store four times the budget (SIZE/4 by default)"
+            }
         }
     }
 
@@ -126,9 +159,12 @@ impl Workload {
             | Workload::SeqWrite
             | Workload::RandWrite
             | Workload::WriteAfterRead => Start::Holes,
-            Workload::SeqRead | Workload::RandRead | Workload::Mkwrite | Workload::Flush => {
-                Start::Written
-            }
+            Workload::SeqRead
+            | Workload::RandRead
+            | Workload::Mkwrite
+            | Workload::Flush
+            | Workload::RandReadBudget => Start::Written,
+            Workload::Sort => Start::RandomWords,
         }
     }
 
@@ -136,8 +172,66 @@ impl Workload {
     pub fn writes(self) -> bool {
         !matches!(
             self,
-            Workload::SparseRead | Workload::SeqRead | Workload::RandRead
+            Workload::SparseRead
+                | Workload::SeqRead
+                | Workload::RandRead
+                | Workload::RandReadBudget
         )
+    }
+
+    /// The resident budget of this workload's udax runs over a store of `size` bytes in
+    /// `variant`: `--budget` if given; else a quarter of `size` for the workloads made to
+    /// run under a budget (at least 64 KiB, the library's minimum), none for the others
+    /// and none with asynchronous dirty tracking, which cannot run under a budget (the
+    /// command line refuses `--budget` with it).
+    pub fn budget(self, size: u64, given: Option<u64>, variant: &Variant) -> Option<u64> {
+        const MIN: u64 = 64 << 10;
+        match self {
+            _ if variant.tracking.value == DirtyTracking::Async => None,
+            _ if given.is_some() => given,
+            Workload::Sort | Workload::RandReadBudget => {
+                Some((size / 4 / PAGE as u64 * PAGE as u64).max(MIN))
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks the store after a run whose mapping has been flushed (and closed): for
+    /// `sort`, that `file`'s first `size` bytes are sorted and hold the values the run
+    /// started from (same wrapping sum and xor of the words of `seed`). Untimed.
+    pub fn verify(self, file: &File, size: u64, seed: u64) -> Result<(), CliError> {
+        if self != Workload::Sort {
+            return Ok(());
+        }
+        let expected = checksum(random_words(seed).take((size / 8) as usize));
+        let mut chunk = vec![0u8; 1 << 20];
+        let (mut previous, mut found) = (0u64, (0u64, 0u64));
+        let mut offset = 0;
+        while offset < size {
+            let len = (chunk.len() as u64).min(size - offset) as usize;
+            file.read_exact_at(&mut chunk[..len], offset)
+                .map_err(|e| CliError::failed("reading the sorted store back", e))?;
+            for (i, word) in chunk[..len].chunks_exact(8).enumerate() {
+                let value = u64::from_ne_bytes(word.try_into().expect("8 bytes"));
+                if value < previous {
+                    let at = offset + 8 * i as u64;
+                    return Err(CliError::failed(
+                        "checking the sort",
+                        format!("the store is not sorted at byte {at}"),
+                    ));
+                }
+                previous = value;
+                found = (found.0.wrapping_add(value), found.1 ^ value);
+            }
+            offset += len as u64;
+        }
+        if found != expected {
+            return Err(CliError::failed(
+                "checking the sort",
+                "the sorted store does not hold the values it started with (sum or xor differ)",
+            ));
+        }
+        Ok(())
     }
 
     /// Runs the workload once on `engine` with `threads` application threads; `seed` fixes
@@ -170,6 +264,11 @@ impl Workload {
                 run.dirty_fraction(100)?;
                 run.flush(true)?;
             }
+            Workload::Sort => {
+                run.sort(threads)?;
+                run.flush(true)?;
+            }
+            Workload::RandReadBudget => run.read_random_pages()?,
         }
         Ok(run.outcome)
     }
@@ -289,6 +388,53 @@ impl<'a> Run<'a> {
         })
     }
 
+    /// Reads whole pages chosen at random (with replacement), as many as the share has
+    /// pages, in every share; the pages come from the whole region.
+    fn read_random_pages(&mut self) -> Result<(), CliError> {
+        let pages = self.region.pages() as u64;
+        let lists: Vec<Share> = self
+            .shares
+            .iter()
+            .enumerate()
+            .map(|(i, range)| {
+                let seed = self.seed ^ (i as u64).wrapping_mul(0xE703_7ED1_A0B4_28DB);
+                let mut rng = SplitMix64::new(seed);
+                let picks = (0..range.len()).map(|_| rng.below(pages) as u32).collect();
+                Share::Shuffled(picks)
+            })
+            .collect();
+        let region = self.region;
+        self.phase("read", true, || {
+            Self::on_shares(&lists, |share| {
+                let mut sum = 0u64;
+                share.for_each(|page| sum ^= region.read_whole_page(page));
+                black_box(sum);
+            });
+            Ok(())
+        })
+    }
+
+    /// Sorts the region's u64 in place with rayon's `par_sort_unstable` on a pool of
+    /// `threads` threads (built before the timing).
+    fn sort(&mut self, threads: usize) -> Result<(), CliError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("udax-sort-{i}"))
+            .build()
+            .map_err(|e| CliError::failed("starting the sort's threads", e))?;
+        let region = self.region;
+        self.phase("sort", true, || {
+            // SAFETY: the region is mapped read-write, page-aligned (so u64-aligned) and
+            // len() bytes long while the engine is borrowed (Region's invariant), and
+            // nothing else touches it during the sort; any bit pattern is a valid u64.
+            let words = unsafe {
+                std::slice::from_raw_parts_mut(region.addr() as *mut u64, region.len() / 8)
+            };
+            pool.install(|| words.par_sort_unstable());
+            Ok(())
+        })
+    }
+
     fn flush(&mut self, timed: bool) -> Result<(), CliError> {
         let engine = self.engine;
         self.phase("flush", timed, || engine.flush())
@@ -315,6 +461,17 @@ impl<'a> Run<'a> {
     }
 }
 
+/// The u64 a `sort` store starts with, word by word, for `seed`.
+pub fn random_words(seed: u64) -> impl Iterator<Item = u64> {
+    let mut rng = SplitMix64::new(seed);
+    std::iter::repeat_with(move || rng.next_u64())
+}
+
+/// The wrapping sum and the xor of `words`: equal for any two orders of the same values.
+fn checksum(words: impl Iterator<Item = u64>) -> (u64, u64) {
+    words.fold((0, 0), |(sum, xor), w| (sum.wrapping_add(w), xor ^ w))
+}
+
 /// The non-zero value written to `page`: distinct for every page of a run.
 fn page_value(page: usize, salt: u64) -> u64 {
     ((page as u64) << 1 | 1) ^ salt
@@ -330,6 +487,60 @@ mod tests {
             assert_eq!(Workload::parse(w.name()), Some(w));
         }
         assert_eq!(Workload::parse("bogus"), None);
+    }
+
+    #[test]
+    fn budget_workloads_default_to_a_quarter_of_the_store() {
+        use crate::args::{GRANULARITIES, RESOLUTIONS, TRACKINGS};
+        let sync = Variant {
+            granularity: GRANULARITIES[0],
+            resolution: RESOLUTIONS[0],
+            tracking: TRACKINGS[0],
+        };
+        let size = 1 << 30;
+        let budget = |w: Workload, given| w.budget(size, given, &sync);
+        assert_eq!(budget(Workload::Sort, None), Some(256 << 20));
+        assert_eq!(budget(Workload::RandReadBudget, None), Some(256 << 20));
+        assert_eq!(
+            budget(Workload::RandReadBudget, Some(1 << 20)),
+            Some(1 << 20)
+        );
+        assert_eq!(budget(Workload::RandRead, None), None);
+        assert_eq!(budget(Workload::SeqRead, Some(1 << 20)), Some(1 << 20));
+        assert_eq!(Workload::Sort.budget(64 << 10, None, &sync), Some(64 << 10));
+        let asynchronous = Variant {
+            tracking: TRACKINGS[1],
+            ..sync
+        };
+        assert_eq!(Workload::Sort.budget(size, None, &asynchronous), None);
+    }
+
+    #[test]
+    fn sort_verification_accepts_sorted_values_and_rejects_the_rest() {
+        let seed = 42;
+        let size = 64 << 10;
+        let mut words: Vec<u64> = random_words(seed).take(size / 8).collect();
+        let write = |words: &[u64]| {
+            let file = tempfile::tempfile().expect("temporary file");
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            file.write_all_at(&bytes, 0).expect("write");
+            file
+        };
+        let unsorted = write(&words);
+        assert!(Workload::Sort.verify(&unsorted, size as u64, seed).is_err());
+        words.sort_unstable();
+        let sorted = write(&words);
+        Workload::Sort
+            .verify(&sorted, size as u64, seed)
+            .expect("sorted");
+        words[0] = 0;
+        let changed = write(&words);
+        assert!(Workload::Sort.verify(&changed, size as u64, seed).is_err());
+        assert!(
+            Workload::Sort
+                .verify(&sorted, size as u64, seed + 1)
+                .is_err()
+        );
     }
 
     #[test]
