@@ -47,6 +47,14 @@
 //! A read racing the drop likewise faults as missing and refills from the store. If the
 //! store write fails, the pages stay Dirty and resident, and the error goes to the next
 //! flush.
+//!
+//! **Limits.** Memory the kernel has pinned for I/O into the mapping (an O_DIRECT read or
+//! an io_uring fixed buffer in flight) is invisible here: evicting such a page drops it
+//! while the device may still write it, as a flush may clean it. Eviction runs in the
+//! fault-serving thread after the fault is resolved, allocation-free (so also in a SIGBUS
+//! handler): a handler thread has already woken the faulting thread, and only the faults
+//! queued behind it on that handler wait; with in-thread resolution the faulting thread
+//! pays for the batch itself.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
