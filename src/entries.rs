@@ -2,7 +2,8 @@
 //! lock bit, and the index of dirty pages.
 //!
 //! Lock order: entries are locked in ascending index order; nothing else is held while
-//! waiting for an entry. A thread holding an entry lock may call the store and the uffd
+//! waiting for an entry (eviction takes its victims with `try_lock` only, skipping busy
+//! ones, and starts with no entry locked). A thread holding an entry lock may call the store and the uffd
 //! ioctls, never touch the mapping's memory from user space (a fault there would wait
 //! for itself).
 //!
@@ -15,6 +16,8 @@
 //! 2. A page is in the dirty index whenever its state is Dirty (the index may also hold
 //!    pages that are no longer Dirty; writeback skips those).
 //! 3. `resident` counts entries in Clean or Dirty (Zero pages cost no memory).
+//! 4. The referenced bit is set whenever an entry becomes resident or goes Clean -> Dirty
+//!    (a fault brought it in or wrote it); only the eviction clock clears it (see evict.rs).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -52,6 +55,22 @@ impl State {
 const STATE_MASK: u32 = 0b11;
 const LOCKED: u32 = 1 << 2;
 const WAITERS: u32 = 1 << 3;
+/// Invariant 4: faulted in or written since the eviction clock last passed.
+const REFERENCED: u32 = 1 << 4;
+
+/// What the eviction clock finds at an entry (see [`Entries::age`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Age {
+    /// Empty or Zero: holds no memory, not a victim.
+    NotResident,
+    /// Locked by a fault, a flush or another eviction: skipped.
+    Busy,
+    /// Resident and referenced since the clock last passed: the bit is now cleared (its
+    /// second chance).
+    Referenced,
+    /// Resident and not referenced: a victim, if it can be locked.
+    Cold,
+}
 
 /// The per-page entries of one mapping.
 pub(crate) struct Entries {
@@ -136,6 +155,26 @@ impl Entries {
         self.dirty.mark(index);
     }
 
+    /// The eviction clock's look at entry `index`: clears a set referenced bit (second
+    /// chance) of an unlocked resident entry and says what it found. A hint like
+    /// [`Entries::peek`]: the caller re-checks a `Cold` entry under its lock.
+    pub(crate) fn age(&self, index: usize) -> Age {
+        let word = &self.words[index];
+        let current = word.load(Ordering::Relaxed);
+        if !State::from_bits(current).is_resident() {
+            return Age::NotResident;
+        }
+        if current & LOCKED != 0 {
+            return Age::Busy;
+        }
+        if current & REFERENCED != 0 {
+            // Only the bit changes; a concurrent lock, unlock or waiter bit is kept.
+            word.fetch_and(!REFERENCED, Ordering::Relaxed);
+            return Age::Referenced;
+        }
+        Age::Cold
+    }
+
     /// Pages in Clean or Dirty now, and the highest that count has been.
     pub(crate) fn resident(&self) -> (u64, u64) {
         (
@@ -156,15 +195,26 @@ impl EntryGuard<'_> {
         self.entries.peek(self.index)
     }
 
-    /// Moves the entry to `state`, keeping invariants 2 and 3.
+    /// Whether the locked entry was faulted in or written since the clock last passed.
+    pub(crate) fn is_referenced(&self) -> bool {
+        self.entries.words[self.index].load(Ordering::Relaxed) & REFERENCED != 0
+    }
+
+    /// Moves the entry to `state`, keeping invariants 2, 3 and 4.
     pub(crate) fn set(&mut self, state: State) {
         let entries = self.entries;
         let word = &entries.words[self.index];
         let old = State::from_bits(word.load(Ordering::Relaxed));
+        let referenced = match (old, state) {
+            (State::Clean, State::Dirty) => REFERENCED,
+            _ if !old.is_resident() && state.is_resident() => REFERENCED,
+            _ => 0,
+        };
         // Invariant 1: we hold the lock, so only the state bits change under us... and
-        // the WAITERS bit, which a waiter may set concurrently: update with a CAS loop.
+        // the WAITERS and REFERENCED bits, which a waiter or the clock may change
+        // concurrently: update with a CAS loop.
         let _ = word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
-            Some((w & !STATE_MASK) | state as u32)
+            Some((w & !STATE_MASK) | state as u32 | referenced)
         });
         if state == State::Dirty && old != State::Dirty {
             entries.dirty.mark(self.index);
@@ -262,6 +312,30 @@ mod tests {
         entries.lock(2).set(State::Empty);
         assert_eq!(entries.resident(), (1, 2));
         assert_eq!(entries.peek(0), State::Zero);
+    }
+
+    /// Invariant 4 and the second chance: a page brought in or written is referenced
+    /// once; the clock clears the bit, then finds it cold; locked and non-resident
+    /// entries are left alone.
+    #[test]
+    fn age_gives_referenced_pages_a_second_chance() {
+        let entries = Entries::new(4);
+        entries.lock(0).set(State::Clean);
+        entries.lock(1).set(State::Zero);
+        assert_eq!(entries.age(0), Age::Referenced);
+        assert_eq!(entries.age(0), Age::Cold);
+        assert_eq!(entries.age(1), Age::NotResident);
+        assert_eq!(entries.age(2), Age::NotResident);
+        // A write (Clean -> Dirty) references it again; writeback (Dirty -> Clean) does not.
+        entries.lock(0).set(State::Dirty);
+        assert!(entries.lock(0).is_referenced());
+        let guard = entries.lock(0);
+        assert_eq!(entries.age(0), Age::Busy);
+        drop(guard);
+        assert_eq!(entries.age(0), Age::Referenced);
+        entries.lock(0).set(State::Clean);
+        assert_eq!(entries.age(0), Age::Cold);
+        assert!(!entries.lock(0).is_referenced());
     }
 
     #[test]

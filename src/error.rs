@@ -60,6 +60,17 @@ pub enum Error {
         #[source]
         source: StoreError,
     },
+    /// The resident budget is too small to make progress.
+    #[error(
+        "a budget of {budget} bytes is too small: give at least {minimum} bytes (a single \
+         instruction may need several pages resident at once)"
+    )]
+    BudgetTooSmall {
+        /// The budget asked for.
+        budget: u64,
+        /// The smallest budget accepted.
+        minimum: u64,
+    },
     /// A memory-management call (mmap, madvise, thread spawn) failed.
     #[error("{op} failed: {source}")]
     Os {

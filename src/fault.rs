@@ -109,6 +109,9 @@ pub(crate) fn resolve(shared: &Shared, fault: &Fault, scratch: &mut [u8]) {
     if let Err(error) = result {
         fail(shared, &mut guard, error);
     }
+    // Eviction locks other entries (with try_lock only): never while holding this one.
+    drop(guard);
+    crate::evict::after_fault(shared);
 }
 
 /// A missing fault served wider than its page (2 MiB, or a fault-around window), as the

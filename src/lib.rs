@@ -27,6 +27,7 @@
 mod around;
 mod entries;
 mod error;
+mod evict;
 mod fault;
 mod futex;
 mod grace;

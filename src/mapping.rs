@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::entries::Entries;
 use crate::error::ErrorSlot;
+use crate::evict::Budget;
 use crate::grace::{Window, Windows};
 use crate::handler::Handlers;
 use crate::huge::HugeSlots;
@@ -70,6 +71,7 @@ pub struct Options {
     pub(crate) huge_dirty: bool,
     pub(crate) huge_move: bool,
     pub(crate) zero_window_delay: Option<std::time::Duration>,
+    pub(crate) evict_delay: Option<std::time::Duration>,
 }
 
 impl Default for Options {
@@ -84,6 +86,7 @@ impl Default for Options {
             huge_dirty: false,
             huge_move: true,
             zero_window_delay: None,
+            evict_delay: None,
         }
     }
 }
@@ -108,7 +111,15 @@ impl Options {
         self
     }
 
-    /// Caps resident memory at `bytes` (default: no limit).
+    /// Caps the mapping's resident memory at about `bytes` (default: no limit; at least
+    /// 64 KiB). Past the budget, pages are evicted with a CLOCK (second chance) policy:
+    /// clean ones dropped, dirty ones written back to the store first; the next access
+    /// faults and reads them again. Zero pages (holes that were read) hold no memory and
+    /// do not count. Rss of the mapping stays at or under the budget plus one fault's pages
+    /// (one page on the 4 KiB path) per thread serving faults at once (the handler
+    /// threads, or the faulting threads with in-thread resolution); see the `evict`
+    /// module's documentation for the policy. Not combinable with asynchronous dirty
+    /// tracking.
     pub fn budget(mut self, bytes: u64) -> Self {
         self.budget = Some(bytes);
         self
@@ -152,6 +163,15 @@ impl Options {
         self.zero_window_delay = Some(delay);
         self
     }
+
+    /// Testing only: sleep this long between writing back the victims of an eviction and
+    /// dropping them, with their entries locked, to widen the window a racing write must
+    /// get through (see `evict::evict_range`).
+    #[doc(hidden)]
+    pub fn evict_delay(mut self, delay: std::time::Duration) -> Self {
+        self.evict_delay = Some(delay);
+        self
+    }
 }
 
 /// A store mapped into memory, its faults served by udax.
@@ -185,6 +205,8 @@ pub(crate) struct Shared {
     zero_windows: Windows,
     /// Testing only: see `Options::zero_window_delay`.
     pub(crate) zero_window_delay: Option<std::time::Duration>,
+    /// The resident budget and its eviction clock, if the mapping has one.
+    pub(crate) budget: Option<Budget>,
     /// Faults are served in the faulting thread: nobody waits to be woken.
     pub(crate) in_thread: bool,
     /// Pages ever poisoned; while zero, no SIGBUS can come from a poison marker.
@@ -212,6 +234,10 @@ impl Mapping {
                          (eviction could not stop a write racing it)",
             });
         }
+        let budget = options
+            .budget
+            .map(|bytes| Budget::new(bytes, options.granularity, options.evict_delay))
+            .transpose()?;
         let in_thread = options.resolution == Resolution::InThread
             && sigbus::is_supported()
             && store.is_signal_safe();
@@ -239,6 +265,7 @@ impl Mapping {
             error: ErrorSlot::new(),
             zero_windows: Windows::new(),
             zero_window_delay: options.zero_window_delay,
+            budget,
             in_thread,
             poisoned: AtomicU64::new(0),
             flushing: Mutex::new(()),
@@ -575,7 +602,12 @@ impl Region {
     /// Drops the pages at `address..address+len` (they read as missing afterwards).
     /// Callers hold the entry locks and have written back anything dirty.
     pub(crate) fn discard(&self, address: usize, len: usize) {
-        let _ = self.advise(address - self.base, len, libc::MADV_DONTNEED);
+        let _ = self.try_discard(address, len);
+    }
+
+    /// [`Region::discard`], reporting a failure (the pages may then still be present).
+    pub(crate) fn try_discard(&self, address: usize, len: usize) -> Result<(), Error> {
+        self.advise(address - self.base, len, libc::MADV_DONTNEED)
     }
 }
 

@@ -1,0 +1,570 @@
+//! The resident budget: mappings larger than the budget read and write correctly, Rss of
+//! the mapping stays at or under the budget plus the documented slack (one page per
+//! handler thread), and no write racing an eviction is lost.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use rayon::slice::ParallelSliceMut;
+use udax::{Error, FileStore, Granularity, Mapping, MemStore, Options, Resolution, Store};
+
+const PAGE: usize = 4096;
+const MIB: usize = 1 << 20;
+
+/// The slack the docs promise: one page per handler thread (4 KiB faults).
+fn slack_kib(handler_threads: usize) -> u64 {
+    (handler_threads * PAGE / 1024) as u64
+}
+
+/// What a sampler on a thread of its own may read above the true Rss. The smaps walk is
+/// not atomic: pages faulted in ahead of the walk after it counted pages since evicted
+/// behind it are counted twice. The sampler runs at real-time priority where it may, so
+/// that its walk (tens of microseconds) is not preempted by the threads under test; a
+/// walk preempted for milliseconds on this 2-CPU machine would count tens of pages twice.
+/// Samples taken by the only thread that touches the mapping have no skew at all.
+const WALK_SKEW_KIB: u64 = 16 * PAGE as u64 / 1024;
+
+/// Samples the mapping's Rss on a thread of its own until finished; keeps the highest.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<RssPeak>>,
+}
+
+/// What an [`RssSampler`] saw.
+#[derive(Debug)]
+struct RssPeak {
+    /// The highest Rss sampled (KiB).
+    kib: u64,
+    /// How many samples were taken.
+    samples: usize,
+    /// Whether the sampler ran at real-time priority (else its walks may be skewed more).
+    realtime: bool,
+}
+
+impl RssPeak {
+    /// Asserts the peak is at most `limit_kib` plus the sampling skew. Without real-time
+    /// priority the skew is unbounded, and only a gross excess fails.
+    #[track_caller]
+    fn assert_within(&self, limit_kib: u64) {
+        let skew = if self.realtime {
+            WALK_SKEW_KIB
+        } else {
+            limit_kib / 8
+        };
+        assert!(self.samples > 10, "too few Rss samples: {self:?}");
+        assert!(
+            self.kib <= limit_kib + skew,
+            "Rss reached {} KiB, over budget + slack {limit_kib} KiB + sampling skew {skew} KiB",
+            self.kib
+        );
+    }
+}
+
+impl RssSampler {
+    fn start(mapping: &Mapping) -> RssSampler {
+        let (ptr, len) = (mapping.as_ptr() as usize, mapping.len());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let param = libc::sched_param { sched_priority: 1 };
+            // SAFETY: sets this thread's own policy; `param` is a valid sched_param.
+            let realtime = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0;
+            if !realtime {
+                eprintln!("the Rss sampler runs without real-time priority: looser bound");
+            }
+            let mut peak = RssPeak {
+                kib: 0,
+                samples: 0,
+                realtime,
+            };
+            while !stopped.load(Ordering::Relaxed) {
+                peak.kib = peak.kib.max(common::mapping_rss_kib(ptr as *const u8, len));
+                peak.samples += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            peak
+        });
+        RssSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling and returns what it saw.
+    fn finish(mut self) -> RssPeak {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().expect("sampler thread");
+        thread.join().expect("sampler")
+    }
+}
+
+/// The u64 word `word` of page `page` in pass `pass`.
+fn pattern(pass: u64, page: usize, word: usize) -> u64 {
+    ((page * 512 + word) as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (pass << 56)
+}
+
+fn fill_page(buf: &mut [u64; 512], pass: u64, page: usize) {
+    for (word, slot) in buf.iter_mut().enumerate() {
+        *slot = pattern(pass, page, word);
+    }
+}
+
+/// Runs `body` in a re-executed child (this test alone): in-thread resolution installs a
+/// process-wide SIGBUS handler, which must not reach the other tests of this binary.
+fn in_child(test_name: &str, body: fn()) {
+    if common::child_case().as_deref() == Some("run") {
+        body();
+        common::say("CHILD-PASSED");
+        return;
+    }
+    if !common::require_uffd() {
+        return;
+    }
+    let output = common::run_child(test_name, "run");
+    common::assert_child_passed(&output, "CHILD-PASSED");
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Writes (pass 1), reads back, rewrites every third page (pass 2) and reads again all of
+/// a 64 MiB store through a mapping with an 8 MiB budget, sampling Rss all along; Rss
+/// may exceed the budget by `slack_pages` (one fault's pages: the test has one thread).
+fn read_write_64_mib(label: &str, options: Options, slack_pages: usize) {
+    if !common::require_uffd() {
+        return;
+    }
+    const SIZE: usize = 64 * MIB;
+    const BUDGET: usize = 8 * MIB;
+    let pages = SIZE / PAGE;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("budget.img");
+    let store = Arc::new(FileStore::create(&path, SIZE as u64).expect("create"));
+    let options = options.budget(BUDGET as u64);
+    let mapping = Mapping::new(store, options.clone()).expect("map");
+    let base = mapping.as_ptr();
+    // Sampled by the one thread that touches the mapping, every 16 pages: the smaps walk
+    // is not atomic, and a sampler racing a sequential scan sees pages faulted in ahead
+    // of it after counting pages since evicted behind it (a few pages too many).
+    let rss_peak = std::cell::Cell::new(0);
+    let samples = std::cell::Cell::new(0);
+    let sample = |page: usize| {
+        if page % 16 == 0 {
+            let rss = common::mapping_rss_kib(base, SIZE);
+            rss_peak.set(rss_peak.get().max(rss));
+            samples.set(samples.get() + 1);
+        }
+    };
+    let expected_pass = |page: usize| if page % 3 == 0 { 2 } else { 1 };
+    let mut buf = [0u64; 512];
+    let mut check = |pass_of: &dyn Fn(usize) -> u64| {
+        let mut got = [0u64; 512];
+        for page in 0..pages {
+            // SAFETY: the page lies inside the mapping, which outlives the loop; only this
+            // thread accesses the mapping.
+            unsafe {
+                std::ptr::copy_nonoverlapping(base.add(page * PAGE), got.as_mut_ptr().cast(), PAGE)
+            };
+            fill_page(&mut buf, pass_of(page), page);
+            assert!(got == buf, "page {page} reads wrong through the mapping");
+            sample(page);
+        }
+    };
+    let write = |buf: &mut [u64; 512], pass: u64, page: usize| {
+        fill_page(buf, pass, page);
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr().cast(), base.add(page * PAGE), PAGE) };
+        sample(page);
+    };
+    let mut wbuf = [0u64; 512];
+    for page in 0..pages {
+        write(&mut wbuf, 1, page);
+    }
+    check(&|_| 1);
+    for page in (0..pages).step_by(3) {
+        write(&mut wbuf, 2, page);
+    }
+    check(&expected_pass);
+    let (rss_peak, samples) = (rss_peak.get(), samples.get());
+    let stats = mapping.stats();
+    mapping.close().expect("close");
+
+    let limit = ((BUDGET + slack_pages * PAGE) / 1024) as u64;
+    eprintln!(
+        "64 MiB under 8 MiB, {label}: Rss peak {rss_peak} KiB over {samples} samples; {stats:?}"
+    );
+    assert!(samples > 10, "too few Rss samples: {samples}");
+    assert!(
+        rss_peak <= limit,
+        "Rss reached {rss_peak} KiB, over budget + slack {limit} KiB"
+    );
+    assert!(
+        stats.resident_pages_peak <= (BUDGET / PAGE + slack_pages) as u64,
+        "{stats:?}"
+    );
+    assert!(stats.evictions > 0 && stats.evicted_dirty > 0, "{stats:?}");
+
+    // After reopening: the file itself, then a fresh mapping under the same budget.
+    let file = std::fs::File::open(&path).expect("open");
+    let mut got = [0u64; 512];
+    for page in 0..pages {
+        // SAFETY: u64 has no invalid bit patterns; the buffer is 4096 bytes.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(got.as_mut_ptr().cast(), PAGE) };
+        file.read_exact_at(bytes, (page * PAGE) as u64)
+            .expect("read");
+        fill_page(&mut buf, expected_pass(page), page);
+        assert!(got == buf, "page {page} is wrong in the file");
+    }
+    let store = Arc::new(FileStore::open(&path).expect("reopen"));
+    let mapping = Mapping::new(store, options).expect("map");
+    let mut bytes = vec![0u8; PAGE];
+    for page in 0..pages {
+        mapping.read_at(page * PAGE, &mut bytes).expect("read_at");
+        fill_page(&mut buf, expected_pass(page), page);
+        // SAFETY: `buf` is 4096 bytes of plain integers.
+        let want = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), PAGE) };
+        assert!(bytes == want, "page {page} reads wrong after reopening");
+    }
+    let stats = mapping.stats();
+    assert!(stats.evictions > 0 && stats.evicted_dirty == 0, "{stats:?}");
+    mapping.close().expect("close");
+}
+
+#[test]
+fn reads_and_writes_64_mib_under_an_8_mib_budget() {
+    let options = Options::default().handler_threads(1);
+    read_write_64_mib("one handler thread", options, 1);
+}
+
+#[test]
+fn reads_and_writes_64_mib_under_an_8_mib_budget_in_thread() {
+    in_child(
+        "reads_and_writes_64_mib_under_an_8_mib_budget_in_thread",
+        || {
+            let options = Options::default().resolution(Resolution::InThread);
+            read_write_64_mib("in-thread", options, 1);
+        },
+    );
+}
+
+/// With 2 MiB faults, a read of data installs 512 pages at once: the slack is 512 pages,
+/// and the clock evicts whole 2 MiB ranges.
+#[test]
+fn reads_and_writes_64_mib_under_an_8_mib_budget_huge() {
+    let options = Options::default()
+        .handler_threads(1)
+        .granularity(Granularity::Huge);
+    read_write_64_mib("2 MiB granularity", options, 512);
+}
+
+/// Zero pages hold no memory: reading all of a hole store never evicts.
+#[test]
+fn zero_pages_do_not_count_against_the_budget() {
+    if !common::require_uffd() {
+        return;
+    }
+    let store: Arc<dyn Store> = Arc::new(MemStore::new((16 * MIB) as u64));
+    let mapping = Mapping::new(store, Options::default().budget(MIB as u64)).expect("map");
+    let mut byte = [0u8; 1];
+    for page in 0..16 * MIB / PAGE {
+        mapping.read_at(page * PAGE, &mut byte).expect("read");
+    }
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.evictions, stats.resident_pages_peak),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(common::mapping_rss_kib(mapping.as_ptr(), mapping.len()), 0);
+    mapping.close().expect("close");
+}
+
+#[test]
+fn a_budget_under_16_pages_is_refused() {
+    if !common::require_uffd() {
+        return;
+    }
+    let store: Arc<dyn Store> = Arc::new(MemStore::new(MIB as u64));
+    match Mapping::new(store, Options::default().budget(15 * PAGE as u64)) {
+        Err(Error::BudgetTooSmall { minimum, .. }) => assert_eq!(minimum, 16 * PAGE as u64),
+        Err(other) => panic!("expected BudgetTooSmall, got {other:?}"),
+        Ok(_) => panic!("a 15-page budget was accepted"),
+    }
+}
+
+/// xorshift64*: a small seeded generator, so a failure can be replayed.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// The stress test under a 2 MiB budget: four threads read and write bytes they own all
+/// over a 16 MiB store (half data, half holes; half the accesses in a hot 1 MiB), while a
+/// fifth flushes now and then and two handler threads serve faults and evict. Each thread
+/// checks every byte it reads against its own last write, and the file must equal the
+/// model at the end: zero lost writes.
+fn stress(handler_threads: usize, ops_per_thread: usize) {
+    if !common::require_uffd() {
+        return;
+    }
+    const SIZE: usize = 16 * MIB;
+    const THREADS: usize = 4;
+    const BUDGET: usize = 2 * MIB;
+    let pages = SIZE / PAGE;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stress.img");
+    let model: Vec<AtomicU8> = (0..SIZE).map(|_| AtomicU8::new(0)).collect();
+    {
+        let store = FileStore::create(&path, SIZE as u64).expect("create");
+        let data = vec![0x5au8; 64 * PAGE];
+        for chunk in (0..pages).step_by(128) {
+            store.write_at((chunk * PAGE) as u64, &data).expect("write");
+            for byte in &model[chunk * PAGE..(chunk + 64) * PAGE] {
+                byte.store(0x5a, Ordering::Relaxed);
+            }
+        }
+    }
+    let store = Arc::new(FileStore::open(&path).expect("open"));
+    let options = Options::default()
+        .budget(BUDGET as u64)
+        .handler_threads(handler_threads);
+    let mapping = Mapping::new(store, options).expect("map");
+    let base = mapping.as_ptr() as usize;
+    let sampler = RssSampler::start(&mapping);
+    let barrier = Barrier::new(THREADS + 1);
+    let done = AtomicBool::new(false);
+    let flushes = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let (barrier, model) = (&barrier, &model);
+                scope.spawn(move || {
+                    let mut rng = (thread as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    barrier.wait();
+                    for op in 0..ops_per_thread {
+                        let r = next(&mut rng);
+                        let page = if r & 1 == 0 {
+                            (r >> 8) as usize % (MIB / PAGE)
+                        } else {
+                            (r >> 8) as usize % pages
+                        };
+                        // Thread `thread` owns the bytes at index % THREADS == thread.
+                        let slot = (r >> 40) as usize % (PAGE / THREADS);
+                        let index = page * PAGE + slot * THREADS + thread;
+                        // SAFETY: `index` lies inside the mapping, which outlives the scope;
+                        // atomic accesses make racing threads data-race free.
+                        let byte = unsafe { &*((base + index) as *const AtomicU8) };
+                        let expected = model[index].load(Ordering::Relaxed);
+                        if r >> 63 == 0 {
+                            let found = byte.load(Ordering::Relaxed);
+                            assert_eq!(
+                                found,
+                                expected,
+                                "thread {thread} op {op}: byte {index} (page {}) reads {found:#x}, \
+                             its owner last wrote {expected:#x}: a write was lost",
+                                index / PAGE
+                            );
+                        } else {
+                            let value = (op as u8).wrapping_mul(2) | 1;
+                            byte.store(value, Ordering::Relaxed);
+                            model[index].store(value, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let flusher = scope.spawn(|| {
+            let mut flushes = 0;
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                mapping.flush().expect("flush");
+                flushes += 1;
+            }
+            flushes
+        });
+        barrier.wait();
+        for worker in workers {
+            worker.join().expect("worker");
+        }
+        done.store(true, Ordering::Relaxed);
+        flusher.join().expect("flusher")
+    });
+    let rss = sampler.finish();
+    let stats = mapping.stats();
+    let mut memory = vec![0u8; SIZE];
+    mapping.read_at(0, &mut memory).expect("read");
+    mapping.close().expect("close");
+    let model: Vec<u8> = model.into_iter().map(AtomicU8::into_inner).collect();
+    common::assert_bytes_eq(&memory, &model, "the mapping after the stress");
+    common::assert_bytes_eq(&common::read_file(&path), &model, "the file after close");
+    eprintln!(
+        "stress under 2 MiB, {handler_threads} handlers: {flushes} flushes, {rss:?}; {stats:?}"
+    );
+    assert!(stats.evictions > 0 && stats.evicted_dirty > 0, "{stats:?}");
+    let limit = (BUDGET / PAGE + handler_threads) as u64;
+    assert!(stats.resident_pages_peak <= limit, "{stats:?}");
+    rss.assert_within((BUDGET / 1024) as u64 + slack_kib(handler_threads));
+}
+
+#[test]
+fn stress_under_a_2_mib_budget_loses_no_write_two_handlers() {
+    stress(2, 50_000);
+}
+
+/// The race the design names: a thread keeps writing a few pages while eviction writes
+/// them back and drops them, each eviction holding its window (written back, not yet
+/// dropped) open for 5 ms. Writes that arrive then take a write-protect fault, wait for
+/// the entry lock, find the page Empty, and on retry fault it back in from the store.
+/// Every slot is written with a distinct counter, so any lost write shows.
+#[test]
+fn writes_racing_the_eviction_of_their_page_are_kept() {
+    if !common::require_uffd() {
+        return;
+    }
+    const PAGES: usize = 64;
+    const HOT: usize = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("evict-race.img");
+    let store = FileStore::create(&path, (PAGES * PAGE) as u64).expect("create");
+    store
+        .write_at(0, &vec![0xa5u8; PAGES * PAGE])
+        .expect("fill");
+    let options = Options::default()
+        .budget((16 * PAGE) as u64)
+        .handler_threads(2)
+        .evict_delay(Duration::from_millis(5));
+    let mapping = Mapping::new(Arc::new(store), options).expect("map");
+    let base = mapping.as_ptr() as usize;
+    let stop = AtomicBool::new(false);
+    let words = HOT * PAGE / 8;
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut count = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let word = (count as usize * 67) % words;
+                // SAFETY: the word lies in the first HOT pages of the mapping, which
+                // outlives the scope; only this thread writes them.
+                let slot = unsafe { &*((base + word * 8) as *const AtomicU64) };
+                slot.store(count + 1, Ordering::Relaxed);
+                count += 1;
+            }
+            count
+        });
+        // Read the other pages round and round: their faults run the eviction.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut byte = [0u8; 1];
+        let mut page = HOT;
+        while mapping.stats().evicted_dirty < 200 && Instant::now() < deadline {
+            mapping.read_at(page * PAGE, &mut byte).expect("read");
+            assert_eq!(byte[0], 0xa5);
+            page = if page + 1 == PAGES { HOT } else { page + 1 };
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().expect("writer")
+    });
+    // The last value written to each word: the largest count with that word.
+    let mut expected = vec![0u64; words];
+    for count in written.saturating_sub(words as u64 * 2)..written {
+        expected[(count as usize * 67) % words] = count + 1;
+    }
+    let check = |bytes: &[u8], what: &str| {
+        for (word, want) in expected.iter().enumerate() {
+            let got = u64::from_ne_bytes(bytes[word * 8..word * 8 + 8].try_into().expect("8"));
+            assert_eq!(
+                got, *want,
+                "{what}: word {word} of the hot pages lost a write"
+            );
+        }
+    };
+    let mut memory = vec![0u8; HOT * PAGE];
+    mapping.read_at(0, &mut memory).expect("read");
+    check(&memory, "the mapping");
+    let stats = mapping.stats();
+    mapping.close().expect("close");
+    check(&common::read_file(&path)[..HOT * PAGE], "the file");
+    eprintln!("eviction race: {written} writes; {stats:?}");
+    assert!(stats.evicted_dirty >= 200, "{stats:?}");
+    assert!(written > words as u64 * 2, "the writer wrote too little");
+}
+
+/// The `umapsort` workload in small: 32 MiB of seeded pseudo-random u64 sorted in place
+/// through a mapping with a 4 MiB budget by rayon's parallel sort; the file must come out
+/// sorted with the same multiset (sum and xor). `slack_pages`: threads serving faults.
+fn sort_32_mib(label: &str, options: Options, slack_pages: usize) {
+    if !common::require_uffd() {
+        return;
+    }
+    const SIZE: usize = 32 * MIB;
+    const BUDGET: usize = 4 * MIB;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sort.img");
+    let (mut sum, mut xor) = (0u64, 0u64);
+    {
+        let store = FileStore::create(&path, SIZE as u64).expect("create");
+        let mut rng = 0x5eed_u64;
+        let mut chunk = vec![0u8; MIB];
+        for offset in (0..SIZE).step_by(MIB) {
+            for word in chunk.chunks_exact_mut(8) {
+                let value = next(&mut rng);
+                (sum, xor) = (sum.wrapping_add(value), xor ^ value);
+                word.copy_from_slice(&value.to_ne_bytes());
+            }
+            store.write_at(offset as u64, &chunk).expect("fill");
+        }
+    }
+    let store = Arc::new(FileStore::open(&path).expect("open"));
+    let options = options.budget(BUDGET as u64);
+    let mut mapping = Mapping::new(store, options).expect("map");
+    let sampler = RssSampler::start(&mapping);
+    let started = Instant::now();
+    {
+        let bytes = mapping.as_mut_slice();
+        // SAFETY: the mapping is 2 MiB aligned and SIZE bytes long, so it holds exactly
+        // SIZE / 8 aligned u64, and any bit pattern is a valid u64; `bytes` is not used
+        // while `words` lives.
+        let words: &mut [u64] =
+            unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast(), SIZE / 8) };
+        words.par_sort_unstable();
+    }
+    mapping.flush().expect("flush");
+    let elapsed = started.elapsed();
+    let rss = sampler.finish();
+    let stats = mapping.stats();
+    mapping.close().expect("close");
+    let file = common::read_file(&path);
+    let values: Vec<u64> = file
+        .chunks_exact(8)
+        .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
+        .collect();
+    assert!(values.is_sorted(), "the file is not sorted");
+    let found = values
+        .iter()
+        .fold((0u64, 0u64), |(s, x), v| (s.wrapping_add(*v), x ^ v));
+    assert_eq!(found, (sum, xor), "the sort changed the multiset");
+    eprintln!("sort 32 MiB under 4 MiB, {label}: {elapsed:?}, {rss:?}; {stats:?}");
+    assert!(stats.evictions > 0 && stats.evicted_dirty > 0, "{stats:?}");
+    assert!(
+        stats.resident_pages_peak <= (BUDGET / PAGE + slack_pages) as u64,
+        "{stats:?}"
+    );
+    rss.assert_within(((BUDGET + slack_pages * PAGE) / 1024) as u64);
+}
+
+#[test]
+fn sort_of_32_mib_under_a_4_mib_budget() {
+    let options = Options::default().handler_threads(1);
+    sort_32_mib("one handler thread", options, 1);
+}
+
+/// Resolved in the faulting threads: rayon's threads each serve their own faults.
+#[test]
+fn sort_of_32_mib_under_a_4_mib_budget_in_thread() {
+    in_child("sort_of_32_mib_under_a_4_mib_budget_in_thread", || {
+        let options = Options::default().resolution(Resolution::InThread);
+        let threads = rayon::current_num_threads() + 1;
+        sort_32_mib("in-thread", options, threads);
+    });
+}
