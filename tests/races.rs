@@ -90,7 +90,8 @@ fn round(
                 let barrier = &barrier;
                 let (hot, stagger) = (&shape.hot, shape.stagger);
                 scope.spawn(move || {
-                    let mut rng = (round * THREADS + thread + 1) as u64 * 0x9e37_79b9_7f4a_7c15;
+                    let mut rng =
+                        ((round * THREADS + thread + 1) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                     let mut writes = Vec::new();
                     barrier.wait();
                     std::thread::sleep(stagger * thread as u32);
