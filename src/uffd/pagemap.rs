@@ -157,11 +157,10 @@ impl From<io::Error> for UffdError {
 mod tests {
     use super::*;
 
-    /// An anonymous page read (zero pfn) versus written (a private page).
-    #[test]
-    fn tells_the_zero_page_from_a_written_one() {
-        let len = 2 * crate::PAGE_SIZE;
-        // SAFETY: a fresh private anonymous mapping, checked against MAP_FAILED, unmapped below.
+    /// A fresh private anonymous mapping of `len` bytes (the tests unmap it).
+    fn anonymous(len: usize) -> usize {
+        // SAFETY: a new mapping at an address of the kernel's choosing, checked against
+        // MAP_FAILED; nothing else refers to it.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -173,7 +172,14 @@ mod tests {
             )
         };
         assert_ne!(base, libc::MAP_FAILED);
-        let base = base as *mut u8;
+        base as usize
+    }
+
+    /// An anonymous page read (zero pfn) versus written (a private page).
+    #[test]
+    fn tells_the_zero_page_from_a_written_one() {
+        let len = 2 * crate::PAGE_SIZE;
+        let base = anonymous(len) as *mut u8;
         // SAFETY: both pages lie inside the mapping made above.
         unsafe {
             std::ptr::read_volatile(base);
@@ -196,19 +202,7 @@ mod tests {
     fn for_each_region_walks_past_a_full_batch() {
         let pages = 4 * BATCH;
         let len = pages * crate::PAGE_SIZE;
-        // SAFETY: a fresh private anonymous mapping, checked against MAP_FAILED, unmapped below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
-        let base = base as usize;
+        let base = anonymous(len);
         for page in 0..pages {
             let at = (base + page * crate::PAGE_SIZE) as *mut u8;
             // SAFETY: every page lies inside the mapping made above.

@@ -251,36 +251,29 @@ impl BenchStore {
 
     /// Writes non-zero data over `0..size` in 1 MiB chunks, then `fdatasync`.
     fn fill(&mut self) -> Result<(), CliError> {
-        const CHUNK: u64 = 1 << 20;
-        let chunk = vec![0xA5u8; CHUNK as usize];
-        let mut offset = 0;
-        while offset < self.size {
-            let len = CHUNK.min(self.size - offset) as usize;
-            self.file
-                .write_all_at(&chunk[..len], offset)
-                .map_err(|e| CliError::failed(format!("filling {}", self.path.display()), e))?;
-            offset += len as u64;
-        }
-        self.file
-            .sync_data()
-            .map_err(|e| CliError::failed(format!("fdatasync of {}", self.path.display()), e))?;
-        self.contents = Contents::Written;
-        Ok(())
+        self.write_chunks(|chunk| chunk.fill(0xA5))
     }
 
     /// Writes the words of `random_words(seed)` over `0..size` in 1 MiB chunks, then
     /// `fdatasync`.
     fn fill_random(&mut self, seed: u64) -> Result<(), CliError> {
-        const CHUNK: usize = 1 << 20;
         let mut words = random_words(seed);
-        let mut chunk = vec![0u8; CHUNK];
-        let mut offset = 0;
-        while offset < self.size {
-            let len = (CHUNK as u64).min(self.size - offset) as usize;
-            for word in chunk[..len].chunks_exact_mut(8) {
+        self.write_chunks(|chunk| {
+            for word in chunk.chunks_exact_mut(8) {
                 let value = words.next().expect("random_words never ends");
                 word.copy_from_slice(&value.to_ne_bytes());
             }
+        })
+    }
+
+    /// Writes `0..size` in 1 MiB chunks, each made by `make`, then `fdatasync`.
+    fn write_chunks(&mut self, mut make: impl FnMut(&mut [u8])) -> Result<(), CliError> {
+        const CHUNK: u64 = 1 << 20;
+        let mut chunk = vec![0u8; CHUNK as usize];
+        let mut offset = 0;
+        while offset < self.size {
+            let len = CHUNK.min(self.size - offset) as usize;
+            make(&mut chunk[..len]);
             self.file
                 .write_all_at(&chunk[..len], offset)
                 .map_err(|e| CliError::failed(format!("filling {}", self.path.display()), e))?;
