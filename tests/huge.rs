@@ -6,7 +6,7 @@ mod common;
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -472,6 +472,13 @@ fn huge_dirty_tracking_dirties_whole_ranges() {
         (stats.huge_faults, stats.write_faults, stats.mkwrite_faults),
         (4, 3, 0),
         "{stats:?}"
+    );
+    // A writable install of a hole allocates it first, whole (2 MiB each for the two hole
+    // ranges), so that a full disk fails the access rather than the flush.
+    let allocated = std::fs::metadata(&path).expect("stat").blocks() * 512;
+    assert!(
+        allocated >= 3 * HUGE as u64,
+        "{allocated} bytes allocated before the flush"
     );
     let anon_huge = smaps_kib(mapping.as_ptr(), mapping.len(), "AnonHugePages");
     eprintln!("huge dirty: AnonHugePages {anon_huge} KiB for 3 written ranges");

@@ -24,8 +24,8 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::extent_cache::ExtentCache;
-use super::{Extent, ExtentKind, Store, StoreError, check_range};
+use crate::store::extent_cache::ExtentCache;
+use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
 
 /// Size of the zero buffer the no-`fallocate` fallbacks write from.
 const ZERO_CHUNK: u64 = 64 << 10;

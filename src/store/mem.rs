@@ -10,7 +10,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{Extent, ExtentKind, Store, StoreError, check_range};
+use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
 use crate::PAGE_SIZE;
 
 /// [`PAGE_SIZE`] as a byte offset.

@@ -1,53 +1,52 @@
 //! PAGEMAP_SCAN on /proc/self/pagemap: ask the kernel what each page of a range is
-//! (present, written since write-protected, the shared zero page), optionally
-//! write-protecting the pages it reports in the same walk.
+//! (present, written since write-protected, the shared zero page), and, in
+//! [`Pagemap::scan_protecting`], write-protect the pages it reports in the same walk.
 //!
-//! Used to close the zero-page window (DESIGN.md "Hard parts") and by asynchronous dirty
+//! Used to close the zero-page window (DESIGN.md, hard part 2) and by asynchronous dirty
 //! tracking. At most [`MAX_REGIONS`] output slots a call: with more, the kernel can report
-//! a walk end before regions it already returned (PERF-NOTES.md item 7).
+//! a walk end before regions it already returned (measured on 6.18; see DESIGN.md).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use super::{UffdError, check, sys};
+use crate::sys::uffd::{UffdError, check};
+use crate::sys::uffd_abi as abi;
 
-pub use sys::PageRegion;
+pub(crate) use abi::PageRegion;
 
 /// Page categories (`PAGE_IS_*`).
-pub mod category {
-    pub use super::sys::{
+pub(crate) mod category {
+    pub(crate) use crate::sys::uffd_abi::{
         PAGE_IS_HUGE as HUGE, PAGE_IS_PFNZERO as PFNZERO, PAGE_IS_PRESENT as PRESENT,
-        PAGE_IS_SWAPPED as SWAPPED, PAGE_IS_WPALLOWED as WPALLOWED, PAGE_IS_WRITTEN as WRITTEN,
+        PAGE_IS_SWAPPED as SWAPPED, PAGE_IS_WRITTEN as WRITTEN,
     };
 }
 
 /// Most output regions udax asks for in one call.
-pub const MAX_REGIONS: usize = 512;
+pub(crate) const MAX_REGIONS: usize = 512;
 
 /// Output slots [`Pagemap::for_each_region`] uses a call (kept on the stack).
 const BATCH: usize = 64;
 
 /// What to look for in a scan.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Query {
+pub(crate) struct Query {
     /// Pages must have all of these categories.
-    pub required: u64,
+    pub(crate) required: u64,
     /// Categories reported back in each region.
-    pub reported: u64,
-    /// Write-protect the matching pages in the same walk (PM_SCAN_WP_MATCHING).
-    pub write_protect: bool,
+    pub(crate) reported: u64,
 }
 
 /// An open /proc/self/pagemap.
 #[derive(Debug)]
-pub struct Pagemap {
+pub(crate) struct Pagemap {
     file: File,
 }
 
 impl Pagemap {
     /// Opens /proc/self/pagemap.
-    pub fn open() -> Result<Pagemap, UffdError> {
+    pub(crate) fn open() -> Result<Pagemap, UffdError> {
         let file = File::open("/proc/self/pagemap").map_err(|source| UffdError::Ioctl {
             op: "open /proc/self/pagemap",
             source,
@@ -57,20 +56,50 @@ impl Pagemap {
 
     /// Scans `start..end`, filling `out` (at most [`MAX_REGIONS`] used) with the matching
     /// regions. Returns the regions filled and where the walk stopped (`end` when done).
-    pub fn scan(
+    pub(crate) fn scan(
         &self,
         start: usize,
         end: usize,
         query: Query,
         out: &mut [PageRegion],
     ) -> Result<(usize, usize), UffdError> {
+        // SAFETY: without write-protection the walk only reads page tables.
+        unsafe { self.scan_raw(start, end, query, false, out) }
+    }
+
+    /// [`Pagemap::scan`], write-protecting the matching pages in the same walk
+    /// (PM_SCAN_WP_MATCHING, for pages of a WP_ASYNC userfaultfd).
+    ///
+    /// # Safety
+    /// The caller owns the range, as for `Uffd::writeprotect` (see `sys::uffd`).
+    pub(crate) unsafe fn scan_protecting(
+        &self,
+        start: usize,
+        end: usize,
+        query: Query,
+        out: &mut [PageRegion],
+    ) -> Result<(usize, usize), UffdError> {
+        // SAFETY: passed on to the caller.
+        unsafe { self.scan_raw(start, end, query, true, out) }
+    }
+
+    /// # Safety
+    /// With `protect`, as [`Pagemap::scan_protecting`].
+    unsafe fn scan_raw(
+        &self,
+        start: usize,
+        end: usize,
+        query: Query,
+        protect: bool,
+        out: &mut [PageRegion],
+    ) -> Result<(usize, usize), UffdError> {
         let slots = out.len().min(MAX_REGIONS);
         let mut flags = 0;
-        if query.write_protect {
-            flags |= sys::PM_SCAN_WP_MATCHING | sys::PM_SCAN_CHECK_WPASYNC;
+        if protect {
+            flags |= abi::PM_SCAN_WP_MATCHING | abi::PM_SCAN_CHECK_WPASYNC;
         }
-        let mut arg = sys::PmScanArg {
-            size: size_of::<sys::PmScanArg>() as u64,
+        let mut arg = abi::PmScanArg {
+            size: size_of::<abi::PmScanArg>() as u64,
             flags,
             start: start as u64,
             end: end as u64,
@@ -82,14 +111,14 @@ impl Pagemap {
         };
         // SAFETY: PAGEMAP_SCAN reads and writes a `struct pm_scan_arg` (`arg`) and writes at
         // most `vec_len` page regions to `vec`, which points at `slots` slots of `out`.
-        let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), sys::PAGEMAP_SCAN, &mut arg) };
+        let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), abi::PAGEMAP_SCAN, &mut arg) };
         check("PAGEMAP_SCAN", ret)?;
         Ok((ret as usize, arg.walk_end as usize))
     }
 
     /// Calls `visit` with every region of `start..end` that matches `query`, in ascending
     /// order, scanning in batches of a few slots (no allocation). Stops at the first error.
-    pub fn for_each_region(
+    pub(crate) fn for_each_region(
         &self,
         start: usize,
         end: usize,
@@ -111,7 +140,7 @@ impl Pagemap {
     }
 
     /// Whether `start..start+len` is mapped by one present transparent huge page.
-    pub fn is_huge(&self, start: usize, len: usize) -> Result<bool, UffdError> {
+    pub(crate) fn is_huge(&self, start: usize, len: usize) -> Result<bool, UffdError> {
         let mut out = [PageRegion::default(); 1];
         let query = Query {
             required: category::PRESENT | category::HUGE,
@@ -122,13 +151,14 @@ impl Pagemap {
     }
 
     /// Whether the page at `address` maps the shared zero page.
-    pub fn is_zero_page(&self, address: usize) -> Result<bool, UffdError> {
+    #[cfg(test)]
+    fn is_zero_page(&self, address: usize) -> Result<bool, UffdError> {
         self.page_is(address, category::PFNZERO)
     }
 
     /// Whether the page at `address` holds a non-present, non-empty entry: for udax's
     /// anonymous memory without swap use, a UFFDIO_POISON marker.
-    pub fn is_marker(&self, address: usize) -> Result<bool, UffdError> {
+    pub(crate) fn is_marker(&self, address: usize) -> Result<bool, UffdError> {
         self.page_is(address, category::SWAPPED)
     }
 

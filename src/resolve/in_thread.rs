@@ -2,7 +2,7 @@
 //! faulting thread instead of queueing an event, and this module's handler serves the
 //! fault right there through the same `fault::resolve`, then returns so the access
 //! retries. No thread wakes another, which is the whole cost on this kind of machine
-//! (PERF-NOTES.md: 5.7 µs per fault here against 10–155 µs through a handler thread).
+//! (measured: 5.7 µs per fault here against 10–155 µs through a handler thread).
 //!
 //! What runs in the handler must be async-signal-safe: the fault path uses futexes
 //! (entries, grace windows), atomics (counters, dirty index, error slot), ioctls and the
@@ -10,8 +10,8 @@
 //! The interrupted code is user code touching a mapping, which never holds udax's entry
 //! locks (udax never touches mapping memory from user space while holding one).
 //!
-//! Mappings are found through a fixed table of slots, read without locks. A signal that
-//! is not for a registered mapping (another address, a poisoned page, a `kill`) goes to
+//! Regions are found through a fixed table of slots, read without locks. A signal that
+//! is not for a registered region (another address, a poisoned page, a `kill`) goes to
 //! the handler the program had installed before, or to the default action.
 //!
 //! The read/write direction comes from the x86-64 page-fault error code in the signal
@@ -23,23 +23,23 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::PAGE_SIZE;
-use crate::fault;
-use crate::mapping::Shared;
-use crate::uffd::Fault;
+use crate::engine::fault;
+use crate::engine::region::Region;
+use crate::sys::uffd::Fault;
 
-/// How many in-thread mappings may exist at once; more are served by handler threads.
+/// How many in-thread regions may exist at once.
 pub(crate) const SLOTS: usize = 64;
 
 struct Slot {
-    /// The mapping, or null. Set by `register`, cleared by `Registration::drop`.
-    shared: AtomicPtr<Shared>,
-    /// Signal handlers currently using `shared`; unregistering waits for zero.
+    /// The region, or null. Set by `register`, cleared by `Registration::drop`.
+    region: AtomicPtr<Region>,
+    /// Signal handlers currently using `region`; unregistering waits for zero.
     users: AtomicU32,
 }
 
 static TABLE: [Slot; SLOTS] = [const {
     Slot {
-        shared: AtomicPtr::new(ptr::null_mut()),
+        region: AtomicPtr::new(ptr::null_mut()),
         users: AtomicU32::new(0),
     }
 }; SLOTS];
@@ -49,34 +49,29 @@ static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 /// Serializes slot claims and the one-time install.
 static REGISTER: Mutex<()> = Mutex::new(());
 
-/// A mapping's place in the table; dropping it removes the mapping and waits until no
+/// A region's place in the table; dropping it removes the region and waits until no
 /// signal handler still uses it.
 pub(crate) struct Registration {
     slot: usize,
-    /// Keeps `Shared` alive while the table points at it.
-    _shared: Arc<Shared>,
+    /// Keeps the region alive while the table points at it.
+    _region: Arc<Region>,
 }
 
-/// Whether in-thread resolution works on this architecture.
-pub(crate) fn is_supported() -> bool {
-    cfg!(target_arch = "x86_64")
-}
-
-/// Enters `shared` in the table (installing the handler on first use). `None` when the
+/// Enters `region` in the table (installing the handler on first use). `None` when the
 /// table is full.
-pub(crate) fn register(shared: &Arc<Shared>) -> Result<Option<Registration>, std::io::Error> {
+pub(crate) fn register(region: &Arc<Region>) -> Result<Option<Registration>, std::io::Error> {
     let _serial = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
     install()?;
-    let raw = Arc::as_ptr(shared).cast_mut();
+    let raw = Arc::as_ptr(region).cast_mut();
     for (index, slot) in TABLE.iter().enumerate() {
         if slot
-            .shared
+            .region
             .compare_exchange(ptr::null_mut(), raw, SeqCst, SeqCst)
             .is_ok()
         {
             return Ok(Some(Registration {
                 slot: index,
-                _shared: Arc::clone(shared),
+                _region: Arc::clone(region),
             }));
         }
     }
@@ -86,7 +81,7 @@ pub(crate) fn register(shared: &Arc<Shared>) -> Result<Option<Registration>, std
 impl Drop for Registration {
     fn drop(&mut self) {
         let slot = &TABLE[self.slot];
-        slot.shared.store(ptr::null_mut(), SeqCst);
+        slot.region.store(ptr::null_mut(), SeqCst);
         // A handler that loaded the pointer before we cleared it counted itself in
         // `users` first: wait it out. (It can only be a stray access racing the unmap.)
         while slot.users.load(SeqCst) != 0 {
@@ -133,7 +128,7 @@ extern "C" fn on_sigbus(
     unsafe { *libc::__errno_location() = saved_errno };
 }
 
-/// Serves the fault if it is a userfaultfd SIGBUS in a registered mapping.
+/// Serves the fault if it is a userfaultfd SIGBUS in a registered region.
 fn serve(info: *mut libc::siginfo_t, context: *mut libc::c_void) -> bool {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let info = unsafe { &*info };
@@ -149,10 +144,10 @@ fn serve(info: *mut libc::siginfo_t, context: *mut libc::c_void) -> bool {
     };
     for slot in TABLE.iter() {
         slot.users.fetch_add(1, SeqCst);
-        let shared = slot.shared.load(SeqCst);
+        let region = slot.region.load(SeqCst);
         // SAFETY: a non-null pointer stays valid while `users` counts us (Registration
         // waits for zero after clearing it, and holds an Arc until then).
-        let served = !shared.is_null() && unsafe { serve_in(&*shared, address, write, present) };
+        let served = !region.is_null() && unsafe { serve_in(&*region, address, write, present) };
         slot.users.fetch_sub(1, SeqCst);
         if served {
             return true;
@@ -161,12 +156,12 @@ fn serve(info: *mut libc::siginfo_t, context: *mut libc::c_void) -> bool {
     false
 }
 
-/// Resolves a fault at `address` if it lies in `shared` and is a userfaultfd fault.
-fn serve_in(shared: &Shared, address: usize, write: bool, present: bool) -> bool {
-    if shared.page_index(address).is_none() {
+/// Resolves a fault at `address` if it lies in `region` and is a userfaultfd fault.
+fn serve_in(region: &Region, address: usize, write: bool, present: bool) -> bool {
+    if region.page_index(address).is_none() {
         return false;
     }
-    if shared.is_poison_marker(address) {
+    if region.is_poison_marker(address) {
         // A page udax poisoned after a store failure: the program's SIGBUS. (Serving it
         // would fail, poison and re-raise forever.) Returning false chains it.
         return false;
@@ -177,7 +172,7 @@ fn serve_in(shared: &Shared, address: usize, write: bool, present: bool) -> bool
         write_protect: present && write,
     };
     let mut scratch = [0u8; PAGE_SIZE];
-    fault::resolve(shared, &fault, &mut scratch);
+    fault::resolve(region, &fault, &mut scratch);
     true
 }
 

@@ -21,7 +21,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::futex;
+use crate::sys::futex;
 
 /// What an entry says about its page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

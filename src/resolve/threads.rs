@@ -1,5 +1,5 @@
-//! Handler threads (the fault context): read userfaultfd events and hand each to the
-//! fault policy; stop cleanly on request.
+//! Handler threads (the fault context): read a userfaultfd's events and hand each fault
+//! to the engine, for the region holding its address; stop cleanly on request.
 //!
 //! Each thread polls the uffd and a stop eventfd. Several threads may read the same uffd;
 //! each message goes to one of them, and two faults on one page serialize on the entry
@@ -10,31 +10,43 @@
 //! runs as soon as the faulting thread blocks, and resolves the fault without a wake
 //! crossing CPUs (the others wake, find nothing, and sleep again). On this kind of
 //! machine that is 3.7x cheaper than one unpinned thread: a wake across vCPUs costs
-//! ~55 us (PERF-NOTES.md), and `udax bench` measured sparse reads at 18.7 us a fault
-//! against 69.9 us.
+//! ~55 µs, and `udax bench` measured sparse reads at 18.7 µs a fault against 69.9 µs.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::HUGE_PAGE_SIZE;
+use crate::engine::fault;
+use crate::engine::region::{Region, region_of};
 use crate::error::Error;
-use crate::fault;
-use crate::mapping::Shared;
-use crate::uffd::{Fault, UffdMsg};
+use crate::sys::cpu::{allowed_cpus, pin_to};
+use crate::sys::uffd::{Fault, Uffd, UffdMsg};
 
 /// Messages read per `read(2)` of the uffd.
 const BATCH: usize = 64;
 
-/// The running handler threads of one mapping.
+/// The default number of handler threads: one per CPU the process may use, at most 4
+/// (every fault wakes them all, so more would cost more wasted wakes than they save).
+pub(crate) fn default_count() -> usize {
+    allowed_cpus().len().clamp(1, 4)
+}
+
+/// The running handler threads of one uffd.
 pub(crate) struct Handlers {
     threads: Vec<JoinHandle<()>>,
     stop: OwnedFd,
 }
 
 impl Handlers {
-    /// Starts `count` threads serving faults of `shared` (pinned one per CPU if several).
-    pub(crate) fn start(shared: &Arc<Shared>, count: usize) -> Result<Handlers, Error> {
+    /// Starts `count` threads serving the faults `uffd` reports in `regions` (sorted by
+    /// address), pinned one per CPU if several.
+    pub(crate) fn start(
+        uffd: &Arc<Uffd>,
+        regions: &Arc<[Arc<Region>]>,
+        count: usize,
+    ) -> Result<Handlers, Error> {
         let cpus = if count > 1 {
             allowed_cpus()
         } else {
@@ -55,8 +67,8 @@ impl Handlers {
             threads: Vec::new(),
             stop,
         };
-        for number in 0..count {
-            let shared = Arc::clone(shared);
+        for number in 0..count.max(1) {
+            let (uffd, regions) = (Arc::clone(uffd), Arc::clone(regions));
             let stop_fd = handlers.stop.as_raw_fd();
             let cpu = (!cpus.is_empty()).then(|| cpus[number % cpus.len()]);
             let thread = std::thread::Builder::new()
@@ -65,7 +77,7 @@ impl Handlers {
                     if let Some(cpu) = cpu {
                         pin_to(cpu);
                     }
-                    serve(&shared, stop_fd)
+                    serve(&uffd, &regions, stop_fd)
                 })
                 .map_err(|source| Error::Os {
                     op: "spawn handler thread",
@@ -78,7 +90,7 @@ impl Handlers {
 
     /// Tells every thread to stop and waits for them. Faults still queued are served
     /// first by the poll loop only if they arrive before the stop is seen; callers stop
-    /// handlers only when no thread touches the mapping any more.
+    /// handlers only when no thread touches the regions any more.
     pub(crate) fn stop(&mut self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from `one` to the eventfd we own.
@@ -95,39 +107,29 @@ impl Drop for Handlers {
     }
 }
 
-/// The CPUs this process may run on (empty if that cannot be read).
-pub(crate) fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a writable cpu_set_t of the size passed.
-    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-        return Vec::new();
+/// A fault at an address the uffd reports but no region holds (memory registered with an
+/// adopted uffd beyond the ranges handed over): nobody can serve it, so the access gets
+/// SIGBUS rather than waiting forever.
+fn refuse(uffd: &Uffd, address: usize) {
+    let page = address & !(crate::PAGE_SIZE - 1);
+    // SAFETY: the kernel just reported a missing fault at this page, so it is registered
+    // with this uffd, whose creator handed its serving to us (`Adopted::new`'s contract),
+    // and it holds nothing: poisoning it changes no byte anyone relies on.
+    if unsafe { uffd.poison(page, crate::PAGE_SIZE) }.is_err() {
+        // Present after all (or a write-protect fault): the access can go on.
+        let _ = uffd.wake(page, crate::PAGE_SIZE);
     }
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: `cpu` is below CPU_SETSIZE, inside `set`.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect()
-}
-
-/// Pins the calling thread to `cpu` (best effort: unpinned is only slower).
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` came from `allowed_cpus`, below CPU_SETSIZE.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 is the calling thread.
-    unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
 }
 
 /// One handler thread's loop. `stop_fd` outlives the thread: `Handlers` joins before
 /// closing it.
-fn serve(shared: &Shared, stop_fd: libc::c_int) {
+fn serve(uffd: &Uffd, regions: &[Arc<Region>], stop_fd: libc::c_int) {
     let mut messages = [UffdMsg::default(); BATCH];
     // Room for a 2 MiB fill (touched only by wide faults, so it costs no memory else).
-    let mut scratch = vec![0u8; crate::HUGE_PAGE_SIZE];
+    let mut scratch = vec![0u8; HUGE_PAGE_SIZE];
     let mut fds = [
         libc::pollfd {
-            fd: shared.uffd.as_fd().as_raw_fd(),
+            fd: uffd.as_fd().as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         },
@@ -149,16 +151,22 @@ fn serve(shared: &Shared, stop_fd: libc::c_int) {
         if fds[1].revents != 0 {
             return;
         }
-        let count = match shared.uffd.read_events(&mut messages) {
+        let count = match uffd.read_events(&mut messages) {
             Ok(count) => count,
             Err(error) => {
-                shared.record_error(0, &error.into());
+                if let Some(region) = regions.first() {
+                    region.record_error(0, &error.into());
+                }
                 return;
             }
         };
         for message in &messages[..count] {
-            if let Some(fault) = Fault::from_msg(message) {
-                fault::resolve(shared, &fault, &mut scratch);
+            let Some(fault) = Fault::from_msg(message) else {
+                continue;
+            };
+            match region_of(regions, fault.address) {
+                Some(region) => fault::resolve(region, &fault, &mut scratch),
+                None => refuse(uffd, fault.address),
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Per-mapping counters (the /proc/vmstat analog).
+//! Per-region counters (the /proc/vmstat analog).
 //!
 //! The fault and writeback paths bump [`Counters`] with `Relaxed` atomics; readers only
 //! ever see a [`Stats`] snapshot. Counter names are the ones DESIGN.md lists, and
@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
-        /// The live counters of one mapping (internal; read through [`Stats`]).
+        /// The live counters of one region (internal; read through [`Stats`]).
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
             $(pub(crate) $name: AtomicU64,)*
         }
 
-        /// A snapshot of a mapping's counters.
+        /// A snapshot of a mapping's (or an adopted region's) counters.
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         pub struct Stats {
             $($(#[doc = $doc])* pub $name: u64,)*
@@ -31,6 +31,16 @@ macro_rules! counters {
             /// Every counter as `(name, value)`, in declaration order.
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+
+        /// Counters of several regions together, field by field (a sum of peaks bounds
+        /// the peak of the sum from above).
+        impl std::ops::Add for Stats {
+            type Output = Stats;
+
+            fn add(self, other: Stats) -> Stats {
+                Stats { $($name: self.$name + other.$name,)* }
             }
         }
     };

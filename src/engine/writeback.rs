@@ -8,12 +8,12 @@
 //! waits for the entry lock and then re-dirties the page (one new fault).
 
 use crate::PAGE_SIZE;
-use crate::entries::{EntryGuard, State};
+use crate::engine::config::DirtyTracking;
+use crate::engine::entries::{EntryGuard, State};
+use crate::engine::region::Region;
+use crate::engine::stats::Counters;
 use crate::error::Error;
-use crate::mapping::DirtyTracking;
-use crate::mapping::Shared;
-use crate::stats::Counters;
-use crate::uffd::pagemap::{MAX_REGIONS, PageRegion, Query, category};
+use crate::sys::pagemap::{MAX_REGIONS, PageRegion};
 
 /// Longest run written with one store call (2 MiB): a dirty 2 MiB range mapped as one
 /// huge page is write-protected whole, which keeps the huge mapping (a part would split it).
@@ -21,32 +21,32 @@ const MAX_RUN: usize = 512;
 
 /// Writes back every page dirtied before the call, makes the store durable, and returns
 /// the first error: a failed writeback, or a fault that failed since the last flush.
-pub(crate) fn flush(shared: &Shared) -> Result<(), Error> {
-    let _serial = shared.flushing.lock().unwrap_or_else(|e| e.into_inner());
+pub(crate) fn flush(region: &Region) -> Result<(), Error> {
+    let _serial = region.flushing.lock().unwrap_or_else(|e| e.into_inner());
     // A store into a zero page still being mapped completes without a fault; the fault
     // marks the page Dirty before its window closes, so after this wait it is indexed.
-    shared.wait_zero_windows();
-    let collected = match shared.tracking {
-        DirtyTracking::Sync => Ok(()),
-        DirtyTracking::Async => collect_written(shared),
+    region.wait_zero_windows();
+    let collected = match region.config.tracking {
+        Some(DirtyTracking::Async) => collect_written(region),
+        Some(DirtyTracking::Sync) | None => Ok(()),
     };
-    let dirty = shared.entries.take_dirty();
+    let dirty = region.entries.take_dirty();
     for (done, run) in runs(&dirty).enumerate() {
-        if let Err(error) = writeback_range(shared, run.clone()) {
+        if let Err(error) = writeback_range(region, run.clone()) {
             // Invariant 2: keep every page still Dirty findable by the next flush.
             let rest = runs(&dirty).skip(done + 1).flatten();
             for index in run.chain(rest) {
-                if shared.entries.peek(index) == State::Dirty {
-                    shared.entries.remark_dirty(index);
+                if region.entries.peek(index) == State::Dirty {
+                    region.entries.remark_dirty(index);
                 }
             }
             return Err(error);
         }
     }
     collected?;
-    shared.store.sync()?;
-    Counters::add(&shared.counters.flushes, 1);
-    match shared.take_error() {
+    region.store.sync()?;
+    Counters::add(&region.counters.flushes, 1);
+    match region.take_error() {
         Some(error) => Err(error),
         None => Ok(()),
     }
@@ -57,25 +57,18 @@ pub(crate) fn flush(shared: &Shared) -> Result<(), Error> {
 /// them Dirty. A write after the walk un-protects its page again (the kernel resolves it)
 /// and the next flush finds it. Every written page is marked even if an allocation fails
 /// (its data is only in memory now); the first error is returned.
-fn collect_written(shared: &Shared) -> Result<(), Error> {
-    let (start, end) = (shared.region.base, shared.region.base + shared.region.len);
-    // PRESENT too: an empty page counts as written, and write-protecting it would plant
-    // a uffd-wp marker (WP_ASYNC implies WP_UNPOPULATED), on which UFFDIO_ZEROPAGE fails.
-    let query = Query {
-        required: category::WRITTEN | category::PRESENT,
-        reported: 0,
-        write_protect: true,
-    };
+fn collect_written(region: &Region) -> Result<(), Error> {
+    let (start, end) = (region.base(), region.base() + region.len());
     let mut regions = [PageRegion::default(); MAX_REGIONS];
     let mut done = start;
     let mut first_error = None;
     while done < end {
         let walk_start = done;
-        let (count, walk_end) = shared.pagemap.scan(done, end, query, &mut regions)?;
+        let (count, walk_end) = region.scan_written(done, &mut regions)?;
         for range in new_ranges(&regions[..count], &mut done) {
             for address in range.step_by(PAGE_SIZE) {
-                if let Some(index) = shared.page_index(address)
-                    && let Err(error) = mark_written(shared, index)
+                if let Some(index) = region.page_index(address)
+                    && let Err(error) = mark_written(region, index)
                 {
                     first_error.get_or_insert(error);
                 }
@@ -107,8 +100,8 @@ fn new_ranges(regions: &[PageRegion], done: &mut usize) -> Vec<std::ops::Range<u
 }
 
 /// A page the kernel saw written: make its entry Dirty (allocating behind a zero page).
-fn mark_written(shared: &Shared, index: usize) -> Result<(), Error> {
-    let mut guard = shared.entries.lock(index);
+fn mark_written(region: &Region, index: usize) -> Result<(), Error> {
+    let mut guard = region.entries.lock(index);
     let before = guard.state();
     if before == State::Empty || before == State::Dirty {
         return Ok(());
@@ -116,17 +109,17 @@ fn mark_written(shared: &Shared, index: usize) -> Result<(), Error> {
     // Dirty first, so the bytes stay findable even if the allocation fails.
     guard.set(State::Dirty);
     Counters::add(
-        &shared.counters.mkwrite_faults,
+        &region.counters.mkwrite_faults,
         u64::from(before == State::Clean),
     );
     Counters::add(
-        &shared.counters.zero_to_dirty,
+        &region.counters.zero_to_dirty,
         u64::from(before == State::Zero),
     );
     if before == State::Zero {
-        shared
+        region
             .store
-            .allocate(shared.page_offset(index), PAGE_SIZE as u64)?;
+            .allocate(region.page_offset(index), PAGE_SIZE as u64)?;
     }
     Ok(())
 }
@@ -146,47 +139,46 @@ fn runs(indices: &[usize]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ 
 }
 
 /// Writes back the Dirty pages among `run` (ascending, consecutive indices).
-pub(crate) fn writeback_range(shared: &Shared, run: std::ops::Range<usize>) -> Result<(), Error> {
+pub(crate) fn writeback_range(region: &Region, run: std::ops::Range<usize>) -> Result<(), Error> {
     let mut guards: Vec<EntryGuard<'_>> = Vec::with_capacity(run.len());
     for index in run {
-        let guard = shared.entries.lock(index);
+        let guard = region.entries.lock(index);
         if guard.state() == State::Dirty {
             guards.push(guard);
         } else {
             // Cleaned or evicted since it was marked: nothing to write; the lock is
             // dropped here, and no later index is locked yet, so the order holds.
             drop(guard);
-            writeback_locked(shared, &mut guards)?;
+            writeback_locked(region, &mut guards)?;
             guards.clear();
         }
     }
-    writeback_locked(shared, &mut guards)
+    writeback_locked(region, &mut guards)
 }
 
 /// Writes back consecutive locked Dirty pages: write-protect, copy out, mark Clean.
 pub(crate) fn writeback_locked(
-    shared: &Shared,
+    region: &Region,
     guards: &mut [EntryGuard<'_>],
 ) -> Result<(), Error> {
     let Some(first) = guards.first() else {
         return Ok(());
     };
-    let address = shared.page_address(first.index());
-    let offset = shared.page_offset(first.index());
-    let len = guards.len() * PAGE_SIZE;
-    shared.uffd.writeprotect(address, len, true, false)?;
-    // SAFETY: the pages are present (Dirty), write-protected, and their entries locked:
-    // any write to them faults and waits for these locks, so nothing changes these bytes
-    // while the slice lives; the range lies inside the mapping.
-    let bytes = unsafe { std::slice::from_raw_parts(address as *const u8, len) };
+    let first = first.index();
+    let offset = region.page_offset(first);
+    let pages = guards.len();
+    region.writeprotect(first, pages, true, false)?;
+    // SAFETY: the pages are present (Dirty), now write-protected, and their entries
+    // locked by us.
+    let bytes = unsafe { region.bytes(first, pages)? };
     // On failure the pages stay Dirty (and protected: the next write re-faults and
     // lifts it); the caller re-marks them for the next flush.
-    shared.store.write_at(offset, bytes)?;
+    region.store.write_at(offset, bytes)?;
     for guard in guards.iter_mut() {
         guard.set(State::Clean);
     }
-    Counters::add(&shared.counters.pages_written_back, guards.len() as u64);
-    Counters::add(&shared.counters.bytes_written, len as u64);
+    Counters::add(&region.counters.pages_written_back, guards.len() as u64);
+    Counters::add(&region.counters.bytes_written, bytes.len() as u64);
     Ok(())
 }
 

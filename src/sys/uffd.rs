@@ -1,22 +1,28 @@
-//! A thin, safe layer over the userfaultfd ioctls (and PAGEMAP_SCAN, in [`pagemap`]).
-//!
-//! Owns the fd, probes features at run time, and decodes every kernel result once, here:
-//! negative results become [`UffdError`] before anything is cast. It knows nothing of
-//! entry states or policy; it is the only module that issues ioctls.
+//! userfaultfd: open (with its API handshake) or adopt an fd, probe features, register
+//! ranges, and the range ioctls: copy, zeropage, writeprotect, wake, poison, move. Events
+//! are read and decoded here; every ioctl result is decoded once, here, into [`UffdError`]
+//! (negative results become errors before anything is cast).
 //!
 //! Why our own layer and not the `userfaultfd` crate: that crate (0.9) lacks
 //! UFFDIO_COPY_MODE_WP, WP_ASYNC, MOVE, POISON and PAGEMAP_SCAN, and its -sys crate runs
 //! bindgen against the installed (older) UAPI headers, which needs libclang at build time.
-
-pub mod pagemap;
-mod sys;
+//!
+//! # Safety of the range ioctls
+//! `register`, `copy`, `zeropage`, `writeprotect`, `poison` and `move_pages` change what
+//! the pages of a range map, in the mm the uffd belongs to (this process's, or another's).
+//! Their callers promise that the range is theirs to change: it lies in a range registered
+//! with this uffd, in memory whose contents no Rust reference relies on (udax's regions,
+//! whose bytes are only reached through raw pointers and atomics). `wake` and
+//! `read_events` cannot change memory and are safe.
 
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
-pub use sys::UffdMsg;
+use crate::sys::uffd_abi as abi;
+
+pub(crate) use abi::UffdMsg;
 
 /// Errors of userfaultfd operations.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,14 @@ pub enum UffdError {
         missing: u64,
         /// Their names.
         names: String,
+    },
+    /// An fd handed to udax as a userfaultfd is something else.
+    #[error("fd {fd} is not a userfaultfd ({what}): pass the fd userfaultfd(2) returned")]
+    NotUserfaultfd {
+        /// The fd.
+        fd: i32,
+        /// What it is instead.
+        what: String,
     },
     /// EEXIST: the page is already present (someone else resolved the fault).
     #[error("{op}: page already present")]
@@ -70,25 +84,25 @@ pub enum UffdError {
 }
 
 /// Userfaultfd features udax can use.
-pub mod features {
-    pub use super::sys::{
+pub(crate) mod features {
+    pub(crate) use crate::sys::uffd_abi::{
         UFFD_FEATURE_MOVE as MOVE, UFFD_FEATURE_PAGEFAULT_FLAG_WP as WP,
         UFFD_FEATURE_POISON as POISON, UFFD_FEATURE_SIGBUS as SIGBUS,
-        UFFD_FEATURE_WP_ASYNC as WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED as WP_UNPOPULATED,
+        UFFD_FEATURE_WP_ASYNC as WP_ASYNC,
     };
 }
 
 const FEATURE_NAMES: [(u64, &str); 6] = [
-    (sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP, "PAGEFAULT_FLAG_WP"),
-    (sys::UFFD_FEATURE_SIGBUS, "SIGBUS"),
-    (sys::UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED"),
-    (sys::UFFD_FEATURE_POISON, "POISON"),
-    (sys::UFFD_FEATURE_WP_ASYNC, "WP_ASYNC"),
-    (sys::UFFD_FEATURE_MOVE, "MOVE"),
+    (abi::UFFD_FEATURE_PAGEFAULT_FLAG_WP, "PAGEFAULT_FLAG_WP"),
+    (abi::UFFD_FEATURE_SIGBUS, "SIGBUS"),
+    (abi::UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED"),
+    (abi::UFFD_FEATURE_POISON, "POISON"),
+    (abi::UFFD_FEATURE_WP_ASYNC, "WP_ASYNC"),
+    (abi::UFFD_FEATURE_MOVE, "MOVE"),
 ];
 
 /// Returns `Err(MissingFeatures)` unless every bit of `needed` is in `available`.
-pub fn check_features(available: u64, needed: u64) -> Result<(), UffdError> {
+fn check_features(available: u64, needed: u64) -> Result<(), UffdError> {
     let missing = needed & !available;
     if missing == 0 {
         return Ok(());
@@ -108,36 +122,34 @@ pub fn check_features(available: u64, needed: u64) -> Result<(), UffdError> {
 
 /// What a page fault event says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fault {
+pub(crate) struct Fault {
     /// The faulting address (page-aligned by the kernel unless EXACT_ADDRESS).
-    pub address: usize,
+    pub(crate) address: usize,
     /// The access was a write.
-    pub write: bool,
+    pub(crate) write: bool,
     /// The page was present but write-protected (a WP fault).
-    pub write_protect: bool,
+    pub(crate) write_protect: bool,
 }
 
 impl Fault {
     /// Decodes a message; `None` for events other than page faults.
-    pub fn from_msg(msg: &UffdMsg) -> Option<Fault> {
-        (msg.event == sys::UFFD_EVENT_PAGEFAULT).then_some(Fault {
+    pub(crate) fn from_msg(msg: &UffdMsg) -> Option<Fault> {
+        (msg.event == abi::UFFD_EVENT_PAGEFAULT).then_some(Fault {
             address: msg.address as usize,
-            write: msg.flags & sys::UFFD_PAGEFAULT_FLAG_WRITE != 0,
-            write_protect: msg.flags & sys::UFFD_PAGEFAULT_FLAG_WP != 0,
+            write: msg.flags & abi::UFFD_PAGEFAULT_FLAG_WRITE != 0,
+            write_protect: msg.flags & abi::UFFD_PAGEFAULT_FLAG_WP != 0,
         })
     }
 }
 
 /// An open userfaultfd with its API handshake done.
 #[derive(Debug)]
-pub struct Uffd {
+pub(crate) struct Uffd {
     fd: OwnedFd,
-    features: u64,
-    user_mode_only: bool,
 }
 
 /// Turns an ioctl's -1 into the errno, keeping the signed result until checked.
-fn check(op: &'static str, ret: libc::c_int) -> Result<(), UffdError> {
+pub(super) fn check(op: &'static str, ret: libc::c_int) -> Result<(), UffdError> {
     if ret >= 0 {
         return Ok(());
     }
@@ -161,25 +173,26 @@ fn partial(err: UffdError, field: i64) -> UffdError {
 }
 
 /// Opens a raw userfaultfd: the syscall, then /dev/userfaultfd, then the syscall in
-/// user-mode-only mode (where kernel-side accesses to the range get EFAULT).
-fn open_raw() -> Result<(OwnedFd, bool), UffdError> {
+/// user-mode-only mode (where kernel-side accesses to the range get EFAULT: the last
+/// resort, since handler-thread resolution promises to serve those).
+fn open_raw() -> Result<OwnedFd, UffdError> {
     let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
     // SAFETY: userfaultfd(2) takes only an int flags argument and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
     if fd >= 0 {
         // SAFETY: the syscall just returned this fd and nothing else owns it.
-        return Ok((unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }, false));
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
     }
     let syscall_err = io::Error::last_os_error();
     let device_err = match open_device(flags) {
-        Ok(fd) => return Ok((fd, false)),
+        Ok(fd) => return Ok(fd),
         Err(e) => e,
     };
     // SAFETY: as above, with the user-mode-only flag.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | sys::UFFD_USER_MODE_ONLY) };
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | abi::UFFD_USER_MODE_ONLY) };
     if fd >= 0 {
         // SAFETY: the syscall just returned this fd and nothing else owns it.
-        return Ok((unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }, true));
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
     }
     Err(UffdError::Unavailable {
         syscall: syscall_err,
@@ -193,7 +206,7 @@ fn open_device(flags: libc::c_int) -> Result<OwnedFd, io::Error> {
         .write(true)
         .open("/dev/userfaultfd")?;
     // SAFETY: USERFAULTFD_IOC_NEW takes the new fd's flags as its integer argument.
-    let fd = unsafe { libc::ioctl(device.as_raw_fd(), sys::USERFAULTFD_IOC_NEW, flags) };
+    let fd = unsafe { libc::ioctl(device.as_raw_fd(), abi::USERFAULTFD_IOC_NEW, flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -203,73 +216,91 @@ fn open_device(flags: libc::c_int) -> Result<OwnedFd, io::Error> {
 
 /// Every feature the running kernel offers (probed once, on a throwaway fd, because a
 /// second UFFDIO_API on one fd fails with EINVAL).
-pub fn available_features() -> Result<u64, UffdError> {
+pub(crate) fn available_features() -> Result<u64, UffdError> {
     static AVAILABLE: OnceLock<u64> = OnceLock::new();
     if let Some(features) = AVAILABLE.get() {
         return Ok(*features);
     }
-    let (fd, _) = open_raw()?;
+    let fd = open_raw()?;
     let features = api(&fd, 0)?;
     Ok(*AVAILABLE.get_or_init(|| features))
 }
 
 fn api(fd: &OwnedFd, features: u64) -> Result<u64, UffdError> {
-    let mut arg = sys::UffdioApi {
-        api: sys::UFFD_API,
+    let mut arg = abi::UffdioApi {
+        api: abi::UFFD_API,
         features,
         ioctls: 0,
     };
     // SAFETY: UFFDIO_API reads and writes a `struct uffdio_api`, which `arg` is.
     check("UFFDIO_API", unsafe {
-        libc::ioctl(fd.as_raw_fd(), sys::UFFDIO_API, &mut arg)
+        libc::ioctl(fd.as_raw_fd(), abi::UFFDIO_API, &mut arg)
     })?;
     Ok(arg.features)
 }
 
 impl Uffd {
     /// Opens a userfaultfd with exactly `features` enabled.
-    pub fn open(features: u64) -> Result<Uffd, UffdError> {
+    pub(crate) fn open(features: u64) -> Result<Uffd, UffdError> {
         check_features(available_features()?, features)?;
-        let (fd, user_mode_only) = open_raw()?;
-        let features = api(&fd, features)?;
-        Ok(Uffd {
-            fd,
-            features,
-            user_mode_only,
-        })
+        let fd = open_raw()?;
+        api(&fd, features)?;
+        Ok(Uffd { fd })
     }
 
-    /// The features this fd has.
-    pub fn features(&self) -> u64 {
-        self.features
-    }
-
-    /// Whether only user-mode accesses fault (kernel-side accesses get EFAULT).
-    pub fn is_user_mode_only(&self) -> bool {
-        self.user_mode_only
+    /// Takes a userfaultfd another process opened (and did the API handshake on), as a
+    /// VMM hands one over a Unix socket. Checks that it is one, and makes it non-blocking
+    /// (handler threads poll before they read).
+    pub(crate) fn adopt(fd: OwnedFd) -> Result<Uffd, UffdError> {
+        let raw = fd.as_raw_fd();
+        let link = std::fs::read_link(format!("/proc/self/fd/{raw}"));
+        let what = link.map_or_else(|e| e.to_string(), |p| p.display().to_string());
+        if what != "anon_inode:[userfaultfd]" {
+            return Err(UffdError::NotUserfaultfd { fd: raw, what });
+        }
+        // SAFETY: F_GETFL/F_SETFL on an fd we own change only its status flags.
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            let source = io::Error::last_os_error();
+            return Err(UffdError::Ioctl {
+                op: "fcntl(O_NONBLOCK)",
+                source,
+            });
+        }
+        Ok(Uffd { fd })
     }
 
     fn ioctl<T>(&self, op: &'static str, request: u64, arg: &mut T) -> Result<(), UffdError> {
         // SAFETY: every caller passes the `#[repr(C)]` struct that `request` reads and
-        // writes (see sys.rs); the kernel validates the addresses inside it.
+        // writes (see uffd_abi.rs); what the ioctl does to memory is the caller's to vouch for.
         check(op, unsafe {
             libc::ioctl(self.fd.as_raw_fd(), request, arg as *mut T)
         })
     }
 
     /// Registers `start..start+len` for missing faults, and write-protect faults if `wp`.
-    pub fn register(&self, start: usize, len: usize, wp: bool) -> Result<(), UffdError> {
-        let mut mode = sys::UFFDIO_REGISTER_MODE_MISSING;
+    ///
+    /// # Safety
+    /// The caller owns the range (see the module doc): from now on its accesses fault to
+    /// this uffd, and someone must serve them.
+    pub(crate) unsafe fn register(
+        &self,
+        start: usize,
+        len: usize,
+        wp: bool,
+    ) -> Result<(), UffdError> {
+        let mut mode = abi::UFFDIO_REGISTER_MODE_MISSING;
         if wp {
-            mode |= sys::UFFDIO_REGISTER_MODE_WP;
+            mode |= abi::UFFDIO_REGISTER_MODE_WP;
         }
-        let mut arg = sys::UffdioRegister {
+        let mut arg = abi::UffdioRegister {
             range: range(start, len),
             mode,
             ioctls: 0,
         };
-        self.ioctl("UFFDIO_REGISTER", sys::UFFDIO_REGISTER, &mut arg)?;
-        let needed = (1 << sys::_UFFDIO_COPY) | (1 << sys::_UFFDIO_ZEROPAGE);
+        self.ioctl("UFFDIO_REGISTER", abi::UFFDIO_REGISTER, &mut arg)?;
+        let needed = (1 << abi::_UFFDIO_COPY) | (1 << abi::_UFFDIO_ZEROPAGE);
         if arg.ioctls & needed != needed {
             return Err(UffdError::Ioctl {
                 op: "UFFDIO_REGISTER",
@@ -279,16 +310,13 @@ impl Uffd {
         Ok(())
     }
 
-    /// Unregisters a range.
-    pub fn unregister(&self, start: usize, len: usize) -> Result<(), UffdError> {
-        let mut arg = range(start, len);
-        self.ioctl("UFFDIO_UNREGISTER", sys::UFFDIO_UNREGISTER, &mut arg)
-    }
-
     /// Installs a copy of `src` at `dst` (missing pages only). With `write_protect` the
     /// pages are installed write-protected atomically (UFFDIO_COPY_MODE_WP); without, they
-    /// are writable and dirty. Returns bytes copied.
-    pub fn copy(
+    /// are writable and dirty.
+    ///
+    /// # Safety
+    /// The caller owns `dst..dst + src.len()` (see the module doc).
+    pub(crate) unsafe fn copy(
         &self,
         dst: usize,
         src: &[u8],
@@ -297,41 +325,53 @@ impl Uffd {
     ) -> Result<(), UffdError> {
         let mut mode = 0;
         if write_protect {
-            mode |= sys::UFFDIO_COPY_MODE_WP;
+            mode |= abi::UFFDIO_COPY_MODE_WP;
         }
         if !wake {
-            mode |= sys::UFFDIO_COPY_MODE_DONTWAKE;
+            mode |= abi::UFFDIO_COPY_MODE_DONTWAKE;
         }
-        let mut arg = sys::UffdioCopy {
+        let mut arg = abi::UffdioCopy {
             dst: dst as u64,
             src: src.as_ptr() as u64,
             len: src.len() as u64,
             mode,
             copy: 0,
         };
-        self.ioctl("UFFDIO_COPY", sys::UFFDIO_COPY, &mut arg)
+        self.ioctl("UFFDIO_COPY", abi::UFFDIO_COPY, &mut arg)
             .map_err(|e| partial(e, arg.copy))
     }
 
     /// Maps the shared zero page over `dst..dst+len` (missing pages only; never writable).
-    pub fn zeropage(&self, dst: usize, len: usize, wake: bool) -> Result<(), UffdError> {
+    ///
+    /// # Safety
+    /// The caller owns the range (see the module doc).
+    pub(crate) unsafe fn zeropage(
+        &self,
+        dst: usize,
+        len: usize,
+        wake: bool,
+    ) -> Result<(), UffdError> {
         let mode = if wake {
             0
         } else {
-            sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE
+            abi::UFFDIO_ZEROPAGE_MODE_DONTWAKE
         };
-        let mut arg = sys::UffdioZeropage {
+        let mut arg = abi::UffdioZeropage {
             range: range(dst, len),
             mode,
             zeropage: 0,
         };
-        self.ioctl("UFFDIO_ZEROPAGE", sys::UFFDIO_ZEROPAGE, &mut arg)
+        self.ioctl("UFFDIO_ZEROPAGE", abi::UFFDIO_ZEROPAGE, &mut arg)
             .map_err(|e| partial(e, arg.zeropage))
     }
 
     /// Write-protects (`protect`) or unprotects a range. Protecting never wakes (the
     /// kernel rejects DONTWAKE with WP); unprotecting wakes waiters when `wake`.
-    pub fn writeprotect(
+    ///
+    /// # Safety
+    /// The caller owns the range (see the module doc): a write to a protected page waits
+    /// for the uffd's server.
+    pub(crate) unsafe fn writeprotect(
         &self,
         start: usize,
         len: usize,
@@ -339,32 +379,36 @@ impl Uffd {
         wake: bool,
     ) -> Result<(), UffdError> {
         let mode = match (protect, wake) {
-            (true, _) => sys::UFFDIO_WRITEPROTECT_MODE_WP,
+            (true, _) => abi::UFFDIO_WRITEPROTECT_MODE_WP,
             (false, true) => 0,
-            (false, false) => sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
+            (false, false) => abi::UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
         };
-        let mut arg = sys::UffdioWriteprotect {
+        let mut arg = abi::UffdioWriteprotect {
             range: range(start, len),
             mode,
         };
-        self.ioctl("UFFDIO_WRITEPROTECT", sys::UFFDIO_WRITEPROTECT, &mut arg)
+        self.ioctl("UFFDIO_WRITEPROTECT", abi::UFFDIO_WRITEPROTECT, &mut arg)
     }
 
-    /// Wakes threads waiting on faults in a range.
-    pub fn wake(&self, start: usize, len: usize) -> Result<(), UffdError> {
+    /// Wakes threads waiting on faults in a range (each retries its access, and faults
+    /// again if its page is still missing: waking changes no memory).
+    pub(crate) fn wake(&self, start: usize, len: usize) -> Result<(), UffdError> {
         let mut arg = range(start, len);
-        self.ioctl("UFFDIO_WAKE", sys::UFFDIO_WAKE, &mut arg)
+        self.ioctl("UFFDIO_WAKE", abi::UFFDIO_WAKE, &mut arg)
     }
 
     /// Marks missing pages as poisoned: accesses there get SIGBUS (or EFAULT from the
     /// kernel) until the range is zapped.
-    pub fn poison(&self, start: usize, len: usize) -> Result<(), UffdError> {
-        let mut arg = sys::UffdioPoison {
+    ///
+    /// # Safety
+    /// The caller owns the range (see the module doc).
+    pub(crate) unsafe fn poison(&self, start: usize, len: usize) -> Result<(), UffdError> {
+        let mut arg = abi::UffdioPoison {
             range: range(start, len),
             mode: 0,
             updated: 0,
         };
-        self.ioctl("UFFDIO_POISON", sys::UFFDIO_POISON, &mut arg)
+        self.ioctl("UFFDIO_POISON", abi::UFFDIO_POISON, &mut arg)
             .map_err(|e| partial(e, arg.updated))
     }
 
@@ -373,32 +417,33 @@ impl Uffd {
     /// page. The moved pages are writable. Wakes waiters of the range when `wake`.
     ///
     /// # Safety
-    /// `src..src+len` must be anonymous memory the caller owns and no longer references:
-    /// after the call it is unmapped (reads as missing).
-    pub unsafe fn move_pages(
+    /// The caller owns `dst..dst+len` (see the module doc), and `src..src+len` is
+    /// anonymous memory of the same mm that it owns and no longer references: after the
+    /// call it is unmapped (reads as missing).
+    pub(crate) unsafe fn move_pages(
         &self,
         dst: usize,
         src: usize,
         len: usize,
         wake: bool,
     ) -> Result<(), UffdError> {
-        let mut arg = sys::UffdioMove {
+        let mut arg = abi::UffdioMove {
             dst: dst as u64,
             src: src as u64,
             len: len as u64,
             mode: if wake {
                 0
             } else {
-                sys::UFFDIO_MOVE_MODE_DONTWAKE
+                abi::UFFDIO_MOVE_MODE_DONTWAKE
             },
             moved: 0,
         };
-        self.ioctl("UFFDIO_MOVE", sys::UFFDIO_MOVE, &mut arg)
+        self.ioctl("UFFDIO_MOVE", abi::UFFDIO_MOVE, &mut arg)
             .map_err(|e| partial(e, arg.moved))
     }
 
-    /// Reads pending fault messages without blocking; returns how many were filled.
-    pub fn read_events(&self, out: &mut [UffdMsg]) -> Result<usize, UffdError> {
+    /// Reads pending event messages without blocking; returns how many were filled.
+    pub(crate) fn read_events(&self, out: &mut [UffdMsg]) -> Result<usize, UffdError> {
         let bytes = size_of_val(out);
         // SAFETY: `out` is a writable buffer of `bytes` bytes of plain-old-data messages.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), out.as_mut_ptr().cast(), bytes) };
@@ -422,8 +467,8 @@ impl AsFd for Uffd {
     }
 }
 
-fn range(start: usize, len: usize) -> sys::UffdioRange {
-    sys::UffdioRange {
+fn range(start: usize, len: usize) -> abi::UffdioRange {
+    abi::UffdioRange {
         start: start as u64,
         len: len as u64,
     }
@@ -451,5 +496,16 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("vm.unprivileged_userfaultfd"), "{text}");
         assert!(text.contains("/dev/userfaultfd"), "{text}");
+    }
+
+    #[test]
+    fn adopting_something_else_is_refused() {
+        let file = std::fs::File::open("/proc/self/status").expect("open a plain file");
+        match Uffd::adopt(OwnedFd::from(file)) {
+            Err(UffdError::NotUserfaultfd { what, .. }) => {
+                assert!(what.contains("/proc/"), "{what}")
+            }
+            other => panic!("expected NotUserfaultfd, got {other:?}"),
+        }
     }
 }

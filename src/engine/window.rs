@@ -1,7 +1,7 @@
 //! Grace periods for short critical windows, without locks (usable from a signal handler).
 //!
 //! A fault opens a window while a zero page is mapped but not yet known clean (see
-//! `fault::insert_zero_page`); a store into the page during the window completes without
+//! `install::insert_zero_page`); a store into the page during the window completes without
 //! any fault. Flush must wait for the windows open when it starts, not for later ones
 //! (which would starve it under a stream of faults). Windows count into one of two
 //! epochs; a waiter flips the epoch and waits for the old epoch's count to reach zero.
@@ -9,7 +9,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 
-use crate::futex;
+use crate::sys::futex;
 
 /// Counts open windows per epoch.
 pub(crate) struct Windows {

@@ -2,7 +2,7 @@
 //!
 //! Defined here from the kernel's include/uapi/linux/userfaultfd.h and fs.h (6.18) because
 //! the installed headers (6.1) and the `libc` crate lack WP_ASYNC, MOVE, POISON and
-//! PAGEMAP_SCAN. Nothing above this module sees a raw number.
+//! PAGEMAP_SCAN. Only what udax uses is here; nothing outside `sys` sees a raw number.
 
 #![allow(missing_docs)]
 
@@ -49,12 +49,8 @@ pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
 pub const UFFD_PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 
 /// Bits of `uffdio_register.ioctls`: which range ioctls the registered range supports.
-pub const _UFFDIO_WAKE: u64 = 0x02;
 pub const _UFFDIO_COPY: u64 = 0x03;
 pub const _UFFDIO_ZEROPAGE: u64 = 0x04;
-pub const _UFFDIO_MOVE: u64 = 0x05;
-pub const _UFFDIO_WRITEPROTECT: u64 = 0x06;
-pub const _UFFDIO_POISON: u64 = 0x08;
 
 #[repr(C)]
 #[derive(Default)]
@@ -144,7 +140,6 @@ pub struct UffdMsg {
 
 pub const UFFDIO_API: u64 = iowr(UFFDIO, 0x3F, size_of::<UffdioApi>());
 pub const UFFDIO_REGISTER: u64 = iowr(UFFDIO, 0x00, size_of::<UffdioRegister>());
-pub const UFFDIO_UNREGISTER: u64 = ior(UFFDIO, 0x01, size_of::<UffdioRange>());
 pub const UFFDIO_WAKE: u64 = ior(UFFDIO, 0x02, size_of::<UffdioRange>());
 pub const UFFDIO_COPY: u64 = iowr(UFFDIO, 0x03, size_of::<UffdioCopy>());
 pub const UFFDIO_ZEROPAGE: u64 = iowr(UFFDIO, 0x04, size_of::<UffdioZeropage>());
@@ -153,7 +148,6 @@ pub const UFFDIO_WRITEPROTECT: u64 = iowr(UFFDIO, 0x06, size_of::<UffdioWritepro
 pub const UFFDIO_POISON: u64 = iowr(UFFDIO, 0x08, size_of::<UffdioPoison>());
 
 // PAGEMAP_SCAN (fs.h), an ioctl on /proc/self/pagemap.
-pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
@@ -198,7 +192,6 @@ mod tests {
     fn ioctl_numbers_match_the_uapi() {
         assert_eq!(UFFDIO_API, 0xc018_aa3f);
         assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
-        assert_eq!(UFFDIO_UNREGISTER, 0x8010_aa01);
         assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
         assert_eq!(UFFDIO_COPY, 0xc028_aa03);
         assert_eq!(UFFDIO_ZEROPAGE, 0xc020_aa04);

@@ -1,0 +1,77 @@
+//! What a region's faults do: the engine's share of the options (granularity, how writes
+//! are noticed, the 2 MiB choices, the budget, and the testing delays).
+
+use std::time::Duration;
+
+use crate::sys::uffd::features;
+
+/// How much a fault resolves at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Granularity {
+    /// One 4 KiB page per fault.
+    #[default]
+    Page,
+    /// On a read fault, also the Empty neighbours inside an aligned window of this many bytes.
+    FaultAround(usize),
+    /// The whole aligned 2 MiB range when the kernel's conditions hold, else 4 KiB.
+    Huge,
+}
+
+/// How first writes to clean pages are noticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirtyTracking {
+    /// Kernel DAX semantics: clean pages are write-protected and their first write is a
+    /// fault that marks them dirty (allocating the block of a hole then, so ENOSPC hits
+    /// the access as SIGBUS).
+    Sync,
+    /// The kernel resolves first writes itself (UFFD_FEATURE_WP_ASYNC), several times
+    /// cheaper; `flush` finds written pages with PAGEMAP_SCAN and re-protects them in the
+    /// same call. Blocks behind written zero pages are allocated at flush, so ENOSPC is
+    /// returned by `flush`, not raised at the access. Not combinable with a budget.
+    Async,
+}
+
+/// The engine's configuration of one region.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    /// How writes are noticed; `None`: not at all. Such a region only fills: pages go in
+    /// writable, nothing is write-protected, nothing is ever Dirty or written back (memory
+    /// of another process, registered for missing faults only, as a VMM's guest memory).
+    pub(crate) tracking: Option<DirtyTracking>,
+    /// How much a missing fault resolves at once (`huge` and `around` serve the wide ones).
+    pub(crate) granularity: Granularity,
+    /// See `Options::huge_dirty`.
+    pub(crate) huge_dirty: bool,
+    /// Whether 2 MiB data ranges are moved in as huge pages (UFFDIO_MOVE, this process's
+    /// memory only); decided by the front-end once it knows the kernel has MOVE and THP.
+    pub(crate) huge_move: bool,
+    /// Whether faulting threads wait to be woken: false when each serves its own faults
+    /// (in-thread resolution), so nothing is woken.
+    pub(crate) wakes: bool,
+    /// The resident budget in bytes, if any.
+    pub(crate) budget: Option<u64>,
+    /// Testing only: see `Options::zero_window_delay`.
+    pub(crate) zero_window_delay: Option<Duration>,
+    /// Testing only: see `Options::evict_delay`.
+    pub(crate) evict_delay: Option<Duration>,
+}
+
+impl Config {
+    /// The userfaultfd features a region of this configuration needs from a uffd udax
+    /// opens itself: POISON (a fault that cannot be served gets SIGBUS), write-protect
+    /// faults if writes are tracked, WP_ASYNC for asynchronous tracking, MOVE to move huge
+    /// pages in.
+    pub(crate) fn features(&self) -> u64 {
+        let mut needed = features::POISON;
+        if self.tracking.is_some() {
+            needed |= features::WP;
+        }
+        if self.tracking == Some(DirtyTracking::Async) {
+            needed |= features::WP_ASYNC;
+        }
+        if self.huge_move {
+            needed |= features::MOVE;
+        }
+        needed
+    }
+}

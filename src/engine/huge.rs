@@ -1,0 +1,260 @@
+//! The 2 MiB path (the dax_iomap_pmd_fault analog): with [`Granularity::Huge`] a missing
+//! fault resolves the whole aligned 2 MiB range holding its page at once, when the
+//! kernel's conditions hold (DESIGN.md, "The 2 MiB path"; invariants 8 and 9).
+//!
+//! Conditions, checked in this order; each failure falls back to the 4 KiB path and is
+//! counted in `huge_fallbacks`:
+//! 1. the range lies inside the mapping ([`range_of`]);
+//! 2. all 512 entries are Empty and free: they are locked with `try_lock` in ascending
+//!    order and all released at once if any is held or not Empty ([`lock_range`]), never
+//!    waiting while holding entry locks (the faulting page's own lock is already held);
+//! 3. the store reports one extent over the whole range, all hole or all data
+//!    ([`uniform`]);
+//! 4. the store answers: a failed extent query, allocation or read falls back, so that
+//!    the 4 KiB path reports the error of the faulting page itself, not of a neighbour.
+//!
+//! A 4 KiB fault never upgrades to 2 MiB: once any entry of a range is present, the range
+//! is served page by page until all of it is Empty again.
+//!
+//! How a range is installed ([`plan`]), always through `fill::fill` with a run of 512:
+//! - holes: 512 zero-page entries in one ZEROPAGE, one write-protect and one PAGEMAP_SCAN;
+//! - data: one transparent huge page filled with the range's bytes and moved in
+//!   (`install::move_in`: UFFDIO_MOVE into the range after MADV_DONTNEED freed its page
+//!   table, which maps it as one huge page), write-protected; or, where no huge page can
+//!   be had (THP off, no free slot, UFFDIO_MOVE unavailable, the move failed), one 2 MiB
+//!   UFFDIO_COPY with the write-protect mode: still one fault, as 512 small pages.
+//!
+//! A write fault installs the range as a read would, then upgrades its own page
+//! (`fill::upgrade`): dirty tracking stays exact at 4 KiB. Lifting the protection of one
+//! page of a huge mapping splits it in the kernel; the other 511 stay protected and Clean.
+//! With `Options::huge_dirty` a write instead installs the whole range writable and Dirty
+//! (one writable huge mapping), and a write-protect fault on a range that is all Clean or
+//! all Zero upgrades the whole range ([`upgrade`]), like the kernel's PMD entries.
+//!
+//! The move window (a moved-in page arrives writable) is closed in `install::move_in`.
+//!
+//! Never touches the store's bytes beyond the range, and never waits for an entry lock.
+
+use std::ops::Range;
+
+use crate::engine::config::Granularity;
+use crate::engine::entries::{EntryGuard, State};
+use crate::engine::fill::{self, Width, has_room};
+use crate::engine::install::{Source, insert};
+use crate::engine::policy::{Access, Decision, decide};
+use crate::engine::region::Region;
+use crate::engine::run::Span;
+use crate::engine::stats::Counters;
+use crate::error::Error;
+use crate::store::{Extent, ExtentKind};
+use crate::{HUGE_PAGE_SIZE, HUGE_PAGES};
+
+/// Why a fault was not served as a whole 2 MiB range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fallback {
+    /// The aligned range crosses the end of the region.
+    PastEnd,
+    /// An entry of the range is present or locked by another fault.
+    Occupied,
+    /// The store reports more than one extent over the range.
+    Mixed,
+    /// The store failed to say, allocate or read, or the install failed before it
+    /// reached the faulting page.
+    Failed,
+    /// The caller has no 2 MiB buffer to read the range into.
+    NoBuffer,
+}
+
+/// The aligned 2 MiB range of pages holding `index`, in a region of `pages` pages.
+pub(crate) fn range_of(index: usize, pages: usize) -> Result<Range<usize>, Fallback> {
+    let start = index - index % HUGE_PAGES;
+    let end = start + HUGE_PAGES;
+    if end > pages {
+        return Err(Fallback::PastEnd);
+    }
+    Ok(start..end)
+}
+
+/// What the whole range is, given the store's extent at its start.
+pub(crate) fn uniform(extent: Extent) -> Result<ExtentKind, Fallback> {
+    if extent.len < HUGE_PAGE_SIZE as u64 {
+        return Err(Fallback::Mixed);
+    }
+    Ok(extent.kind)
+}
+
+/// How a fault the 2 MiB path takes is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Install the whole range writable and Dirty (else write-protected); a hole range is
+    /// allocated first, as every writable install of a hole is (`fill::fill`).
+    pub(crate) mkwrite: bool,
+    /// Then make the faulting page writable and Dirty.
+    pub(crate) upgrade: bool,
+}
+
+/// The plan for a fault (`write` or read) on a range.
+pub(crate) fn plan(write: bool, huge_dirty: bool) -> Plan {
+    let whole = write && huge_dirty;
+    Plan {
+        mkwrite: whole,
+        upgrade: write && !whole,
+    }
+}
+
+/// Serves a missing fault on the Empty entry `guard` as a whole 2 MiB range; `None` when
+/// it falls back to 4 KiB (counted). An error is the faulting page's (see `fault::fail`).
+pub(crate) fn fill<'a>(
+    region: &'a Region,
+    guard: &mut EntryGuard<'a>,
+    write: bool,
+    scratch: &mut [u8],
+) -> Option<Result<(), Error>> {
+    count(region, fill_range(region, guard, write, scratch))
+}
+
+/// With `Options::huge_dirty`, serves a write to a present page by upgrading its whole
+/// range when all of it is Clean (lift the protection of 2 MiB) or all Zero (drop the
+/// zero pages, allocate, install 2 MiB writable); `None` when the 4 KiB upgrade serves it.
+pub(crate) fn upgrade<'a>(
+    region: &'a Region,
+    guard: &mut EntryGuard<'a>,
+) -> Option<Result<(), Error>> {
+    let state = guard.state();
+    if region.config.granularity != Granularity::Huge
+        || !region.config.huge_dirty
+        || !matches!(state, State::Clean | State::Zero)
+    {
+        return None;
+    }
+    count(region, upgrade_range(region, guard, state))
+}
+
+/// Counts a fallback (2 MiB faults are counted by `fill::counted`).
+fn count(
+    region: &Region,
+    outcome: Result<Result<(), Error>, Fallback>,
+) -> Option<Result<(), Error>> {
+    match outcome {
+        Ok(served) => Some(served),
+        Err(_) => {
+            Counters::add(&region.counters.huge_fallbacks, 1);
+            None
+        }
+    }
+}
+
+fn fill_range<'a>(
+    region: &'a Region,
+    guard: &mut EntryGuard<'a>,
+    write: bool,
+    scratch: &mut [u8],
+) -> Result<Result<(), Error>, Fallback> {
+    let index = guard.index();
+    let range = range_of(index, region.pages())?;
+    let mut span = Span::lock_all(&region.entries, range.clone(), index, State::Empty)
+        .ok_or(Fallback::Occupied)?;
+    let offset = region.page_offset(range.start);
+    let extent = region.store.extent(offset).map_err(|_| Fallback::Failed)?;
+    let kind = uniform(extent)?;
+    if !has_room(scratch, kind, HUGE_PAGES) {
+        return Err(Fallback::NoBuffer);
+    }
+    let plan = plan(write, region.config.huge_dirty);
+    let mut run = span.join(guard);
+    let filled = fill::fill(
+        region,
+        &mut run,
+        index,
+        kind,
+        plan.mkwrite,
+        Width::Huge,
+        scratch,
+    );
+    filled.map_err(|_| Fallback::Failed)?;
+    drop(run);
+    drop(span);
+    // A write on the exact path: the page is Zero, Clean, or Dirty if a store got into
+    // the install window; upgrade it as a write-protect fault would, in the same trip.
+    match (plan.upgrade, decide(Access::Write, guard.state())) {
+        (true, Decision::Upgrade { allocate }) => Ok(fill::upgrade(region, &mut [guard], allocate)),
+        _ => Ok(Ok(())),
+    }
+}
+
+fn upgrade_range<'a>(
+    region: &'a Region,
+    guard: &mut EntryGuard<'a>,
+    state: State,
+) -> Result<Result<(), Error>, Fallback> {
+    let index = guard.index();
+    let range = range_of(index, region.pages())?;
+    let mut span =
+        Span::lock_all(&region.entries, range.clone(), index, state).ok_or(Fallback::Occupied)?;
+    let mut run = span.join(guard);
+    if state == State::Zero {
+        // Zero pages hold nothing: allocate the range, drop them (a store to one faults
+        // and waits for our locks), and install the range as a write to Empty would.
+        let offset = region.page_offset(range.start);
+        let allocated = region.store.allocate(offset, HUGE_PAGE_SIZE as u64);
+        allocated.map_err(|_| Fallback::Failed)?;
+        let _ = region.discard(range.start, HUGE_PAGES);
+        run.iter_mut().for_each(|entry| entry.set(State::Empty));
+    }
+    let upgraded = fill::counted(region, &mut run, index, Width::Huge, |run| {
+        insert(region, run, Source::Hole, true)
+    });
+    upgraded.map_err(|_| Fallback::Failed)?;
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PAGE_SIZE;
+
+    fn extent(kind: ExtentKind, len: usize) -> Extent {
+        Extent {
+            kind,
+            len: len as u64,
+        }
+    }
+
+    #[test]
+    fn the_range_must_lie_inside_the_mapping() {
+        assert_eq!(range_of(0, 1024), Ok(0..512));
+        assert_eq!(range_of(700, 1024), Ok(512..1024));
+        assert_eq!(range_of(1023, 1024), Ok(512..1024));
+        // A 3 MiB mapping: the second range crosses its end.
+        assert_eq!(range_of(600, 768), Err(Fallback::PastEnd));
+        assert_eq!(range_of(3, 16), Err(Fallback::PastEnd));
+        assert_eq!(range_of(511, 512), Ok(0..512));
+    }
+
+    #[test]
+    fn the_store_must_report_one_extent_over_the_range() {
+        use ExtentKind::*;
+        assert_eq!(uniform(extent(Hole, HUGE_PAGE_SIZE)), Ok(Hole));
+        assert_eq!(uniform(extent(Data, 64 << 20)), Ok(Data));
+        assert_eq!(
+            uniform(extent(Data, HUGE_PAGE_SIZE - 1)),
+            Err(Fallback::Mixed)
+        );
+        assert_eq!(uniform(extent(Hole, PAGE_SIZE)), Err(Fallback::Mixed));
+    }
+
+    #[test]
+    fn plans_keep_dirty_tracking_exact_unless_asked() {
+        let rows = [
+            // (write, huge_dirty) -> (mkwrite, upgrade)
+            ((false, false), (false, false)),
+            ((true, false), (false, true)),
+            ((false, true), (false, false)),
+            ((true, true), (true, false)),
+        ];
+        for ((write, huge_dirty), (mkwrite, upgrade)) in rows {
+            let expected = Plan { mkwrite, upgrade };
+            assert_eq!(plan(write, huge_dirty), expected, "{write} {huge_dirty}");
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The one insert routine (the kernel's `insert_pfn(..., mkwrite)` analog) and the windows
+//! it must close: every row of the fault table that installs a page, or makes a present
+//! one writable, goes through [`insert`], for one page, a fault-around window or a 2 MiB
+//! range alike.
+//!
+//! Three ways a page goes in, and the window each leaves:
+//! - a copy (UFFDIO_COPY): with MODE_WP the page is installed write-protected in the same
+//!   step, so no write can land unseen; without, it is installed writable and Dirty;
+//! - the zero page (UFFDIO_ZEROPAGE), which has no write-protect mode: between mapping it
+//!   and protecting it, another thread's store can copy it into a private page without
+//!   any fault (the zero-page window, closed by [`settle`] and `window`);
+//! - a moved-in huge page (UFFDIO_MOVE, 2 MiB of data), which arrives writable: the same
+//!   window, closed the same way, by comparing bytes instead of the zero pfn.
+
+use crate::engine::entries::{EntryGuard, State};
+use crate::engine::region::Region;
+use crate::engine::stats::Counters;
+use crate::error::Error;
+use crate::sys::uffd::UffdError;
+use crate::{HUGE_PAGE_SIZE, HUGE_PAGES, PAGE_SIZE};
+
+/// Where an inserted page's bytes come from.
+#[derive(Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// A hole: the shared zero page when read-only, zeros when writable.
+    Hole,
+    /// Bytes read from the store, one page per entry of the run.
+    Data(&'a [u8]),
+}
+
+/// The one insert routine, for a run of consecutive locked entries in one state (one page
+/// on the 4 KiB path, a window for fault-around, 512 for the 2 MiB path). On Empty
+/// entries: install `source`, write-protected unless `mkwrite`, which installs it writable
+/// and dirty in the same step. On present entries: with `mkwrite`, lift the write
+/// protection in place and mark them Dirty; without, nothing. Counts one fault of its
+/// kind, however long the run, before the ioctl that wakes the faulting thread (taken
+/// back if nothing was installed).
+///
+/// The entries move to their new state *before* the ioctl that makes the pages visible or
+/// writable (and back if that fails): the ioctl wakes the faulting thread, whose store may
+/// complete and be followed by a flush before this thread runs again. If that flush races
+/// us, either it finds the page in the dirty index and waits for our entry lock, or the
+/// store had not completed before the flush began.
+///
+/// If the install stops part-way (a batched ioctl meets a present page), the entries
+/// still say what is mapped: the installed prefix keeps its new state, the rest its old.
+///
+/// In a region that only fills (no dirty tracking), nothing is write-protected: pages go
+/// in writable (and stay Zero or Clean: nothing is ever written back).
+pub(crate) fn insert(
+    region: &Region,
+    run: &mut [&mut EntryGuard<'_>],
+    source: Source<'_>,
+    mkwrite: bool,
+) -> Result<(), Error> {
+    let Some(first) = run.first() else {
+        return Ok(());
+    };
+    let first = first.index();
+    let before = run[0].state();
+    debug_assert!(
+        is_run(run, before),
+        "insert needs consecutive entries in one state"
+    );
+    let counters = &region.counters;
+    let (after, counter) = match (before, source, mkwrite) {
+        (State::Empty, Source::Hole, false) => return insert_zero_page(region, run),
+        (State::Empty, _, true) => (State::Dirty, Some(&counters.write_faults)),
+        (State::Empty, _, false) => (State::Clean, Some(&counters.read_faults)),
+        (State::Zero, _, true) => (State::Dirty, Some(&counters.zero_to_dirty)),
+        (State::Clean, _, true) => (State::Dirty, Some(&counters.mkwrite_faults)),
+        // Dirty but protected: a write got into a zero-page window, or a writeback
+        // failed after protecting. Lifting the protection is not a new dirtying.
+        (State::Dirty, _, true) => (State::Dirty, None),
+        (_, _, false) => return Ok(region.wake(first, run.len())?),
+    };
+    run.iter_mut().for_each(|guard| guard.set(after));
+    if let Some(counter) = counter {
+        Counters::add(counter, 1);
+    }
+    let installed = match before {
+        State::Empty => install(region, run, source, mkwrite),
+        // Zero: the retried write makes the kernel copy the zero page into a private page
+        // (the zero page itself is never made writable). Clean: our own private copy,
+        // made writable in place.
+        _ => region.writeprotect(first, run.len(), false, true),
+    };
+    if let Err(error) = installed {
+        let done = match error {
+            UffdError::Again { done, .. } => done as usize / PAGE_SIZE,
+            _ => 0,
+        };
+        run[done..].iter_mut().for_each(|guard| guard.set(before));
+        if let (Some(counter), 0) = (counter, done) {
+            Counters::sub(counter, 1);
+        }
+        return Err(error.into());
+    }
+    Ok(())
+}
+
+/// Installs `source` over a run of Empty entries already set to Clean (or Dirty with
+/// `mkwrite`), and wakes the run. A whole 2 MiB range is moved in as one huge page where
+/// possible ([`move_in`], which settles the states of what it moved); the rest is copied.
+/// COPY_MODE_WP installs and write-protects in one step: a copy followed by a separate
+/// write-protect would let a write land in between unseen.
+fn install(
+    region: &Region,
+    run: &mut [&mut EntryGuard<'_>],
+    source: Source<'_>,
+    mkwrite: bool,
+) -> Result<(), UffdError> {
+    let first = run[0].index();
+    let pages = run.len();
+    let bytes = match source {
+        Source::Data(bytes) => bytes,
+        Source::Hole => {
+            debug_assert!(
+                pages * PAGE_SIZE <= ZEROS.len(),
+                "writable holes come one page or 2 MiB at a time"
+            );
+            &ZEROS[..pages * PAGE_SIZE]
+        }
+    };
+    let protect = !mkwrite && region.tracks_writes();
+    let moved = if pages == HUGE_PAGES {
+        move_in(region, run, source, mkwrite) / PAGE_SIZE
+    } else {
+        0
+    };
+    if moved == 0 {
+        return region.copy(first, bytes, protect, true);
+    }
+    if moved < pages {
+        let rest = region.copy(first + moved, &bytes[moved * PAGE_SIZE..], protect, false);
+        // A partial copy reports its bytes from its own start; report them from `first`.
+        if let Err(error) = rest {
+            let _ = region.wake(first, pages);
+            return Err(match error {
+                UffdError::Again { op, done } => UffdError::Again {
+                    op,
+                    done: done + (moved * PAGE_SIZE) as u64,
+                },
+                other => other,
+            });
+        }
+    }
+    region.wake(first, pages)
+}
+
+/// Whether `run` holds consecutive indices, all in state `state`.
+fn is_run(run: &[&mut EntryGuard<'_>], state: State) -> bool {
+    let first = run[0].index();
+    run.iter()
+        .enumerate()
+        .all(|(i, guard)| guard.index() == first + i && guard.state() == state)
+}
+
+/// Maps the zero page over a run of Empty entries: one ZEROPAGE, one write-protect and
+/// one PAGEMAP_SCAN, however long the run (no protection, no scan, in a region that only
+/// fills).
+///
+/// UFFDIO_ZEROPAGE has no write-protect mode. If a write from another thread races the
+/// window between the zero page and the protection, either it comes after the protection
+/// (a write-protect fault, which waits for our entry lock and then upgrades), or it came
+/// before and the kernel copied the zero page into a private page that we then protected:
+/// PAGEMAP_SCAN tells, and such a page is Dirty, not Zero. Such a write completes without
+/// any fault, so a flush racing the window could miss it: flush waits for open windows.
+fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<(), Error> {
+    let first = run[0].index();
+    let pages = run.len();
+    let window = region.open_zero_window();
+    let (zeroed, stopped) = match region.zeropage(first, pages) {
+        Ok(()) => (pages, None),
+        // Stopped at a present page: the prefix before it is mapped.
+        Err(UffdError::Again { op, done }) => (
+            done as usize / PAGE_SIZE,
+            Some(UffdError::Again { op, done }),
+        ),
+        Err(error) => return Err(error.into()),
+    };
+    if region.tracks_writes() {
+        settle(region, &mut run[..zeroed], Expect::ZeroPage);
+    } else {
+        run[..zeroed]
+            .iter_mut()
+            .for_each(|guard| guard.set(State::Zero));
+    }
+    drop(window);
+    Counters::add(&region.counters.zero_faults, 1);
+    region.wake(first, pages)?;
+    match stopped {
+        Some(error) => Err(error.into()),
+        None => Ok(()),
+    }
+}
+
+/// What a page installed in a window holds if no write got in.
+#[derive(Clone, Copy)]
+enum Expect<'a> {
+    /// The shared zero page (a zero-page window): Zero if still mapped.
+    ZeroPage,
+    /// These bytes, one page per entry (a moved-in huge page): Clean if unchanged.
+    Bytes(&'a [u8]),
+}
+
+/// Closes a window over a run of freshly installed pages: write-protects them, then sets
+/// each entry by what is mapped now: Zero (or Clean) where the page still holds what was
+/// installed, Dirty where a write got in first. If the kernel cannot tell us (an ioctl
+/// failed), the pages count as Dirty: never clean by mistake.
+fn settle(region: &Region, run: &mut [&mut EntryGuard<'_>], expect: Expect<'_>) {
+    let Some(first) = run.first().map(|guard| guard.index()) else {
+        return;
+    };
+    if let Some(delay) = region.config.zero_window_delay {
+        std::thread::sleep(delay);
+    }
+    // Bit `i`: page `first + i` still holds what was installed (a run is at most 2 MiB).
+    debug_assert!(run.len() <= HUGE_PAGES);
+    let mut unchanged = [0u64; HUGE_PAGES / 64];
+    let mut mark = |page: usize| unchanged[page / 64] |= 1 << (page % 64);
+    let clean = match expect {
+        Expect::ZeroPage => State::Zero,
+        Expect::Bytes(_) => State::Clean,
+    };
+    if region.writeprotect(first, run.len(), true, false).is_ok() {
+        match expect {
+            Expect::ZeroPage => {
+                let _ = region.for_each_zero_run(first, run.len(), |zero| zero.for_each(&mut mark));
+            }
+            Expect::Bytes(bytes) => {
+                // SAFETY: the pages were just installed (present) and are now
+                // write-protected, their entries locked by us.
+                let mapped = unsafe { region.bytes(first, run.len()) };
+                if let Ok(mapped) = mapped {
+                    let pages = mapped
+                        .chunks_exact(PAGE_SIZE)
+                        .zip(bytes.chunks_exact(PAGE_SIZE));
+                    pages
+                        .enumerate()
+                        .filter(|(_, (now, was))| now == was)
+                        .for_each(|(page, _)| mark(page));
+                }
+            }
+        }
+    }
+    for (page, guard) in run.iter_mut().enumerate() {
+        let kept = unchanged[page / 64] & (1 << (page % 64)) != 0;
+        guard.set(if kept { clean } else { State::Dirty });
+    }
+}
+
+/// Moves a transparent huge page holding `source` into the 2 MiB range of `run`, whose
+/// entries are locked and already set to Clean, or to Dirty with `writable`. Returns the
+/// bytes moved in, from the range's start: 0 when no huge page could be had or the move
+/// failed (nothing installed: the caller copies instead). Does not wake.
+///
+/// UFFDIO_MOVE maps the page writable (it keeps no uffd-wp bit), so a write-protected
+/// install opens a window like the zero page's: the move runs inside a zero-page window
+/// (flush waits it out), and [`settle`] then protects the pages and marks Dirty every page
+/// that no longer equals the bytes moved in.
+fn move_in(
+    region: &Region,
+    run: &mut [&mut EntryGuard<'_>],
+    source: Source<'_>,
+    writable: bool,
+) -> usize {
+    debug_assert_eq!(run.len() * PAGE_SIZE, HUGE_PAGE_SIZE);
+    let Some(slot) = region.huge_slots.as_ref().and_then(|slots| slots.claim()) else {
+        return 0;
+    };
+    let bytes = match source {
+        Source::Data(bytes) => Some(bytes),
+        Source::Hole => None,
+    };
+    if !slot.fill(bytes) {
+        return 0;
+    }
+    let window = (!writable).then(|| region.open_zero_window());
+    let moved = region.move_in(run[0].index(), &slot);
+    if let (false, Some(bytes)) = (writable, bytes) {
+        settle(region, &mut run[..moved / PAGE_SIZE], Expect::Bytes(bytes));
+    }
+    drop(window);
+    moved
+}
+
+/// Zeros for installing writable pages over a hole (up to a 2 MiB range; never written,
+/// so it costs no memory beyond the zero pages it reads as).
+static ZEROS: [u8; HUGE_PAGE_SIZE] = [0; HUGE_PAGE_SIZE];

@@ -1,0 +1,37 @@
+//! The engine floor: a [`region::Region`] (an address range registered with a userfaultfd,
+//! the store behind it, its entries, counters and configuration) and what acts on it.
+//!
+//! It knows nothing of who reserved the memory, which thread serves a fault, or who called.
+//! Its files, bottom to top (each imports only files above it in this list, and `sys`,
+//! `store` and `error`; `tests/layers.rs` checks it):
+//!
+//! - `config`: what a region's faults do (granularity, dirty tracking, 2 MiB choices);
+//! - `stats`, `error_slot`, `window`, `entries`, `budget`, `huge_slots`: the state a
+//!   region holds (counters, the first fault-time error, zero-page windows, the entry
+//!   table, the resident budget, huge-page staging buffers);
+//! - `region`: the context itself, and the only door from the engine to the memory;
+//! - `policy`: the fault table, a pure function;
+//! - `run`: runs of locked entries (the span a wide fault serves);
+//! - `install`: the one insert routine, and the windows it closes;
+//! - `fill`: the one fill routine (allocate, read, count, insert);
+//! - `around`, `huge`: which run a wide fault fills (fault-around window, 2 MiB range);
+//! - `writeback`: flush; `evict`: the budget's clock;
+//! - `fault`: serving one fault, from decision to eviction.
+
+pub(crate) mod around;
+pub(crate) mod budget;
+pub(crate) mod config;
+pub(crate) mod entries;
+pub(crate) mod error_slot;
+pub(crate) mod evict;
+pub(crate) mod fault;
+pub(crate) mod fill;
+pub(crate) mod huge;
+pub(crate) mod huge_slots;
+pub(crate) mod install;
+pub(crate) mod policy;
+pub(crate) mod region;
+pub(crate) mod run;
+pub(crate) mod stats;
+pub(crate) mod window;
+pub(crate) mod writeback;

@@ -1,0 +1,448 @@
+//! A region: the engine's context, the VMA of the fault path. It holds an address range
+//! registered with a userfaultfd, the store behind it and where in the store the range
+//! starts, the entry table, the counters and the configuration, and the state the fault,
+//! writeback and eviction paths share (the error slot, the zero-page windows, the budget,
+//! the huge-page slots, the flush lock).
+//!
+//! The rest of the engine changes the range's memory only through the methods here. Each
+//! takes page indices, which it turns into addresses inside the range, and makes the one
+//! `unsafe` call into `sys` that [`Region::new`]'s contract covers. A region does not know
+//! who reserved its memory (a `Mapping`, or another process that handed over its uffd)
+//! nor which thread serves its faults.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::PAGE_SIZE;
+use crate::engine::budget::Budget;
+use crate::engine::config::Config;
+use crate::engine::entries::Entries;
+use crate::engine::error_slot::ErrorSlot;
+use crate::engine::huge_slots::{HugeSlots, Slot};
+use crate::engine::stats::{Counters, Stats};
+use crate::engine::window::{Window, Windows};
+use crate::error::Error;
+use crate::store::Store;
+use crate::sys::memory::Reservation;
+use crate::sys::pagemap::{MAX_REGIONS, PageRegion, Pagemap, Query, category};
+use crate::sys::uffd::{Uffd, UffdError};
+
+/// Whose memory a region is.
+pub(crate) enum Memory {
+    /// This process's own reservation (a `Mapping`'s), unmapped when the region goes.
+    Reserved(Reservation),
+    /// `len` bytes at `base` in another process, reached only through its uffd (an
+    /// adopted region): pages can be installed there, not read, dropped or moved.
+    Foreign {
+        /// The first byte, in that process.
+        base: usize,
+        /// Length in bytes.
+        len: usize,
+    },
+}
+
+impl Memory {
+    fn range(&self) -> (usize, usize) {
+        match self {
+            Memory::Reserved(reservation) => (reservation.base(), reservation.len()),
+            Memory::Foreign { base, len } => (*base, *len),
+        }
+    }
+}
+
+/// One region and everything its faults share.
+pub(crate) struct Region {
+    base: usize,
+    len: usize,
+    /// Where page 0 lies in the store.
+    store_offset: u64,
+    memory: Memory,
+    uffd: Arc<Uffd>,
+    /// Page-table queries of this process; `None` for foreign memory.
+    pagemap: Option<Pagemap>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) entries: Entries,
+    pub(crate) counters: Counters,
+    pub(crate) config: Config,
+    /// The first fault-time error since the last flush (reported by that flush).
+    errors: ErrorSlot,
+    /// Open while a zero page (or a moved-in huge page) is mapped but not yet known clean
+    /// (see `install::insert_zero_page`); flush waits those windows out.
+    zero_windows: Windows,
+    /// The resident budget and its eviction clock, if the region has one.
+    pub(crate) budget: Option<Budget>,
+    /// Buffers for filling huge pages to move in; `None` unless `config.huge_move`.
+    pub(crate) huge_slots: Option<HugeSlots>,
+    /// Pages ever poisoned; while zero, no SIGBUS can come from a poison marker.
+    poisoned: AtomicU64,
+    /// Serializes flushes: one flush takes the dirty index, and a second must not return
+    /// before the pages the first took are written.
+    pub(crate) flushing: Mutex<()>,
+}
+
+impl Region {
+    /// A region over `memory`, backed by `store` from `store_offset` on.
+    ///
+    /// # Errors
+    /// [`Error::BadRange`] if the range is empty, unaligned or runs past the store's end;
+    /// [`Error::IncompatibleOptions`] if foreign memory is asked to track writes, keep a
+    /// budget or move huge pages; [`Error::BudgetTooSmall`]; [`Error::Uffd`] or
+    /// [`Error::Os`] if /proc/self/pagemap or the huge-page slots cannot be had.
+    ///
+    /// # Safety
+    /// `memory`'s range is registered with `uffd` for missing faults, and for write-protect
+    /// faults too when `config.tracking` is set. Its contents belong to the region from
+    /// now on: nothing else installs pages there, and no Rust reference relies on its bytes
+    /// (they are reached only through raw pointers and atomics, whose users expect faults
+    /// to fill them). For foreign memory, `uffd` belongs to the process that owns it.
+    pub(crate) unsafe fn new(
+        memory: Memory,
+        store_offset: u64,
+        uffd: Arc<Uffd>,
+        store: Arc<dyn Store>,
+        config: Config,
+    ) -> Result<Region, Error> {
+        let (base, len) = memory.range();
+        check_range(base, len, store_offset, store.len())?;
+        let local = matches!(memory, Memory::Reserved(_));
+        if !local && (config.tracking.is_some() || config.budget.is_some() || config.huge_move) {
+            return Err(Error::IncompatibleOptions {
+                reason: "memory of another process can only be filled: no dirty tracking, \
+                         budget or huge-page moves",
+            });
+        }
+        let budget = config
+            .budget
+            .map(|bytes| Budget::new(bytes, config.granularity, config.evict_delay));
+        Ok(Region {
+            base,
+            len,
+            store_offset,
+            memory,
+            uffd,
+            pagemap: if local { Some(Pagemap::open()?) } else { None },
+            store,
+            entries: Entries::new(len / PAGE_SIZE),
+            counters: Counters::default(),
+            errors: ErrorSlot::new(),
+            zero_windows: Windows::new(),
+            budget: budget.transpose()?,
+            huge_slots: if config.huge_move {
+                Some(HugeSlots::reserve()?)
+            } else {
+                None
+            },
+            config,
+            poisoned: AtomicU64::new(0),
+            flushing: Mutex::new(()),
+        })
+    }
+
+    /// The first byte of the range (in the memory of the process that owns it).
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
+    /// Length of the range in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Pages in the range.
+    pub(crate) fn pages(&self) -> usize {
+        self.len / PAGE_SIZE
+    }
+
+    /// The page index of an address inside the range.
+    pub(crate) fn page_index(&self, address: usize) -> Option<usize> {
+        let offset = address.checked_sub(self.base)?;
+        (offset < self.len).then_some(offset / PAGE_SIZE)
+    }
+
+    /// The address of page `index`.
+    pub(crate) fn page_address(&self, index: usize) -> usize {
+        self.base + index * PAGE_SIZE
+    }
+
+    /// The store offset of page `index`.
+    pub(crate) fn page_offset(&self, index: usize) -> u64 {
+        self.store_offset + (index * PAGE_SIZE) as u64
+    }
+
+    /// Whether first writes are noticed (else the region only fills).
+    pub(crate) fn tracks_writes(&self) -> bool {
+        self.config.tracking.is_some()
+    }
+
+    /// The addresses of `pages` pages from `first`, checked to lie inside the range.
+    fn span(&self, first: usize, pages: usize) -> Result<(usize, usize), UffdError> {
+        match first.checked_add(pages) {
+            Some(end) if end <= self.pages() => Ok((self.page_address(first), pages * PAGE_SIZE)),
+            _ => Err(UffdError::Ioctl {
+                op: "range check",
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            }),
+        }
+    }
+
+    /// Installs `bytes` (whole pages) at page `first`: write-protected, or writable and
+    /// dirty; wakes the waiters when `wake` (and anyone waits).
+    pub(crate) fn copy(
+        &self,
+        first: usize,
+        bytes: &[u8],
+        write_protect: bool,
+        wake: bool,
+    ) -> Result<(), UffdError> {
+        let (address, _) = self.span(first, bytes.len() / PAGE_SIZE)?;
+        // SAFETY: the pages lie inside the range (checked), which `Region::new`'s contract
+        // makes the region's to fill.
+        unsafe {
+            self.uffd
+                .copy(address, bytes, write_protect, wake && self.config.wakes)
+        }
+    }
+
+    /// Maps the zero page over `pages` pages from `first`, without waking.
+    pub(crate) fn zeropage(&self, first: usize, pages: usize) -> Result<(), UffdError> {
+        let (address, len) = self.span(first, pages)?;
+        // SAFETY: as in `copy`.
+        unsafe { self.uffd.zeropage(address, len, false) }
+    }
+
+    /// Write-protects (or unprotects) `pages` pages from `first`. Unprotecting wakes the
+    /// waiters when `wake`; protecting never wakes.
+    pub(crate) fn writeprotect(
+        &self,
+        first: usize,
+        pages: usize,
+        protect: bool,
+        wake: bool,
+    ) -> Result<(), UffdError> {
+        let (address, len) = self.span(first, pages)?;
+        // SAFETY: as in `copy`.
+        unsafe {
+            self.uffd
+                .writeprotect(address, len, protect, wake && self.config.wakes)
+        }
+    }
+
+    /// Wakes threads waiting on faults of `pages` pages from `first` (nobody waits when
+    /// faulting threads serve their own faults).
+    pub(crate) fn wake(&self, first: usize, pages: usize) -> Result<(), UffdError> {
+        if !self.config.wakes {
+            return Ok(());
+        }
+        let (address, len) = self.span(first, pages)?;
+        self.uffd.wake(address, len)
+    }
+
+    /// Poisons the missing page `index`: its accesses get SIGBUS (EFAULT in the kernel).
+    pub(crate) fn poison(&self, index: usize) -> Result<(), UffdError> {
+        let (address, len) = self.span(index, 1)?;
+        self.poisoned.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as in `copy`.
+        unsafe { self.uffd.poison(address, len) }
+    }
+
+    /// Drops `pages` pages from `first`: they fault as missing afterwards. Callers hold
+    /// the entry locks and have written back anything dirty.
+    pub(crate) fn discard(&self, first: usize, pages: usize) -> Result<(), Error> {
+        let (address, len) = self.span(first, pages)?;
+        let Memory::Reserved(reservation) = &self.memory else {
+            return Err(foreign("madvise"));
+        };
+        // SAFETY: the pages are the region's (`Region::new`); the caller holds their entry
+        // locks and nothing unwritten is in them.
+        unsafe { reservation.discard(address, len) }.map_err(|source| Error::Os {
+            op: "madvise",
+            source,
+        })
+    }
+
+    /// Moves the filled huge page of `slot` into the 2 MiB range from page `first`, whose
+    /// entries the caller holds Empty (dropped first, so that the move maps one huge page).
+    /// Returns the bytes moved from the start; 0 if nothing was.
+    pub(crate) fn move_in(&self, first: usize, slot: &Slot<'_>) -> usize {
+        let Ok((address, _)) = self.span(first, crate::HUGE_PAGES) else {
+            return 0;
+        };
+        // The range is all Empty: dropping it loses nothing and frees its page table (Linux
+        // 6.14+ reclaims empty page tables on MADV_DONTNEED); into a range without one the
+        // move maps one huge page, into a range with one it would split the huge page.
+        if self.discard(first, crate::HUGE_PAGES).is_err() {
+            return 0;
+        }
+        // SAFETY: the range is this process's (`discard` succeeded, so the memory is
+        // reserved), inside the region, registered with our uffd, and all missing.
+        unsafe { slot.move_to(&self.uffd, address) }
+    }
+
+    /// The bytes of `pages` pages from `first`.
+    ///
+    /// # Safety
+    /// The caller holds the entry locks of these pages, which are present and
+    /// write-protected: a write to them faults and waits for those locks, so nothing
+    /// changes the bytes while the slice lives.
+    pub(crate) unsafe fn bytes(&self, first: usize, pages: usize) -> Result<&[u8], Error> {
+        let (address, len) = self.span(first, pages)?;
+        if !matches!(self.memory, Memory::Reserved(_)) {
+            return Err(foreign("read"));
+        }
+        // SAFETY: this process's memory, inside the range (checked), mapped while the
+        // region lives; the caller keeps the bytes still.
+        Ok(unsafe { std::slice::from_raw_parts(address as *const u8, len) })
+    }
+
+    /// Calls `visit` with each run of pages (indices relative to `first`) among `pages`
+    /// from `first` that maps the shared zero page, in ascending order.
+    pub(crate) fn for_each_zero_run(
+        &self,
+        first: usize,
+        pages: usize,
+        mut visit: impl FnMut(Range<usize>),
+    ) -> Result<(), Error> {
+        let (start, len) = self.span(first, pages)?;
+        let pagemap = self
+            .pagemap
+            .as_ref()
+            .ok_or_else(|| foreign("PAGEMAP_SCAN"))?;
+        let query = Query {
+            required: category::PFNZERO,
+            ..Query::default()
+        };
+        pagemap.for_each_region(start, start + len, query, |region| {
+            // Regions come in ascending order, inside the scanned range; clamp anyway.
+            let from = (region.start as usize).clamp(start, start + len) - start;
+            let to = (region.end as usize).clamp(start, start + len) - start;
+            visit(from / PAGE_SIZE..to / PAGE_SIZE);
+        })?;
+        Ok(())
+    }
+
+    /// One PAGEMAP_SCAN step over `from..end of range` for pages written since they were
+    /// protected (and present), write-protecting them in the same walk (asynchronous dirty
+    /// tracking). Returns the regions filled into `out` and where the walk stopped.
+    pub(crate) fn scan_written(
+        &self,
+        from: usize,
+        out: &mut [PageRegion; MAX_REGIONS],
+    ) -> Result<(usize, usize), Error> {
+        let end = self.base + self.len;
+        let pagemap = self
+            .pagemap
+            .as_ref()
+            .ok_or_else(|| foreign("PAGEMAP_SCAN"))?;
+        // PRESENT too: an empty page counts as written, and write-protecting it would plant
+        // a uffd-wp marker (WP_ASYNC implies WP_UNPOPULATED), on which UFFDIO_ZEROPAGE fails.
+        let query = Query {
+            required: category::WRITTEN | category::PRESENT,
+            reported: 0,
+        };
+        // SAFETY: the walk covers only the range (clamped below), which is the region's.
+        let scanned =
+            unsafe { pagemap.scan_protecting(from.clamp(self.base, end), end, query, out) };
+        Ok(scanned?)
+    }
+
+    /// Whether a SIGBUS at `address` came from a poison marker rather than userfaultfd.
+    /// Without CONFIG_MEMORY_FAILURE both arrive as BUS_ADRERR; the page table tells them
+    /// apart (a marker is a non-present, non-empty entry). Free until a page is poisoned.
+    pub(crate) fn is_poison_marker(&self, address: usize) -> bool {
+        self.poisoned.load(Ordering::Relaxed) != 0
+            && self
+                .pagemap
+                .as_ref()
+                .is_some_and(|pagemap| pagemap.is_marker(address).unwrap_or(false))
+    }
+
+    /// Keeps the error of a fault on page `index` for the next flush, unless an earlier
+    /// one is waiting. Lock-free: callable from a signal handler.
+    pub(crate) fn record_error(&self, index: usize, error: &Error) {
+        self.errors.record((index * PAGE_SIZE) as u64, error);
+    }
+
+    /// Takes the waiting error, if any.
+    pub(crate) fn take_error(&self) -> Option<Error> {
+        self.errors.take()
+    }
+
+    /// Opens a zero-page window: flush waits for every window open when it starts.
+    pub(crate) fn open_zero_window(&self) -> Window<'_> {
+        self.zero_windows.open()
+    }
+
+    /// Waits until every zero-page window open now has closed.
+    pub(crate) fn wait_zero_windows(&self) {
+        self.zero_windows.wait();
+    }
+
+    /// A snapshot of the counters, with the resident pages filled in.
+    pub(crate) fn stats(&self) -> Stats {
+        let mut stats = self.counters.snapshot();
+        (stats.resident_pages, stats.resident_pages_peak) = self.entries.resident();
+        stats
+    }
+}
+
+/// Checks a range and its place in a store of `store_len` bytes.
+fn check_range(base: usize, len: usize, offset: u64, store_len: u64) -> Result<(), Error> {
+    let bad = |reason| Error::BadRange {
+        address: base,
+        len,
+        offset,
+        reason,
+    };
+    if len == 0 {
+        return Err(bad("it is empty"));
+    }
+    if base % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || offset % PAGE_SIZE as u64 != 0 {
+        return Err(bad("address, length and offset must be multiples of 4096"));
+    }
+    if base.checked_add(len).is_none() {
+        return Err(bad("it wraps around the address space"));
+    }
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= store_len => Ok(()),
+        _ => Err(bad("it runs past the end of the store")),
+    }
+}
+
+/// The error of an operation that needs this process's own memory.
+fn foreign(op: &'static str) -> Error {
+    Error::Os {
+        op,
+        source: std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "the region is memory of another process",
+        ),
+    }
+}
+
+/// The region holding `address`, among regions sorted by base.
+pub(crate) fn region_of(regions: &[Arc<Region>], address: usize) -> Option<&Region> {
+    let after = regions.partition_point(|region| region.base <= address);
+    let region = regions.get(after.checked_sub(1)?)?;
+    region.page_index(address).map(|_| &**region)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_against_the_store() {
+        assert!(check_range(0x20_0000, 8192, 4096, 12288).is_ok());
+        let reason = |base, len, offset, store_len| match check_range(base, len, offset, store_len)
+        {
+            Err(Error::BadRange { reason, .. }) => reason,
+            other => panic!("expected BadRange, got {other:?}"),
+        };
+        assert!(reason(0x20_0000, 0, 0, 4096).contains("empty"));
+        assert!(reason(0x20_0001, 4096, 0, 4096).contains("multiples"));
+        assert!(reason(0x20_0000, 4096, 100, 8192).contains("multiples"));
+        assert!(reason(0x20_0000, 8192, 4096, 8192).contains("past the end"));
+        assert!(reason(usize::MAX - 4095, 8192, 0, 1 << 20).contains("wraps"));
+    }
+}

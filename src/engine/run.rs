@@ -1,0 +1,157 @@
+//! Runs of locked entries: the span a wide fault serves (a 2 MiB range, a fault-around
+//! window) locked around the faulting page's entry, and kept on the stack: the wide paths
+//! allocate nothing, so they may run inside the faulting thread's SIGBUS handler.
+//!
+//! Neighbours are only ever taken with `try_lock`, never waited for: the faulting page's
+//! own lock is already held, and waiting while holding an entry lock could deadlock
+//! against a fault that holds a neighbour (lock order: see `entries`).
+
+use std::ops::Range;
+
+use arrayvec::ArrayVec;
+
+use crate::HUGE_PAGES;
+use crate::engine::entries::{Entries, EntryGuard, State};
+
+/// Guards of a 2 MiB range at most, on the stack (8 KiB).
+pub(crate) type Guards<'a> = ArrayVec<EntryGuard<'a>, HUGE_PAGES>;
+
+/// A consecutive run of guards for `install::insert`, on the stack.
+pub(crate) type Run<'g, 'a> = ArrayVec<&'g mut EntryGuard<'a>, HUGE_PAGES>;
+
+/// The locked neighbours of a held entry: `below` and `above` it, ascending, so that
+/// below + held + above is a consecutive run of indices.
+pub(crate) struct Span<'a> {
+    held: usize,
+    below: Guards<'a>,
+    above: Guards<'a>,
+}
+
+impl<'a> Span<'a> {
+    /// Locks every entry of `range` except `held` (whose lock the caller has), all of
+    /// which must be in `state`. Never waits: if any is locked or in another state,
+    /// releases what it took and returns `None`.
+    pub(crate) fn lock_all(
+        entries: &'a Entries,
+        range: Range<usize>,
+        held: usize,
+        state: State,
+    ) -> Option<Span<'a>> {
+        // A cheap look first: most ranges that fail, fail here without a locked instruction.
+        if range.clone().any(|index| entries.peek(index) != state) {
+            return None;
+        }
+        let mut span = Span {
+            held,
+            below: Guards::new(),
+            above: Guards::new(),
+        };
+        for index in range.filter(|&index| index != held) {
+            let guard = entries.try_lock(index)?;
+            if guard.state() != state {
+                return None;
+            }
+            let side = if index < held {
+                &mut span.below
+            } else {
+                &mut span.above
+            };
+            side.try_push(guard).ok()?;
+        }
+        Some(span)
+    }
+
+    /// Locks the free, Empty entries next to `held` inside `window` (which holds it),
+    /// outwards on each side until the first that is locked or not Empty (never waits).
+    pub(crate) fn lock_free(entries: &'a Entries, window: Range<usize>, held: usize) -> Span<'a> {
+        let mut below = lock_while_free(entries, (window.start..held).rev());
+        below.reverse();
+        let above = lock_while_free(entries, held + 1..window.end);
+        Span { held, below, above }
+    }
+
+    /// The indices of the run, the held entry included.
+    pub(crate) fn pages(&self) -> Range<usize> {
+        self.held - self.below.len()..self.held + 1 + self.above.len()
+    }
+
+    /// Releases the neighbours outside `keep` (a sub-range of `pages()` holding the held
+    /// entry), before a slow step they take no part in.
+    pub(crate) fn keep(&mut self, keep: Range<usize>) {
+        let start = self.pages().start;
+        self.below.drain(..keep.start.saturating_sub(start));
+        self.above.truncate(keep.end.saturating_sub(self.held + 1));
+    }
+
+    /// The whole run, `held` (the guard of the held entry) in its place, as one
+    /// consecutive run for `install::insert`.
+    pub(crate) fn join<'g>(&'g mut self, held: &'g mut EntryGuard<'a>) -> Run<'g, 'a> {
+        debug_assert_eq!(held.index(), self.held);
+        // At most a 2 MiB range: `below` and `above` together hold at most 511 guards.
+        let mut run = Run::new();
+        run.extend(self.below.iter_mut());
+        run.push(held);
+        run.extend(self.above.iter_mut());
+        run
+    }
+}
+
+/// Locks the entries of `indices` in order while each is free and Empty; stops at the
+/// first that is not, or when the guards' room (2 MiB) is full.
+fn lock_while_free<'a>(entries: &'a Entries, indices: impl Iterator<Item = usize>) -> Guards<'a> {
+    let mut locked = Guards::new();
+    for index in indices {
+        match entries.try_lock(index) {
+            Some(guard) if guard.state() == State::Empty => {
+                if locked.try_push(guard).is_err() {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    locked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_free_stops_at_busy_or_present_neighbours() {
+        let entries = Entries::new(16);
+        entries.lock(2).set(State::Zero);
+        let busy = entries.lock(9);
+        let mut held = entries.lock(5);
+        let mut span = Span::lock_free(&entries, 0..16, 5);
+        assert_eq!(span.pages(), 3..9);
+        span.keep(4..7);
+        assert_eq!(span.pages(), 4..7);
+        let run = span.join(&mut held);
+        let indices: Vec<usize> = run.iter().map(|guard| guard.index()).collect();
+        assert_eq!(indices, vec![4, 5, 6]);
+        drop(run);
+        drop(busy);
+    }
+
+    #[test]
+    fn lock_all_takes_every_entry_or_none() {
+        let entries = Entries::new(8);
+        let held = entries.lock(3);
+        let span = Span::lock_all(&entries, 0..8, 3, State::Empty).expect("all Empty and free");
+        assert_eq!(span.pages(), 0..8);
+        assert!(entries.try_lock(7).is_none(), "the span holds its entries");
+        drop(span);
+        let busy = entries.lock(6);
+        assert!(Span::lock_all(&entries, 0..8, 3, State::Empty).is_none());
+        assert!(
+            entries.try_lock(0).is_some(),
+            "a failed span releases what it took"
+        );
+        drop((busy, held));
+        entries.lock(1).set(State::Clean);
+        let held = entries.lock(3);
+        assert!(Span::lock_all(&entries, 0..8, 3, State::Empty).is_none());
+        drop(held);
+    }
+}

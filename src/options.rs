@@ -1,0 +1,173 @@
+//! [`Options`]: how to map a store (or serve an adopted region). The builder the front-ends
+//! share; each turns it into the engine's `Config` and picks a resolution from it.
+
+use std::time::Duration;
+
+use crate::engine::config::{Config, DirtyTracking, Granularity};
+use crate::engine::huge_slots::HugeSlots;
+use crate::resolve::Resolution;
+use crate::resolve::threads;
+
+/// How to map a store. Start from `Options::default()` and chain the setters.
+///
+/// ```
+/// use udax::{Granularity, Options};
+///
+/// let options = Options::default()
+///     .granularity(Granularity::FaultAround(64 << 10)) // read 64 KiB per fault
+///     .budget(256 << 20);                              // at most 256 MiB resident
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub(crate) len: Option<u64>,
+    pub(crate) granularity: Granularity,
+    pub(crate) handler_threads: usize,
+    pub(crate) budget: Option<u64>,
+    pub(crate) resolution: Resolution,
+    pub(crate) tracking: DirtyTracking,
+    pub(crate) huge_dirty: bool,
+    pub(crate) huge_move: bool,
+    pub(crate) zero_window_delay: Option<Duration>,
+    pub(crate) evict_delay: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            len: None,
+            granularity: Granularity::Page,
+            handler_threads: threads::default_count(),
+            budget: None,
+            resolution: Resolution::HandlerThreads,
+            tracking: DirtyTracking::Sync,
+            huge_dirty: false,
+            huge_move: true,
+            zero_window_delay: None,
+            evict_delay: None,
+        }
+    }
+}
+
+impl Options {
+    /// Maps only the first `len` bytes of the store (a multiple of 4096; default: all of it).
+    pub fn len(mut self, len: u64) -> Self {
+        self.len = Some(len);
+        self
+    }
+
+    /// Sets the fault granularity (default [`Granularity::Page`]). A fault-around window
+    /// is at most 2 MiB (wider ones are served as 2 MiB).
+    pub fn granularity(mut self, granularity: Granularity) -> Self {
+        self.granularity = granularity;
+        self
+    }
+
+    /// Sets how many handler threads serve faults (at least 1; default: one per CPU the
+    /// process may use, at most 4, each pinned to its CPU).
+    pub fn handler_threads(mut self, threads: usize) -> Self {
+        self.handler_threads = threads.max(1);
+        self
+    }
+
+    /// Caps the mapping's resident memory at about `bytes` (default: no limit; at least
+    /// 64 KiB). Past the budget, pages are evicted with a CLOCK (second chance) policy:
+    /// clean ones dropped, dirty ones written back to the store first; the next access
+    /// faults and reads them again. Zero pages (holes that were read) hold no memory and
+    /// do not count. Rss of the mapping stays at or under the budget plus one fault's pages
+    /// (one page on the 4 KiB path) per thread serving faults at once (the handler
+    /// threads, or the faulting threads with in-thread resolution). Not combinable with
+    /// asynchronous dirty tracking.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use udax::{Mapping, MemStore, Options};
+    ///
+    /// let store = Arc::new(MemStore::new(8 << 20));                   // 8 MiB
+    /// let mapping = Mapping::new(store, Options::default().budget(1 << 20))?;
+    /// for page in 0..2048 {
+    ///     mapping.write_at(page * 4096, &[1])?;                       // all of it
+    /// }
+    /// let stats = mapping.stats();
+    /// assert!(stats.evicted_dirty > 0);                               // written back, dropped
+    /// assert!(stats.resident_pages_peak <= 256 + 4);                  // 1 MiB + a page per thread
+    /// mapping.close()?;
+    /// # Ok::<(), udax::Error>(())
+    /// ```
+    pub fn budget(mut self, bytes: u64) -> Self {
+        self.budget = Some(bytes);
+        self
+    }
+
+    /// Chooses who serves faults (default [`Resolution::HandlerThreads`]).
+    pub fn resolution(mut self, resolution: Resolution) -> Self {
+        self.resolution = resolution;
+        self
+    }
+
+    /// Chooses how first writes are noticed (default [`DirtyTracking::Sync`]).
+    pub fn dirty_tracking(mut self, tracking: DirtyTracking) -> Self {
+        self.tracking = tracking;
+        self
+    }
+
+    /// With [`Granularity::Huge`], track dirty data per 2 MiB range instead of per 4 KiB
+    /// page (default false). A write into a 2 MiB range then makes the whole range writable
+    /// and dirty in one fault (one writable huge mapping where the kernel allows), as the
+    /// kernel's DAX PMD path does, and flush writes back all 512 pages of it. By default
+    /// the range is installed write-protected and only the written page is made writable
+    /// and dirty, so flush writes back exactly the pages written.
+    pub fn huge_dirty(mut self, huge_dirty: bool) -> Self {
+        self.huge_dirty = huge_dirty;
+        self
+    }
+
+    /// Testing only: never move huge pages in (UFFDIO_MOVE); the 2 MiB path then copies.
+    #[doc(hidden)]
+    pub fn huge_move(mut self, huge_move: bool) -> Self {
+        self.huge_move = huge_move;
+        self
+    }
+
+    /// Testing only: sleep this long between mapping a zero page and write-protecting it,
+    /// to widen the race window the zero-pfn check closes (see `install::insert_zero_page`);
+    /// the same between moving a huge page in and write-protecting it (`install::move_in`).
+    #[doc(hidden)]
+    pub fn zero_window_delay(mut self, delay: Duration) -> Self {
+        self.zero_window_delay = Some(delay);
+        self
+    }
+
+    /// Testing only: sleep this long between writing back the victims of an eviction and
+    /// dropping them, with their entries locked, to widen the window a racing write must
+    /// get through (see `evict::evict_range`).
+    #[doc(hidden)]
+    pub fn evict_delay(mut self, delay: Duration) -> Self {
+        self.evict_delay = Some(delay);
+        self
+    }
+
+    /// The engine's configuration for a region served by `resolution`, in this process's
+    /// own memory (`own_memory`: a mapping) or another's (an adopted region, which only
+    /// fills: no dirty tracking, no huge-page moves). Huge pages are moved in only outside
+    /// a signal handler (in-thread faults have a page of scratch, not 2 MiB: their wide
+    /// faults install holes and fall back to 4 KiB for data), and where the kernel can.
+    pub(crate) fn config(&self, resolution: Resolution, own_memory: bool) -> Config {
+        let in_thread = resolution == Resolution::InThread;
+        let huge_move = own_memory
+            && self.granularity == Granularity::Huge
+            && self.huge_move
+            && !in_thread
+            && HugeSlots::usable();
+        Config {
+            tracking: own_memory.then_some(self.tracking),
+            granularity: self.granularity,
+            huge_dirty: self.huge_dirty,
+            huge_move,
+            wakes: !in_thread,
+            budget: self.budget,
+            zero_window_delay: self.zero_window_delay,
+            evict_delay: self.evict_delay,
+        }
+    }
+}
