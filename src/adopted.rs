@@ -14,7 +14,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::engine::config::DirtyTracking;
-use crate::engine::region::{Memory, Region};
+use crate::engine::region::{Memory, Region, check_range};
 use crate::engine::stats::Stats;
 use crate::error::Error;
 use crate::options::Options;
@@ -88,6 +88,9 @@ impl Adopted {
         let mut ranges = ranges.to_vec();
         ranges.sort_by_key(|range| range.address);
         check_disjoint(&ranges)?;
+        for range in &ranges {
+            check_range(range.address, range.len, range.offset, store.len())?;
+        }
         let uffd = Arc::new(Uffd::adopt(uffd)?);
         let config = options.config(Resolution::HandlerThreads, false);
         let mut regions = Vec::with_capacity(ranges.len());

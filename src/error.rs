@@ -61,10 +61,11 @@ pub enum Error {
     Uffd(#[from] UffdError),
     /// A fault could not be served; the access got SIGBUS. Reported by the next flush.
     #[error(
-        "a fault at mapping offset {offset} could not be served (the access got SIGBUS): {source}"
+        "a fault at store offset {offset} could not be served (the access got SIGBUS): {source}"
     )]
     FaultFailed {
-        /// Byte offset in the mapping of the failed page.
+        /// Byte offset in the store of the failed page (for a `Mapping`, its offset in
+        /// the mapping too).
         offset: u64,
         /// What the store said.
         #[source]

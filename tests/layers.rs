@@ -46,12 +46,18 @@ fn read_sources(src: &Path) -> Sources {
             if path.extension().is_none_or(|ext| ext != "rs") {
                 continue;
             }
-            let relative = path.strip_prefix(src).expect("under src").with_extension("");
+            let relative = path
+                .strip_prefix(src)
+                .expect("under src")
+                .with_extension("");
             let mut parts: Vec<String> = relative
                 .iter()
                 .map(|part| part.to_string_lossy().into_owned())
                 .collect();
-            if parts.last().is_some_and(|last| last == "mod" || last == "lib") {
+            if parts
+                .last()
+                .is_some_and(|last| last == "mod" || last == "lib")
+            {
                 parts.pop();
             }
             let text = std::fs::read_to_string(&path).expect("read a source file");
@@ -87,7 +93,9 @@ fn crate_paths(code: &str) -> Result<Vec<String>, String> {
         if let Some(group) = after.strip_prefix('{') {
             let end = group.find('}').ok_or("an unclosed `crate::{` group")?;
             if group[..end].contains('{') {
-                return Err(format!("a nested group after crate::{prefix}: spell it flat"));
+                return Err(format!(
+                    "a nested group after crate::{prefix}: spell it flat"
+                ));
             }
             for item in group[..end].split(',') {
                 let item = item.split(" as ").next().unwrap_or("").trim();
@@ -154,7 +162,10 @@ fn check(sources: &Sources) -> (BTreeMap<String, BTreeSet<String>>, Vec<String>)
                             "{module} (floor {from:?}) imports {target} (floor {to:?}): arrows point down"
                         ));
                     }
-                    edges.entry(module.clone()).or_default().insert(target.to_string());
+                    edges
+                        .entry(module.clone())
+                        .or_default()
+                        .insert(target.to_string());
                 }
             }
         }
@@ -201,7 +212,11 @@ fn cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
 fn imports_point_down_and_form_no_cycle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let sources = read_sources(&src);
-    assert!(sources.contains_key("engine::fault"), "found {:?}", sources.keys());
+    assert!(
+        sources.contains_key("engine::fault"),
+        "found {:?}",
+        sources.keys()
+    );
     let (edges, broken) = check(&sources);
     for (module, targets) in &edges {
         let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
@@ -210,7 +225,10 @@ fn imports_point_down_and_form_no_cycle() {
     assert!(broken.is_empty(), "{}", broken.join("\n"));
     // Every top-level module has a floor.
     for module in sources.keys().filter(|m| !m.is_empty()) {
-        assert!(floor_of(module).is_some(), "{module} has no floor in FLOORS");
+        assert!(
+            floor_of(module).is_some(),
+            "{module} has no floor in FLOORS"
+        );
     }
 }
 
@@ -230,11 +248,19 @@ fn the_checker_reports_what_it_forbids() {
         ("sys::uffd", "use crate::PAGE_SIZE;"),
         ("engine", ""),
         ("engine::a", "use crate::sys::uffd::{self, Uffd};"),
-        ("engine::b", "use crate::engine::a::X; // crate::mapping::Mapping in a comment"),
+        (
+            "engine::b",
+            "use crate::engine::a::X; // crate::mapping::Mapping in a comment",
+        ),
         ("mapping", "use crate::{engine::b::Y};"),
     ]);
     assert_eq!(check(&ok).1, Vec::<String>::new());
-    let upward = sources(&[("", ""), ("engine", ""), ("mapping", ""), ("engine::a", "use crate::mapping::M;")]);
+    let upward = sources(&[
+        ("", ""),
+        ("engine", ""),
+        ("mapping", ""),
+        ("engine::a", "use crate::mapping::M;"),
+    ]);
     assert!(check(&upward).1[0].contains("arrows point down"));
     let cycle = sources(&[
         ("", ""),
@@ -242,11 +268,23 @@ fn the_checker_reports_what_it_forbids() {
         ("engine::a", "use crate::engine::b::B;"),
         ("engine::b", "fn f() { crate::engine::a::g() }"),
     ]);
-    assert!(check(&cycle).1[0].contains("import cycle"), "{:?}", check(&cycle).1);
+    assert!(
+        check(&cycle).1[0].contains("import cycle"),
+        "{:?}",
+        check(&cycle).1
+    );
     let root = sources(&[("", ""), ("engine", ""), ("engine::a", "use crate::Error;")]);
     assert!(check(&root).1[0].contains("from the root"));
-    let sideways = sources(&[("", ""), ("mapping", ""), ("adopted", "use crate::mapping::Mapping;")]);
+    let sideways = sources(&[
+        ("", ""),
+        ("mapping", ""),
+        ("adopted", "use crate::mapping::Mapping;"),
+    ]);
     assert!(check(&sideways).1[0].contains("arrows point down"));
-    let parent = sources(&[("", ""), ("store", ""), ("store::file", "use super::Store;")]);
+    let parent = sources(&[
+        ("", ""),
+        ("store", ""),
+        ("store::file", "use super::Store;"),
+    ]);
     assert!(check(&parent).1[0].contains("spell it crate::"));
 }

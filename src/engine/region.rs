@@ -357,10 +357,11 @@ impl Region {
                 .is_some_and(|pagemap| pagemap.is_marker(address).unwrap_or(false))
     }
 
-    /// Keeps the error of a fault on page `index` for the next flush, unless an earlier
-    /// one is waiting. Lock-free: callable from a signal handler.
+    /// Keeps the error of a fault on page `index` (reported at its store offset) for the
+    /// next flush, unless an earlier one is waiting. Lock-free: callable from a signal
+    /// handler.
     pub(crate) fn record_error(&self, index: usize, error: &Error) {
-        self.errors.record((index * PAGE_SIZE) as u64, error);
+        self.errors.record(self.page_offset(index), error);
     }
 
     /// Takes the waiting error, if any.
@@ -387,7 +388,12 @@ impl Region {
 }
 
 /// Checks a range and its place in a store of `store_len` bytes.
-fn check_range(base: usize, len: usize, offset: u64, store_len: u64) -> Result<(), Error> {
+pub(crate) fn check_range(
+    base: usize,
+    len: usize,
+    offset: u64,
+    store_len: u64,
+) -> Result<(), Error> {
     let bad = |reason| Error::BadRange {
         address: base,
         len,

@@ -10,8 +10,8 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
 use crate::PAGE_SIZE;
+use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
 
 /// [`PAGE_SIZE`] as a byte offset.
 const PAGE: u64 = PAGE_SIZE as u64;
