@@ -37,6 +37,8 @@ pub struct AdoptedRange {
 /// Ranges of another process's memory, registered with its userfaultfd, served by udax
 /// from a store until [`Adopted::close`] (or drop).
 ///
+/// # Examples
+///
 /// ```no_run
 /// use std::os::fd::OwnedFd;
 /// use std::sync::Arc;

@@ -32,6 +32,8 @@
 //! `sys` (system calls) and `store` -> `engine` (a region and its fault policy) ->
 //! `resolve` (who serves faults) -> front-ends (`mapping`, `adopted`, with `options`).
 
+#![deny(missing_docs)]
+
 mod adopted;
 mod engine;
 mod error;

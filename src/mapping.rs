@@ -34,6 +34,8 @@ pub struct Mapping {
 impl Mapping {
     /// Maps the store (or its first `Options::len` bytes) read-write.
     ///
+    /// # Examples
+    ///
     /// ```
     /// use std::sync::Arc;
     /// use udax::{Mapping, MemStore, Options};
@@ -127,6 +129,8 @@ impl Mapping {
     /// them; dereferencing it is `unsafe` in the usual way (stay inside `len()`, no data
     /// races between your threads).
     ///
+    /// # Examples
+    ///
     /// ```
     /// use std::sync::Arc;
     /// use udax::{Mapping, MemStore, Options};
@@ -179,6 +183,8 @@ impl Mapping {
 
     /// Copies `buf.len()` bytes at `offset` out of the mapping (faulting as a load would).
     ///
+    /// # Examples
+    ///
     /// ```
     /// use std::sync::Arc;
     /// use udax::{Mapping, MemStore, Options};
@@ -207,8 +213,21 @@ impl Mapping {
         Ok(())
     }
 
-    /// Copies `buf` into the mapping at `offset` (faulting as a store would). See
-    /// [`Mapping::read_at`] for an example.
+    /// Copies `buf` into the mapping at `offset` (faulting as a store would).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use udax::{Mapping, MemStore, Options};
+    ///
+    /// let mapping = Mapping::new(Arc::new(MemStore::new(1 << 20)), Options::default())?;
+    /// mapping.write_at(4096 - 2, b"span")?;     // crosses a page boundary: two faults
+    /// assert_eq!(mapping.stats().write_faults, 2);
+    /// assert!(mapping.write_at(1 << 20, b"x").is_err()); // past the end: OutOfRange
+    /// mapping.close()?;
+    /// # Ok::<(), udax::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::OutOfRange`] if the range does not lie inside the mapping. A page whose
@@ -241,6 +260,8 @@ impl Mapping {
 
     /// Writes back every dirty page, then makes the store durable. Returns the first
     /// error of the writeback, or of a fault served since the last flush.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use std::sync::Arc;

@@ -10,6 +10,8 @@ use crate::resolve::threads;
 
 /// How to map a store. Start from `Options::default()` and chain the setters.
 ///
+/// # Examples
+///
 /// ```
 /// use udax::{Granularity, Options};
 ///
@@ -78,6 +80,8 @@ impl Options {
     /// (one page on the 4 KiB path) per thread serving faults at once (the handler
     /// threads, or the faulting threads with in-thread resolution). Not combinable with
     /// asynchronous dirty tracking.
+    ///
+    /// # Examples
     ///
     /// ```
     /// use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The 4 KiB fault policy, seen from outside: which fault each first access costs, what
-//! it costs in memory and store I/O, and that the bytes land (DAX-SEMANTICS.md section 8,
+//! it costs in memory and store I/O, and that the bytes land (DESIGN.md section 6,
 //! invariants 1, 2, 3, 5 and 6).
 
 mod common;

@@ -1,6 +1,6 @@
 //! Writeback: flush writes exactly the pages dirtied since the last flush and re-protects
 //! them (the next write faults once more); dropping or closing a mapping writes back
-//! what is dirty (DAX-SEMANTICS.md section 8, invariants 3, 4 and 5).
+//! what is dirty (DESIGN.md section 6, invariants 3, 4 and 5).
 
 mod common;
 

@@ -634,8 +634,7 @@ fn first_read_racing_first_write_loses_nothing_two_handler_threads() {
 }
 
 /// The natural zero-page window is a microsecond or so and rarely hit; widened, hundreds
-/// of writes land in it, and every one must survive (DESIGN.md: "the fix must be proven
-/// by a stress test").
+/// of writes land in it, and every one must survive (DESIGN.md, section 7, hard part 2).
 #[test]
 fn writes_inside_a_widened_zero_page_window_lose_nothing() {
     first_touch_race(2, Some(Duration::from_micros(20)));

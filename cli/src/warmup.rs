@@ -1,7 +1,7 @@
 //! Touching and freeing memory before the timed runs.
 //!
 //! On this project's virtual machines, memory the guest gave back to the hypervisor costs
-//! ~25 µs per page on its next first touch (PERF-NOTES.md): without a warm-up every
+//! ~25 µs per page on its next first touch (measured there): without a warm-up every
 //! allocating figure of the first runs is noise. Touching an anonymous region page by page
 //! and unmapping it leaves that much memory backed and free for the runs.
 

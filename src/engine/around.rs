@@ -6,7 +6,7 @@
 //! the window, over the faulting page's extent (all hole: zero pages; all data: one read
 //! and one copy). It stops at the first page on either side that is present or locked,
 //! and at a change of extent: a batched ZEROPAGE or COPY stops with EAGAIN at the first
-//! present page and a retry there gives EEXIST (DESIGN.md, "What the kernel does"), so
+//! present page and a retry there gives EEXIST (DESIGN.md, section 9), so
 //! present pages are never handed to one, and each fault makes exactly one
 //! `install::insert` call (one ioctl, one fault counted). Pages beyond a present page get
 //! their own window when they fault. Neighbours are locked with `try_lock` only, never

@@ -7,8 +7,8 @@
 //! ioctls, never touch the mapping's memory from user space (a fault there would wait
 //! for itself).
 //!
-//! Waiting uses a futex on the entry word itself (the kernel's futex hash is the wait
-//! table DESIGN.md describes), so locking needs no allocation and no user-space mutex:
+//! Waiting uses a futex on the entry word itself (the kernel's futex hash plays the
+//! part of the kernel DAX code's hashed wait table), so locking needs no allocation and no user-space mutex:
 //! it is async-signal-safe, which resolving faults in the faulting thread needs.
 //!
 //! Invariants (numbered as the tests and comments cite them):

@@ -1,12 +1,13 @@
 //! The 2 MiB path (the dax_iomap_pmd_fault analog): with [`Granularity::Huge`] a missing
 //! fault resolves the whole aligned 2 MiB range holding its page at once, when the
-//! kernel's conditions hold (DESIGN.md, "The 2 MiB path"; invariants 8 and 9).
+//! kernel's conditions hold (DESIGN.md, section 4;
+//! invariants 8 and 9).
 //!
 //! Conditions, checked in this order; each failure falls back to the 4 KiB path and is
 //! counted in `huge_fallbacks`:
 //! 1. the range lies inside the mapping ([`range_of`]);
 //! 2. all 512 entries are Empty and free: they are locked with `try_lock` in ascending
-//!    order and all released at once if any is held or not Empty ([`lock_range`]), never
+//!    order and all released at once if any is held or not Empty (`run::Span::lock_all`), never
 //!    waiting while holding entry locks (the faulting page's own lock is already held);
 //! 3. the store reports one extent over the whole range, all hole or all data
 //!    ([`uniform`]);

@@ -84,7 +84,7 @@ fn collect_written(region: &Region) -> Result<(), Error> {
 }
 
 /// The parts of `regions` at or after `done`, advancing `done` past them. The kernel may
-/// report a walk end before regions it already returned (PERF-NOTES.md item 7); clipping
+/// report a walk end before regions it already returned (DESIGN.md, section 9); clipping
 /// at `done` keeps each page once.
 fn new_ranges(regions: &[PageRegion], done: &mut usize) -> Vec<std::ops::Range<usize>> {
     let mut ranges = Vec::with_capacity(regions.len());

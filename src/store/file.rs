@@ -57,6 +57,19 @@ impl FileStore {
     ///
     /// An existing regular file at `path` is truncated: its contents are lost.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// use udax::{FileStore, Store};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let store = FileStore::create(dir.path().join("disk.img"), 1 << 30)?; // 1 GiB
+    /// assert_eq!(store.len(), 1 << 30);
+    /// assert_eq!(store.allocated_bytes(), Some(0));        // sparse: all hole
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`StoreError::NotWritable`] for permission or read-only errors,
     /// [`StoreError::Open`] otherwise, including a missing parent directory and a path
@@ -84,6 +97,24 @@ impl FileStore {
     }
 
     /// Opens the existing regular file at `path` read-write; its length is the store's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use udax::{FileStore, Mapping, Options, StoreError};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("data.img");
+    /// std::fs::write(&path, vec![1u8; 64 << 10])?;          // 64 KiB of data
+    /// let mapping = Mapping::new(Arc::new(FileStore::open(&path)?), Options::default())?;
+    /// assert_eq!(mapping.len(), 64 << 10);
+    /// mapping.close()?;
+    /// let missing = FileStore::open(dir.path().join("nothing.img"));
+    /// assert!(matches!(missing, Err(StoreError::NotFound { .. })));
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`StoreError::NotFound`] if nothing is at `path`; [`StoreError::NotWritable`] for

@@ -38,6 +38,18 @@ pub struct MemStore {
 
 impl MemStore {
     /// A store of `size` bytes, all hole.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use udax::{ExtentKind, MemStore, Store};
+    ///
+    /// let store = MemStore::new(1 << 20);
+    /// assert_eq!(store.extent(0)?.kind, ExtentKind::Hole);
+    /// store.write_at(8192, b"data")?;                     // page 2 becomes data
+    /// assert_eq!(store.extent(8192)?.kind, ExtentKind::Data);
+    /// # Ok::<(), udax::StoreError>(())
+    /// ```
     pub fn new(size: u64) -> MemStore {
         MemStore {
             len: size,
@@ -46,6 +58,21 @@ impl MemStore {
     }
 
     /// A store holding a copy of `bytes`, every page data (size = `bytes.len()`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use udax::{Mapping, MemStore, Options};
+    ///
+    /// let store = Arc::new(MemStore::with_data(&[7u8; 8192]));
+    /// let mapping = Mapping::new(store, Options::default())?;
+    /// let mut byte = [0u8];
+    /// mapping.read_at(4096, &mut byte)?;                   // a data fault: read, clean
+    /// assert_eq!((byte[0], mapping.stats().read_faults), (7, 1));
+    /// mapping.close()?;
+    /// # Ok::<(), udax::Error>(())
+    /// ```
     pub fn with_data(bytes: &[u8]) -> MemStore {
         let pages = bytes
             .chunks(PAGE_SIZE)

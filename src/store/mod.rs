@@ -118,22 +118,44 @@ pub trait Store: Send + Sync {
     }
 
     /// What is at `offset` (which is `< len()`), and for how long.
+    ///
+    /// # Errors
+    /// [`StoreError::OutOfRange`] past the end; [`StoreError::Io`] if the store cannot say.
     fn extent(&self, offset: u64) -> Result<Extent, StoreError>;
 
     /// Fills `buf` with the bytes at `offset`. Holes read as zeros.
+    ///
+    /// # Errors
+    /// [`StoreError::OutOfRange`] for a range past the end; [`StoreError::Io`] if the read
+    /// fails (the fault path then poisons the page: its access gets SIGBUS).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError>;
 
     /// Writes all of `buf` at `offset`, allocating as needed.
+    ///
+    /// # Errors
+    /// [`StoreError::OutOfRange`]; [`StoreError::NoSpace`] when the store is full;
+    /// [`StoreError::Io`] otherwise (flush returns it and keeps the pages dirty).
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError>;
 
     /// Makes `offset..offset+len` data (allocated, reading as its old bytes or zeros),
     /// so that a later write there cannot fail for lack of space.
+    ///
+    /// # Errors
+    /// [`StoreError::OutOfRange`]; [`StoreError::NoSpace`] when the space is not there
+    /// (the faulting write then gets SIGBUS, as on a full DAX file system);
+    /// [`StoreError::Io`] otherwise.
     fn allocate(&self, offset: u64, len: u64) -> Result<(), StoreError>;
 
     /// Turns `offset..offset+len` back into a hole (reads as zeros, frees space).
+    ///
+    /// # Errors
+    /// [`StoreError::OutOfRange`]; [`StoreError::Io`] if the store refuses.
     fn punch_hole(&self, offset: u64, len: u64) -> Result<(), StoreError>;
 
     /// Makes every completed write durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the store cannot promise durability (flush returns it).
     fn sync(&self) -> Result<(), StoreError>;
 
     /// Whether `extent`, `read_at`, `write_at` and `allocate` may run inside a signal

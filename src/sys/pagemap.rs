@@ -2,9 +2,10 @@
 //! (present, written since write-protected, the shared zero page), and, in
 //! [`Pagemap::scan_protecting`], write-protect the pages it reports in the same walk.
 //!
-//! Used to close the zero-page window (DESIGN.md, hard part 2) and by asynchronous dirty
+//! Used to close the zero-page window (DESIGN.md, section 7,
+//! hard part 2) and by asynchronous dirty
 //! tracking. At most [`MAX_REGIONS`] output slots a call: with more, the kernel can report
-//! a walk end before regions it already returned (measured on 6.18; see DESIGN.md).
+//! a walk end before regions it already returned (DESIGN.md, section 9).
 
 use std::fs::File;
 use std::io;
