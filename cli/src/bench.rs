@@ -23,7 +23,8 @@ use crate::udax_engine::{self, UdaxMap};
 use crate::warmup;
 use crate::workload::Workload;
 
-/// The most memory touched and freed before the runs (2 GiB cleared the effect on this project's VMs).
+/// The most memory touched and freed before the runs (2 GiB cleared the effect on this
+/// project's VMs).
 const WARM_UP_MAX: u64 = 2 << 30;
 
 /// Runs `udax bench`.

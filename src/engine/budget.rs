@@ -16,7 +16,7 @@ const CHUNK: usize = 64;
 /// resident at once (a copy between two page-crossing operands needs four).
 pub(crate) const MIN_BUDGET_PAGES: u64 = 16;
 
-/// The budget of one mapping and its clock hand.
+/// The budget of one region and its clock hand.
 pub(crate) struct Budget {
     /// Evict once more than this many pages are resident (the budget in pages).
     pub(crate) high: u64,
@@ -26,7 +26,7 @@ pub(crate) struct Budget {
     /// [`Granularity::Huge`], so that a range installed as one huge page is dropped whole
     /// (dropping a part splits it, and frees nothing until all of it is dropped).
     step: usize,
-    /// The next entry the clock looks at; below the mapping's page count, a multiple of
+    /// The next entry the clock looks at; below the region's page count, a multiple of
     /// `step`.
     hand: AtomicUsize,
     /// Testing only: see `Options::evict_delay`.
@@ -34,7 +34,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    /// A budget of `bytes` of resident pages (rounded down to whole pages) for a mapping
+    /// A budget of `bytes` of resident pages (rounded down to whole pages) for a region
     /// of the given granularity.
     pub(crate) fn new(
         bytes: u64,

@@ -1,15 +1,16 @@
-//! The entry table (the mapping's xarray analog): one state word per 4 KiB page, with a
+//! The entry table (the mapping's xarray analog, per region): one state word per 4 KiB page, with a
 //! lock bit, and the index of dirty pages.
 //!
 //! Lock order: entries are locked in ascending index order; nothing else is held while
 //! waiting for an entry (eviction takes its victims with `try_lock` only, skipping busy
 //! ones, and starts with no entry locked). A thread holding an entry lock may call the store and the uffd
-//! ioctls, never touch the mapping's memory from user space (a fault there would wait
+//! ioctls, never touch the region's memory from user space (a fault there would wait
 //! for itself).
 //!
-//! Waiting uses a futex on the entry word itself (the kernel's futex hash plays the
-//! part of the kernel DAX code's hashed wait table), so locking needs no allocation and no user-space mutex:
-//! it is async-signal-safe, which resolving faults in the faulting thread needs.
+//! Waiting uses a futex on the entry word itself (the kernel's futex hash plays the part
+//! of the kernel DAX code's hashed wait table), so locking needs no allocation and no
+//! user-space mutex: it is async-signal-safe, which resolving faults in the faulting
+//! thread needs.
 //!
 //! Invariants (numbered as the tests and comments cite them):
 //! 1. Only the holder of an entry's lock changes its state.
@@ -72,7 +73,7 @@ pub(crate) enum Age {
     Cold,
 }
 
-/// The per-page entries of one mapping.
+/// The per-page entries of one region.
 pub(crate) struct Entries {
     words: Box<[AtomicU32]>,
     dirty: DirtyIndex,

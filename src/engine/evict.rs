@@ -1,6 +1,6 @@
 //! Eviction under the resident budget (the reclaim analog): choose victims with a CLOCK
 //! (second chance) over the entry table and move them to Empty, writing Dirty ones back
-//! first, so that a mapping larger than memory works.
+//! first, so that a region larger than memory works.
 //!
 //! | entry | eviction                                                        | after |
 //! |-------|-----------------------------------------------------------------|-------|
@@ -25,8 +25,8 @@
 //! resolution) checks the resident count; above the budget (`high`) it evicts until the
 //! count is at most `low = high - batch`, so the syscalls are amortized over a batch
 //! (`batch` is 1/8 of the budget, at most one step of the hand: 64 pages, or 512 with
-//! [`Granularity::Huge`](crate::Granularity::Huge), whose step is a whole aligned 2 MiB range so that a range
-//! installed as one huge page is dropped whole). The count includes a page from the moment
+//! [`Granularity::Huge`](crate::Granularity::Huge), whose step is a whole aligned 2 MiB
+//! range so that a range installed as one huge page is dropped whole). The count includes a page from the moment
 //! its entry moves to Clean or Dirty, before the ioctl that maps it, until after the page
 //! is dropped, so Rss never exceeds it. Each thread adds at most one fault's pages before
 //! it evicts, so resident memory stays at or under **budget + T × P pages**, T being the

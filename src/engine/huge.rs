@@ -5,10 +5,10 @@
 //!
 //! Conditions, checked in this order; each failure falls back to the 4 KiB path and is
 //! counted in `huge_fallbacks`:
-//! 1. the range lies inside the mapping ([`range_of`]);
+//! 1. the range lies inside the region ([`range_of`]);
 //! 2. all 512 entries are Empty and free: they are locked with `try_lock` in ascending
-//!    order and all released at once if any is held or not Empty (`run::Span::lock_all`), never
-//!    waiting while holding entry locks (the faulting page's own lock is already held);
+//!    order and all released at once if any is held or not Empty (`run::Span::lock_all`),
+//!    never waiting while holding entry locks (the faulting page's own lock is held);
 //! 3. the store reports one extent over the whole range, all hole or all data
 //!    ([`uniform`]);
 //! 4. the store answers: a failed extent query, allocation or read falls back, so that

@@ -341,8 +341,7 @@ impl Region {
             reported: 0,
         };
         // SAFETY: the walk covers only the range (clamped below), which is the region's.
-        let scanned =
-            unsafe { pagemap.scan_protecting(from.clamp(self.base, end), end, query, out) };
+        let scanned = unsafe { pagemap.scan(from.clamp(self.base, end), end, query, true, out) };
         Ok(scanned?)
     }
 

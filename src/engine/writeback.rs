@@ -2,7 +2,7 @@
 //! dirty pages, write-protecting each run before copying it out, then syncs the store.
 //!
 //! For each run of consecutive dirty pages: lock the entries (ascending), write-protect
-//! the run, write it to the store straight from the mapping, mark the pages Clean, unlock.
+//! the run, write it to the store straight from the region's memory, mark the pages Clean, unlock.
 //! If a write to a page races its writeback, either it lands before the write-protect
 //! and is in the bytes written, or it comes after and takes a write-protect fault, which
 //! waits for the entry lock and then re-dirties the page (one new fault).

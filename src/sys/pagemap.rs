@@ -1,6 +1,6 @@
 //! PAGEMAP_SCAN on /proc/self/pagemap: ask the kernel what each page of a range is
-//! (present, written since write-protected, the shared zero page), and, in
-//! [`Pagemap::scan_protecting`], write-protect the pages it reports in the same walk.
+//! (present, written since write-protected, the shared zero page), and optionally
+//! write-protect the pages it reports in the same walk.
 //!
 //! Used to close the zero-page window (DESIGN.md, section 7,
 //! hard part 2) and by asynchronous dirty
@@ -56,37 +56,14 @@ impl Pagemap {
     }
 
     /// Scans `start..end`, filling `out` (at most [`MAX_REGIONS`] used) with the matching
-    /// regions. Returns the regions filled and where the walk stopped (`end` when done).
-    pub(crate) fn scan(
-        &self,
-        start: usize,
-        end: usize,
-        query: Query,
-        out: &mut [PageRegion],
-    ) -> Result<(usize, usize), UffdError> {
-        // SAFETY: without write-protection the walk only reads page tables.
-        unsafe { self.scan_raw(start, end, query, false, out) }
-    }
-
-    /// [`Pagemap::scan`], write-protecting the matching pages in the same walk
-    /// (PM_SCAN_WP_MATCHING, for pages of a WP_ASYNC userfaultfd).
+    /// regions; with `protect`, write-protects the matching pages in the same walk
+    /// (PM_SCAN_WP_MATCHING, for pages of a WP_ASYNC userfaultfd). Returns the regions
+    /// filled and where the walk stopped (`end` when done).
     ///
     /// # Safety
-    /// The caller owns the range, as for `Uffd::writeprotect` (see `sys::uffd`).
-    pub(crate) unsafe fn scan_protecting(
-        &self,
-        start: usize,
-        end: usize,
-        query: Query,
-        out: &mut [PageRegion],
-    ) -> Result<(usize, usize), UffdError> {
-        // SAFETY: passed on to the caller.
-        unsafe { self.scan_raw(start, end, query, true, out) }
-    }
-
-    /// # Safety
-    /// With `protect`, as [`Pagemap::scan_protecting`].
-    unsafe fn scan_raw(
+    /// With `protect`, the caller owns the range, as for `Uffd::writeprotect` (see
+    /// `sys::uffd`). Without, the walk only reads page tables: nothing to promise.
+    pub(crate) unsafe fn scan(
         &self,
         start: usize,
         end: usize,
@@ -129,7 +106,8 @@ impl Pagemap {
         let mut out = [PageRegion::default(); BATCH];
         let mut at = start;
         while at < end {
-            let (found, walk_end) = self.scan(at, end, query, &mut out)?;
+            // SAFETY: a read-only walk (no protection).
+            let (found, walk_end) = unsafe { self.scan(at, end, query, false, &mut out)? };
             out[..found].iter().for_each(&mut visit);
             // A full batch may stop the walk early; an empty one ends it (walk_end = end).
             if walk_end <= at {
@@ -147,7 +125,8 @@ impl Pagemap {
             required: category::PRESENT | category::HUGE,
             ..Query::default()
         };
-        let (found, _) = self.scan(start, start + len, query, &mut out)?;
+        // SAFETY: a read-only walk (no protection).
+        let (found, _) = unsafe { self.scan(start, start + len, query, false, &mut out)? };
         Ok(found == 1 && out[0].start == start as u64 && out[0].end == (start + len) as u64)
     }
 
@@ -170,7 +149,9 @@ impl Pagemap {
             required: categories,
             ..Query::default()
         };
-        let (found, _) = self.scan(address, address + crate::PAGE_SIZE, query, &mut out)?;
+        let end = address + crate::PAGE_SIZE;
+        // SAFETY: a read-only walk (no protection).
+        let (found, _) = unsafe { self.scan(address, end, query, false, &mut out)? };
         Ok(found == 1)
     }
 }
