@@ -1,11 +1,11 @@
-//! The entry table (the mapping's xarray analog, per region): one state word per 4 KiB page, with a
-//! lock bit, and the index of dirty pages.
+//! The entry table (the mapping's xarray analog, one per region): one state word per
+//! 4 KiB page, with a lock bit, and the index of dirty pages.
 //!
 //! Lock order: entries are locked in ascending index order; nothing else is held while
 //! waiting for an entry (eviction takes its victims with `try_lock` only, skipping busy
-//! ones, and starts with no entry locked). A thread holding an entry lock may call the store and the uffd
-//! ioctls, never touch the region's memory from user space (a fault there would wait
-//! for itself).
+//! ones, and starts with no entry locked). A thread holding an entry lock may call the
+//! store and the uffd ioctls, never touch the region's memory from user space (a fault
+//! there would wait for itself).
 //!
 //! Waiting uses a futex on the entry word itself (the kernel's futex hash plays the part
 //! of the kernel DAX code's hashed wait table), so locking needs no allocation and no
