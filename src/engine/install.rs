@@ -13,7 +13,7 @@
 //!   window, closed the same way, by comparing bytes instead of the zero pfn.
 
 use crate::engine::entries::{EntryGuard, State};
-use crate::engine::region::Region;
+use crate::engine::region::{PageKind, Region};
 use crate::engine::stats::Counters;
 use crate::error::Error;
 use crate::sys::uffd::UffdError;
@@ -226,7 +226,9 @@ fn settle(region: &Region, run: &mut [&mut EntryGuard<'_>], expect: Expect<'_>) 
     if region.writeprotect(first, run.len(), true, false).is_ok() {
         match expect {
             Expect::ZeroPage => {
-                let _ = region.for_each_zero_run(first, run.len(), |zero| zero.for_each(&mut mark));
+                let _ = region.for_each_run(first, run.len(), PageKind::ZeroPage, |zero| {
+                    zero.for_each(&mut mark)
+                });
             }
             Expect::Bytes(bytes) => {
                 // SAFETY: the pages were just installed (present) and are now
@@ -252,8 +254,8 @@ fn settle(region: &Region, run: &mut [&mut EntryGuard<'_>], expect: Expect<'_>) 
 
 /// Moves a transparent huge page holding `source` into the 2 MiB range of `run`, whose
 /// entries are locked and already set to Clean, or to Dirty with `writable`. Returns the
-/// bytes moved in, from the range's start: 0 when no huge page could be had or the move
-/// failed (nothing installed: the caller copies instead). Does not wake.
+/// bytes installed, from the range's start: 0 when no huge page could be had or the move
+/// failed with nothing installed (the caller copies instead). Does not wake.
 ///
 /// UFFDIO_MOVE maps the page writable (it keeps no uffd-wp bit), so a write-protected
 /// install opens a window like the zero page's: the move runs inside a zero-page window
@@ -270,19 +272,74 @@ fn move_in(
         return 0;
     };
     let bytes = match source {
-        Source::Data(bytes) => Some(bytes),
-        Source::Hole => None,
+        Source::Data(bytes) => bytes,
+        Source::Hole => &ZEROS[..],
     };
-    if !slot.fill(bytes) {
+    if !slot.fill(matches!(source, Source::Data(_)).then_some(bytes)) {
         return 0;
     }
     let window = (!writable).then(|| region.open_zero_window());
-    let moved = region.move_in(run[0].index(), &slot);
-    if let (false, Some(bytes)) = (writable, bytes) {
-        settle(region, &mut run[..moved / PAGE_SIZE], Expect::Bytes(bytes));
+    let moved = region.move_in(run[0].index(), &slot) / PAGE_SIZE;
+    if !writable {
+        settle(region, &mut run[..moved], Expect::Bytes(bytes));
     }
+    let moved = if moved < run.len() && take_over_strays(region, run, moved, bytes, writable) {
+        run.len()
+    } else {
+        moved
+    };
     drop(window);
-    moved
+    moved * PAGE_SIZE
+}
+
+/// After a move that reported fewer pages than the range, takes over what the kernel
+/// installed past them without saying so, if anything, and returns whether it did. (Seen
+/// on 6.18: moving into a range that still has a page table splits the huge page, which
+/// remaps its zero-filled pages to the zero page, and the move can then fail with EEXIST
+/// having installed some of them.) The page table is the truth: the rest of the range is
+/// write-protected, so a write from now on faults and waits for our locks; a present page
+/// keeps what it holds, Dirty if the install was writable or it no longer equals `bytes`
+/// (a store got in before the protection), else Clean; a missing page is copied, or left
+/// Empty for its own fault if that fails. Never drops a page: it may hold a store.
+fn take_over_strays(
+    region: &Region,
+    run: &mut [&mut EntryGuard<'_>],
+    from: usize,
+    bytes: &[u8],
+    writable: bool,
+) -> bool {
+    let first = run[0].index();
+    let rest = run.len() - from;
+    let mut present = [0u64; HUGE_PAGES / 64];
+    let scanned = region.for_each_run(first + from, rest, PageKind::Present, |pages| {
+        pages.for_each(|page| present[(from + page) / 64] |= 1 << ((from + page) % 64))
+    });
+    if scanned.is_ok() && present.iter().all(|&word| word == 0) {
+        return false;
+    }
+    let protected = region.writeprotect(first + from, rest, true, false).is_ok();
+    for (page, guard) in run.iter_mut().enumerate().skip(from) {
+        let expected = &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE];
+        let is_present = present[page / 64] & (1 << (page % 64)) != 0;
+        // A page the scan missed (it failed part-way) shows itself as EEXIST.
+        let copied = (!is_present).then(|| region.copy(first + page, expected, !writable, false));
+        let state = match copied {
+            Some(Ok(())) if writable => State::Dirty,
+            Some(Ok(())) => State::Clean,
+            Some(Err(UffdError::Exists { .. })) | None => {
+                // SAFETY: the page is present and (when `protected`) write-protected, its
+                // entry locked by us.
+                let now = protected.then(|| unsafe { region.bytes(first + page, 1) });
+                match now {
+                    Some(Ok(now)) if !writable && now == expected => State::Clean,
+                    _ => State::Dirty,
+                }
+            }
+            Some(Err(_)) => State::Empty,
+        };
+        guard.set(state);
+    }
+    true
 }
 
 /// Zeros for installing writable pages over a hole (up to a 2 MiB range; never written,

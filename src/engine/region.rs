@@ -28,6 +28,15 @@ use crate::sys::memory::Reservation;
 use crate::sys::pagemap::{MAX_REGIONS, PageRegion, Pagemap, Query, category};
 use crate::sys::uffd::{Uffd, UffdError};
 
+/// What [`Region::for_each_run`] looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PageKind {
+    /// Any present page.
+    Present,
+    /// The shared zero page.
+    ZeroPage,
+}
+
 /// Whose memory a region is.
 pub(crate) enum Memory {
     /// This process's own reservation (a `Mapping`'s), unmapped when the region goes.
@@ -296,11 +305,12 @@ impl Region {
     }
 
     /// Calls `visit` with each run of pages (indices relative to `first`) among `pages`
-    /// from `first` that maps the shared zero page, in ascending order.
-    pub(crate) fn for_each_zero_run(
+    /// from `first` that are of `kind`, in ascending order.
+    pub(crate) fn for_each_run(
         &self,
         first: usize,
         pages: usize,
+        kind: PageKind,
         mut visit: impl FnMut(Range<usize>),
     ) -> Result<(), Error> {
         let (start, len) = self.span(first, pages)?;
@@ -308,8 +318,12 @@ impl Region {
             .pagemap
             .as_ref()
             .ok_or_else(|| foreign("PAGEMAP_SCAN"))?;
+        let required = match kind {
+            PageKind::Present => category::PRESENT,
+            PageKind::ZeroPage => category::PFNZERO,
+        };
         let query = Query {
-            required: category::PFNZERO,
+            required,
             ..Query::default()
         };
         pagemap.for_each_region(start, start + len, query, |region| {
