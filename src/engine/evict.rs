@@ -28,8 +28,8 @@
 //! [`Granularity::Huge`](crate::Granularity::Huge), whose step is a whole aligned 2 MiB
 //! range so that a range installed as one huge page is dropped whole). The count
 //! includes a page from the moment its entry moves to Clean or Dirty, before the ioctl
-//! that maps it, until after the page is dropped, so Rss never exceeds it. Each thread adds at most one fault's pages before
-//! it evicts, so resident memory stays at or under **budget + T × P pages**, T being the
+//! that maps it, until after the page is dropped, so Rss never exceeds it. Each thread
+//! adds at most one fault's pages before it evicts, so resident memory stays at or under **budget + T × P pages**, T being the
 //! threads that resolve faults at once (the handler threads; with in-thread resolution,
 //! the threads faulting at once) and P the pages one fault installs (1 on the 4 KiB path,
 //! the window with fault-around, 512 on the 2 MiB path). The budget can be exceeded
