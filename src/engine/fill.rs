@@ -90,30 +90,27 @@ pub(crate) fn counted(
 ) -> Result<(), Error> {
     let counters = &region.counters;
     let (counter, counted) = match width {
-        Width::Page => (None, 0),
-        Width::Around => (Some(&counters.fault_around_pages), run.len() as u64 - 1),
-        Width::Huge => (Some(&counters.huge_faults), 1),
+        // The 4 KiB path: `insert` counts the fault; nothing else to count or forgive.
+        Width::Page => return install(run),
+        Width::Around => (&counters.fault_around_pages, run.len() as u64 - 1),
+        Width::Huge => (&counters.huge_faults, 1),
     };
     let before = run[0].state();
-    if let Some(counter) = counter {
-        Counters::add(counter, counted);
-    }
+    Counters::add(counter, counted);
     let installed = install(run);
     let changed = |guard: &EntryGuard<'_>| guard.state() != before;
     let held_in = run
         .iter()
         .any(|guard| guard.index() == held && changed(guard));
-    if let Some(counter) = counter {
-        let kept = match width {
-            Width::Around => {
-                run.iter().filter(|guard| changed(guard)).count() as u64 - u64::from(held_in)
-            }
-            _ => u64::from(held_in),
-        };
-        Counters::sub(counter, counted - kept);
-    }
+    let kept = match width {
+        Width::Around => {
+            run.iter().filter(|guard| changed(guard)).count() as u64 - u64::from(held_in)
+        }
+        Width::Page | Width::Huge => u64::from(held_in),
+    };
+    Counters::sub(counter, counted - kept);
     match installed {
-        Err(_) if held_in && width != Width::Page => Ok(()),
+        Err(_) if held_in => Ok(()),
         other => other,
     }
 }

@@ -14,6 +14,7 @@
 
 use crate::engine::entries::{EntryGuard, State};
 use crate::engine::region::{PageKind, Region};
+use crate::engine::run::PageSet;
 use crate::engine::stats::Counters;
 use crate::error::Error;
 use crate::sys::uffd::UffdError;
@@ -217,8 +218,8 @@ fn settle(region: &Region, run: &mut [&mut EntryGuard<'_>], expect: Expect<'_>) 
     }
     // Bit `i`: page `first + i` still holds what was installed (a run is at most 2 MiB).
     debug_assert!(run.len() <= HUGE_PAGES);
-    let mut unchanged = [0u64; HUGE_PAGES / 64];
-    let mut mark = |page: usize| unchanged[page / 64] |= 1 << (page % 64);
+    let mut unchanged = PageSet::default();
+    let mut mark = |page: usize| unchanged.insert(page);
     let clean = match expect {
         Expect::ZeroPage => State::Zero,
         Expect::Bytes(_) => State::Clean,
@@ -247,7 +248,7 @@ fn settle(region: &Region, run: &mut [&mut EntryGuard<'_>], expect: Expect<'_>) 
         }
     }
     for (page, guard) in run.iter_mut().enumerate() {
-        let kept = unchanged[page / 64] & (1 << (page % 64)) != 0;
+        let kept = unchanged.contains(page);
         guard.set(if kept { clean } else { State::Dirty });
     }
 }
@@ -310,17 +311,17 @@ fn take_over_strays(
 ) -> bool {
     let first = run[0].index();
     let rest = run.len() - from;
-    let mut present = [0u64; HUGE_PAGES / 64];
+    let mut present = PageSet::default();
     let scanned = region.for_each_run(first + from, rest, PageKind::Present, |pages| {
-        pages.for_each(|page| present[(from + page) / 64] |= 1 << ((from + page) % 64))
+        pages.for_each(|page| present.insert(from + page))
     });
-    if scanned.is_ok() && present.iter().all(|&word| word == 0) {
+    if scanned.is_ok() && present.is_empty() {
         return false;
     }
     let protected = region.writeprotect(first + from, rest, true, false).is_ok();
     for (page, guard) in run.iter_mut().enumerate().skip(from) {
         let expected = &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE];
-        let is_present = present[page / 64] & (1 << (page % 64)) != 0;
+        let is_present = present.contains(page);
         // A page the scan missed (it failed part-way) shows itself as EEXIST.
         let copied = (!is_present).then(|| region.copy(first + page, expected, !writable, false));
         let state = match copied {

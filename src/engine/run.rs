@@ -13,6 +13,27 @@ use arrayvec::ArrayVec;
 use crate::HUGE_PAGES;
 use crate::engine::entries::{Entries, EntryGuard, State};
 
+/// A set of pages of one run (indices relative to its start, below 512), on the stack.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PageSet([u64; HUGE_PAGES / 64]);
+
+impl PageSet {
+    /// Adds page `page`.
+    pub(crate) fn insert(&mut self, page: usize) {
+        self.0[page / 64] |= 1 << (page % 64);
+    }
+
+    /// Whether page `page` is in the set.
+    pub(crate) fn contains(&self, page: usize) -> bool {
+        self.0[page / 64] & (1 << (page % 64)) != 0
+    }
+
+    /// Whether no page is in the set.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.iter().all(|&word| word == 0)
+    }
+}
+
 /// Guards of a 2 MiB range at most, on the stack (8 KiB).
 pub(crate) type Guards<'a> = ArrayVec<EntryGuard<'a>, HUGE_PAGES>;
 
