@@ -20,9 +20,11 @@
 //! 4. The referenced bit is set whenever an entry becomes resident or goes Clean -> Dirty
 //!    (a fault brought it in or wrote it); only the eviction clock clears it (see evict.rs).
 
+use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::sys::futex;
+use crate::sys::memory::ZeroedArray;
 
 /// What an entry says about its page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,9 +76,17 @@ pub(crate) enum Age {
 }
 
 /// The per-page entries of one region.
+///
+/// Memory follows the pages touched, not the pages mapped: every table is a
+/// [`ZeroedArray`] (Empty is the all-zero word), so a 1 TiB sparse mapping costs address
+/// space, not Rss, until its pages fault.
 pub(crate) struct Entries {
-    words: Box<[AtomicU32]>,
-    dirty: DirtyIndex,
+    words: ZeroedArray<AtomicU32>,
+    dirty: PageBits,
+    /// Invariant 5: a page's bit is set exactly while its state is Clean or Dirty (set
+    /// and cleared under its entry lock, in `set`), so the eviction clock visits resident
+    /// pages only.
+    resident_pages: PageBits,
     resident: AtomicU64,
     resident_peak: AtomicU64,
 }
@@ -89,13 +99,23 @@ pub(crate) struct EntryGuard<'a> {
 
 impl Entries {
     /// A table of `pages` Empty entries.
-    pub(crate) fn new(pages: usize) -> Entries {
-        Entries {
-            words: (0..pages).map(|_| AtomicU32::new(0)).collect(),
-            dirty: DirtyIndex::new(pages),
+    ///
+    /// # Errors
+    /// ENOMEM if the tables' memory (address space, `vm.max_map_count`) cannot be had.
+    pub(crate) fn new(pages: usize) -> io::Result<Entries> {
+        Ok(Entries {
+            words: ZeroedArray::new(pages)?,
+            dirty: PageBits::new(pages)?,
+            resident_pages: PageBits::new(pages)?,
             resident: AtomicU64::new(0),
             resident_peak: AtomicU64::new(0),
-        }
+        })
+    }
+
+    /// The first resident page at or after `from`, if any (invariant 5; a hint, like
+    /// [`Entries::peek`]).
+    pub(crate) fn next_resident(&self, from: usize) -> Option<usize> {
+        self.resident_pages.next_set(from)
     }
 
     /// The state without locking: a hint that may be stale by the time it is used.
@@ -222,10 +242,12 @@ impl EntryGuard<'_> {
         }
         match (old.is_resident(), state.is_resident()) {
             (false, true) => {
+                entries.resident_pages.mark(self.index);
                 let now = entries.resident.fetch_add(1, Ordering::Relaxed) + 1;
                 entries.resident_peak.fetch_max(now, Ordering::Relaxed);
             }
             (true, false) => {
+                entries.resident_pages.clear(self.index);
                 entries.resident.fetch_sub(1, Ordering::Relaxed);
             }
             _ => {}
@@ -243,22 +265,26 @@ impl Drop for EntryGuard<'_> {
     }
 }
 
-/// A two-level bitmap of dirty pages: marking is one atomic OR per level (no lock, no
-/// allocation) and taking costs O(dirty + pages / 4096).
-struct DirtyIndex {
+/// A two-level bitmap of pages (the dirty index, the resident set): marking is one atomic
+/// OR per level (no lock, no allocation); taking or searching costs O(set bits + pages /
+/// 4096), and its memory follows the pages marked.
+///
+/// The summary bit of a word may be set while the word is zero (a clear or a take raced
+/// a mark), never clear while the word has a bit set after a mark returned.
+struct PageBits {
     /// Bit `i % 64` of word `i / 64`: page `i` was marked.
-    pages: Box<[AtomicU64]>,
+    pages: ZeroedArray<AtomicU64>,
     /// Bit `w % 64` of word `w / 64`: word `w` of `pages` may be non-zero.
-    summary: Box<[AtomicU64]>,
+    summary: ZeroedArray<AtomicU64>,
 }
 
-impl DirtyIndex {
-    fn new(pages: usize) -> DirtyIndex {
+impl PageBits {
+    fn new(pages: usize) -> io::Result<PageBits> {
         let words = pages.div_ceil(64);
-        DirtyIndex {
-            pages: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            summary: (0..words.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-        }
+        Ok(PageBits {
+            pages: ZeroedArray::new(words)?,
+            summary: ZeroedArray::new(words.div_ceil(64))?,
+        })
     }
 
     /// Page bit first, then summary bit: if `mark` races `take`, either `take` sees the
@@ -267,6 +293,12 @@ impl DirtyIndex {
         let word = index / 64;
         self.pages[word].fetch_or(1 << (index % 64), Ordering::Release);
         self.summary[word / 64].fetch_or(1 << (word % 64), Ordering::Release);
+    }
+
+    /// Clears the page's bit; the summary bit stays (a later search clears it lazily), so
+    /// a racing `mark` of a neighbour is never hidden.
+    fn clear(&self, index: usize) {
+        self.pages[index / 64].fetch_and(!(1 << (index % 64)), Ordering::Release);
     }
 
     fn take(&self) -> Vec<usize> {
@@ -285,6 +317,46 @@ impl DirtyIndex {
         }
         taken
     }
+
+    /// The first marked page at or after `from`. Skips 4096 unmarked pages per summary
+    /// word; drops summary bits whose word it finds zero.
+    fn next_set(&self, from: usize) -> Option<usize> {
+        let mut word = from / 64;
+        // Bits of the first word below `from` do not count.
+        let mut mask = u64::MAX.checked_shl((from % 64) as u32).unwrap_or(0);
+        while word < self.pages.len() {
+            let summary = &self.summary[word / 64];
+            let above = summary.load(Ordering::Acquire) & (u64::MAX << (word % 64));
+            if above == 0 {
+                word = (word / 64 + 1) * 64;
+                mask = u64::MAX;
+                continue;
+            }
+            let candidate = (word / 64) * 64 + above.trailing_zeros() as usize;
+            if candidate != word {
+                (word, mask) = (candidate, u64::MAX);
+            }
+            let bits = self.pages[word].load(Ordering::Acquire) & mask;
+            if bits != 0 {
+                return Some(word * 64 + bits.trailing_zeros() as usize);
+            }
+            if mask == u64::MAX {
+                self.drop_summary_bit(word);
+            }
+            (word, mask) = (word + 1, u64::MAX);
+        }
+        None
+    }
+
+    /// Clears the summary bit of `word` if the word is zero, re-setting it if a mark
+    /// raced in between (the mark's own summary OR may have landed before our clear).
+    fn drop_summary_bit(&self, word: usize) {
+        let summary = &self.summary[word / 64];
+        summary.fetch_and(!(1 << (word % 64)), Ordering::AcqRel);
+        if self.pages[word].load(Ordering::Acquire) != 0 {
+            summary.fetch_or(1 << (word % 64), Ordering::Release);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -294,7 +366,7 @@ mod tests {
 
     #[test]
     fn dirty_index_returns_each_marked_page_once_in_order() {
-        let entries = Entries::new(10_000);
+        let entries = Entries::new(10_000).expect("entries");
         for index in [9_999, 0, 64, 4_095, 4_096, 63, 64] {
             let mut guard = entries.lock(index);
             guard.set(State::Dirty);
@@ -303,9 +375,36 @@ mod tests {
         assert!(entries.take_dirty().is_empty());
     }
 
+    /// Invariant 5: the resident set follows the states, and the search skips whole
+    /// empty summary words and cleared pages.
+    #[test]
+    fn next_resident_finds_resident_pages_only() {
+        let entries = Entries::new(1 << 20).expect("entries");
+        for index in [5, 64, 70_000, (1 << 20) - 1] {
+            entries.lock(index).set(State::Clean);
+        }
+        entries.lock(6).set(State::Zero);
+        entries.lock(64).set(State::Empty);
+        let found: Vec<_> = [0, 6, 65, 70_001, (1 << 20) - 1]
+            .map(|from| entries.next_resident(from))
+            .into();
+        let expected = [
+            Some(5),
+            Some(70_000),
+            Some(70_000),
+            Some((1 << 20) - 1),
+            Some((1 << 20) - 1),
+        ];
+        assert_eq!(found, expected);
+        entries.lock((1 << 20) - 1).set(State::Dirty);
+        entries.lock((1 << 20) - 1).set(State::Empty);
+        assert_eq!(entries.next_resident(70_001), None);
+        assert_eq!(entries.next_resident(0), Some(5));
+    }
+
     #[test]
     fn set_counts_resident_pages_and_peak() {
-        let entries = Entries::new(4);
+        let entries = Entries::new(4).expect("entries");
         entries.lock(0).set(State::Zero);
         entries.lock(1).set(State::Clean);
         entries.lock(2).set(State::Dirty);
@@ -320,7 +419,7 @@ mod tests {
     /// entries are left alone.
     #[test]
     fn age_gives_referenced_pages_a_second_chance() {
-        let entries = Entries::new(4);
+        let entries = Entries::new(4).expect("entries");
         entries.lock(0).set(State::Clean);
         entries.lock(1).set(State::Zero);
         assert_eq!(entries.age(0), Age::Referenced);
@@ -341,7 +440,7 @@ mod tests {
 
     #[test]
     fn try_lock_fails_while_held() {
-        let entries = Entries::new(2);
+        let entries = Entries::new(2).expect("entries");
         let guard = entries.lock(1);
         assert!(entries.try_lock(1).is_none());
         assert!(entries.try_lock(0).is_some());
@@ -352,7 +451,7 @@ mod tests {
     /// Increments under the entry lock from several threads lose nothing.
     #[test]
     fn lock_serializes_threads() {
-        let entries = Arc::new(Entries::new(1));
+        let entries = Arc::new(Entries::new(1).expect("entries"));
         let counter = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..4)
             .map(|_| {

@@ -69,7 +69,7 @@ pub(crate) struct Region {
     memory: Memory,
     uffd: Arc<Uffd>,
     /// Page-table queries of this process; `None` for foreign memory.
-    pagemap: Option<Pagemap>,
+    pagemap: Option<Arc<Pagemap>>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) entries: Entries,
     pub(crate) counters: Counters,
@@ -130,9 +130,16 @@ impl Region {
             store_offset,
             memory,
             uffd,
-            pagemap: if local { Some(Pagemap::open()?) } else { None },
+            pagemap: if local {
+                Some(Pagemap::shared()?)
+            } else {
+                None
+            },
             store,
-            entries: Entries::new(len / PAGE_SIZE),
+            entries: Entries::new(len / PAGE_SIZE).map_err(|source| Error::Os {
+                op: "mmap of the page-state table",
+                source,
+            })?,
             counters: Counters::default(),
             errors: ErrorSlot::new(),
             zero_windows: Windows::new(),

@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn lock_free_stops_at_busy_or_present_neighbours() {
-        let entries = Entries::new(16);
+        let entries = Entries::new(16).expect("entries");
         entries.lock(2).set(State::Zero);
         let busy = entries.lock(9);
         let mut held = entries.lock(5);
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn lock_all_takes_every_entry_or_none() {
-        let entries = Entries::new(8);
+        let entries = Entries::new(8).expect("entries");
         let held = entries.lock(3);
         let span = Span::lock_all(&entries, 0..8, 3, State::Empty).expect("all Empty and free");
         assert_eq!(span.pages(), 0..8);

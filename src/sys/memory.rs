@@ -25,22 +25,7 @@ impl Reservation {
         let padded = len
             .checked_add(HUGE_PAGE_SIZE)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: a new private anonymous mapping at an address of the kernel's choosing;
-        // the result is checked against MAP_FAILED before use.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                padded,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let raw = raw as usize;
+        let raw = map_anonymous(padded)? as usize;
         let base = raw.next_multiple_of(HUGE_PAGE_SIZE);
         // Trim the padding; a failure here only leaves unused address space mapped.
         // SAFETY: both trimmed ranges belong to the mapping just made and hold no data.
@@ -115,5 +100,115 @@ impl Drop for Reservation {
         // SAFETY: the reservation is ours (invariant) and its owner is going away: nothing
         // references this memory any more.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Atomic integers whose all-zero bytes are a valid value: the element types of a
+/// [`ZeroedArray`].
+///
+/// # Safety
+/// All-zero bytes must be a valid value of the type, and it must be shareable (Sync).
+pub(crate) unsafe trait ZeroValid: Sized + Sync {}
+// SAFETY: an AtomicU32 is a u32 in memory; zero is a u32.
+unsafe impl ZeroValid for std::sync::atomic::AtomicU32 {}
+// SAFETY: an AtomicU64 is a u64 in memory; zero is a u64.
+unsafe impl ZeroValid for std::sync::atomic::AtomicU64 {}
+
+/// A fixed-length array of zero-initialized atomics whose memory grows with the elements
+/// written, not with its length: the page-state tables of a mapping, which may cover
+/// terabytes of which a few pages are touched.
+///
+/// Small arrays come from the heap (zeroed); from [`ZeroedArray::MMAP_BYTES`] up, from a
+/// private anonymous mapping with MAP_NORESERVE (no commit charge, so 64 TiB of mapping
+/// needs no 64 GiB of swap) and MADV_NOHUGEPAGE (a write touches 4 KiB, not 2 MiB). Pages
+/// never written read as the shared zero page: no memory, no Rss.
+pub(crate) struct ZeroedArray<T: ZeroValid> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    /// Whether the memory is a mapping of its own (else a heap allocation).
+    mapped: bool,
+}
+
+// SAFETY: the array owns its memory, and its elements are atomics, which are Sync.
+unsafe impl<T: ZeroValid> Send for ZeroedArray<T> {}
+// SAFETY: as above: shared access only hands out `&[T]` of atomics.
+unsafe impl<T: ZeroValid> Sync for ZeroedArray<T> {}
+
+impl<T: ZeroValid> ZeroedArray<T> {
+    /// Arrays of at least this many bytes get a mapping of their own.
+    pub(crate) const MMAP_BYTES: usize = 256 << 10;
+
+    /// `len` zeroed elements.
+    ///
+    /// # Errors
+    /// ENOMEM when the memory cannot be had (the length overflows, the heap is exhausted,
+    /// or the address space or `vm.max_map_count` is).
+    pub(crate) fn new(len: usize) -> io::Result<ZeroedArray<T>> {
+        let no_memory = || io::Error::from_raw_os_error(libc::ENOMEM);
+        let layout = std::alloc::Layout::array::<T>(len.max(1)).map_err(|_| no_memory())?;
+        let mapped = layout.size() >= Self::MMAP_BYTES;
+        let raw = if mapped {
+            let raw = map_anonymous(layout.size())?;
+            // Advice only: a kernel without THP refuses it, and nothing depends on it.
+            // SAFETY: the mapping just made, which holds no data yet.
+            unsafe { libc::madvise(raw.cast(), layout.size(), libc::MADV_NOHUGEPAGE) };
+            raw
+        } else {
+            // SAFETY: the layout has a non-zero size (`len.max(1)` elements of a non-ZST).
+            unsafe { std::alloc::alloc_zeroed(layout) }
+        };
+        let ptr = std::ptr::NonNull::new(raw.cast::<T>()).ok_or_else(no_memory)?;
+        Ok(ZeroedArray { ptr, len, mapped })
+    }
+
+    fn layout(&self) -> std::alloc::Layout {
+        // Cannot fail: `new` built the same layout.
+        std::alloc::Layout::array::<T>(self.len.max(1)).unwrap_or(std::alloc::Layout::new::<T>())
+    }
+}
+
+/// `bytes` of fresh private anonymous memory (zeroed), read-write, not charged against
+/// the commit limit (MAP_NORESERVE: memory is committed as pages are touched).
+fn map_anonymous(bytes: usize) -> io::Result<*mut u8> {
+    // SAFETY: a new private anonymous mapping at an address of the kernel's choosing; the
+    // result is checked against MAP_FAILED before use.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(raw.cast())
+}
+
+impl<T: ZeroValid> std::ops::Deref for ZeroedArray<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` holds `len` elements, zeroed at creation (a valid value of T, by
+        // `ZeroValid`) and changed since only through the atomics' own methods.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: ZeroValid> Drop for ZeroedArray<T> {
+    fn drop(&mut self) {
+        let layout = self.layout();
+        let raw = self.ptr.as_ptr().cast::<u8>();
+        if self.mapped {
+            // SAFETY: the mapping `new` made for this array, of `layout.size()` bytes;
+            // nothing borrows it any more.
+            unsafe { libc::munmap(raw.cast(), layout.size()) };
+        } else {
+            // SAFETY: allocated by `new` with this layout.
+            unsafe { std::alloc::dealloc(raw, layout) };
+        }
     }
 }
