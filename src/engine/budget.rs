@@ -62,17 +62,29 @@ impl Budget {
         })
     }
 
-    /// Moves the hand one step around a table of `pages` entries and returns the entries
-    /// to look at.
-    pub(crate) fn advance(&self, pages: usize) -> std::ops::Range<usize> {
+    /// Moves the hand one step around a table of `pages` entries, jumping over pages
+    /// that hold no memory: the step starts at the first resident page at or after the
+    /// hand (`next_resident`, wrapping to the start of the table once), aligned down to a
+    /// step. Returns the entries to look at and whether the hand wrapped (to get here, or
+    /// after this step), or `None` if no page is resident.
+    pub(crate) fn advance(
+        &self,
+        pages: usize,
+        next_resident: impl Fn(usize) -> Option<usize>,
+    ) -> Option<(std::ops::Range<usize>, bool)> {
         let step = self.step;
-        let next = |hand: usize| Some(if hand + step < pages { hand + step } else { 0 });
-        let moved = self
-            .hand
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, next);
-        // `next` never refuses, so `moved` is Ok; both arms hold the old hand.
-        let start = moved.unwrap_or_else(|start| start);
-        start..(start + step).min(pages)
+        let hand = self.hand.load(Ordering::Relaxed);
+        let (found, wrapped) = match next_resident(hand.min(pages)) {
+            Some(index) => (index, false),
+            None => (next_resident(0)?, true),
+        };
+        let start = found - found % step;
+        let end = (start + step).min(pages);
+        // Racing evictors may both take this step; the second finds its victims locked
+        // or gone and moves on, so a lost update only costs a repeated look.
+        self.hand
+            .store(if end < pages { end } else { 0 }, Ordering::Relaxed);
+        Some((start..end, wrapped || end >= pages))
     }
 }
 
@@ -101,17 +113,41 @@ mod tests {
         assert_eq!((huge.low, huge.step), (65_536 - 512, 512));
     }
 
+    /// Every page resident: the hand steps through the table and wraps.
     #[test]
     fn the_hand_steps_and_wraps() {
+        let all = |from: usize| Some(from);
         let budget = Budget::new(1 << 20, Granularity::Page, None).expect("budget");
-        let steps: Vec<_> = (0..4).map(|_| budget.advance(150)).collect();
-        assert_eq!(steps, vec![0..64, 64..128, 128..150, 0..64]);
+        let steps: Vec<_> = (0..4).map(|_| budget.advance(150, all)).collect();
+        let expected = [
+            (0..64, false),
+            (64..128, false),
+            (128..150, true),
+            (0..64, false),
+        ];
+        assert_eq!(steps, expected.map(Some));
         let budget = Budget::new(1 << 20, Granularity::FaultAround(1 << 16), None);
         let budget = budget.expect("budget");
-        assert_eq!(budget.advance(10), 0..10);
-        assert_eq!(budget.advance(10), 0..10);
+        assert_eq!(budget.advance(10, all), Some((0..10, true)));
+        assert_eq!(budget.advance(10, all), Some((0..10, true)));
         let budget = Budget::new(1 << 20, Granularity::Huge, None).expect("budget");
-        let steps: Vec<_> = (0..3).map(|_| budget.advance(1024)).collect();
-        assert_eq!(steps, vec![0..512, 512..1024, 0..512]);
+        let steps: Vec<_> = (0..3).map(|_| budget.advance(1024, all)).collect();
+        let expected = [(0..512, false), (512..1024, true), (0..512, false)];
+        assert_eq!(steps, expected.map(Some));
+    }
+
+    /// The hand jumps over pages that hold no memory, wraps to the first resident page,
+    /// and says so; with nothing resident there is no step.
+    #[test]
+    fn the_hand_visits_resident_pages_only() {
+        let resident = [70usize, 1_000_000_007];
+        let next = |from: usize| resident.iter().copied().find(|&page| page >= from);
+        let budget = Budget::new(1 << 20, Granularity::Page, None).expect("budget");
+        let pages = 1usize << 30;
+        assert_eq!(budget.advance(pages, next), Some((64..128, false)));
+        let far = 1_000_000_007 - 1_000_000_007 % 64;
+        assert_eq!(budget.advance(pages, next), Some((far..far + 64, false)));
+        assert_eq!(budget.advance(pages, next), Some((64..128, true)));
+        assert_eq!(budget.advance(pages, |_| None), None);
     }
 }

@@ -77,19 +77,26 @@ pub(crate) fn after_fault(region: &Region) {
     }
 }
 
-/// Runs the clock until at most `target` pages are resident, or two full sweeps found
-/// too few victims (the first sweep may only have cleared referenced bits).
+/// Runs the clock until at most `target` pages are resident, or the hand wrapped three
+/// times without getting there (the first sweep may only have cleared referenced bits;
+/// a third start covers a sweep begun mid-table). The hand visits resident pages only,
+/// so a sweep costs the resident pages (plus a summary word per 4096 pages), however
+/// large the region.
 fn evict_until(region: &Region, budget: &Budget, target: u64) {
     let pages = region.pages();
     let mut run = Guards::new();
-    let mut scanned = 0;
-    while scanned <= 2 * pages {
+    let mut wraps = 0;
+    while wraps < 3 {
         let resident = region.entries.resident().0;
         if resident <= target {
             return;
         }
-        let chunk = budget.advance(pages);
-        scanned += chunk.len();
+        let next_resident = |from| region.entries.next_resident(from);
+        let Some((chunk, wrapped)) = budget.advance(pages, next_resident) else {
+            return;
+        };
+        wraps += usize::from(wrapped);
+        Counters::add(&region.counters.evict_scanned, chunk.len() as u64);
         evict_chunk(region, budget, chunk, resident - target, &mut run);
     }
 }

@@ -71,6 +71,9 @@ counters! {
     evictions,
     /// Evicted pages that were dirty (written back first).
     evicted_dirty,
+    /// Entries the eviction clock looked at (the pgscan analog): it visits resident
+    /// pages only, so this follows the pages evicted, not the size mapped.
+    evict_scanned,
     /// Pages currently resident (Clean or Dirty; Zero pages cost no memory). Kept by the
     /// entry table and filled in by the snapshot.
     resident_pages,
