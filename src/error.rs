@@ -82,6 +82,30 @@ pub enum Error {
         /// The smallest budget accepted.
         minimum: u64,
     },
+    /// The process ran out of a resource with a limit: memory maps, file descriptors,
+    /// memory, threads. The message names the limit and how to raise it.
+    #[error("{op} failed: out of {limit} ({source}): {fix}")]
+    ResourceLimit {
+        /// The call that failed.
+        op: &'static str,
+        /// The limit, by name (`vm.max_map_count`, `RLIMIT_NOFILE`, ...), with its value.
+        limit: String,
+        /// How to get more.
+        fix: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A mapping inherited over fork: it belongs to the parent, and the child may not
+    /// flush or close it (its memory is not mapped in the child: MADV_DONTFORK).
+    #[error(
+        "this mapping belongs to process {owner} (this is its forked child): only the parent \
+         can flush or close it; the child's copy does nothing"
+    )]
+    ForeignProcess {
+        /// The process that made the mapping.
+        owner: u32,
+    },
     /// A memory-management call (mmap, madvise, thread spawn) failed.
     #[error("{op} failed: {source}")]
     Os {
@@ -91,4 +115,76 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// An OS error of `op`, as [`Error::ResourceLimit`] when it says a limit was hit
+    /// (ENOMEM, EMFILE, ENFILE, EAGAIN), else [`Error::Os`].
+    pub(crate) fn os(op: &'static str, source: std::io::Error) -> Error {
+        let (limit, fix) = match source.raw_os_error() {
+            Some(libc::EMFILE) => (
+                format!(
+                    "file descriptors (RLIMIT_NOFILE = {})",
+                    rlimit(libc::RLIMIT_NOFILE)
+                ),
+                "raise the limit (ulimit -n, setrlimit) or close files or mappings",
+            ),
+            Some(libc::ENFILE) => (
+                "file descriptors of the whole system (fs.file-max)".to_string(),
+                "raise fs.file-max or close files",
+            ),
+            Some(libc::ENOMEM) => match map_count() {
+                Some((used, max)) if used + 16 >= max => (
+                    format!("memory maps (vm.max_map_count = {max}, {used} in use)"),
+                    "raise vm.max_map_count (sysctl -w vm.max_map_count=N) or close mappings",
+                ),
+                _ => (
+                    format!("memory (RLIMIT_AS = {})", rlimit(libc::RLIMIT_AS)),
+                    "free memory, raise the address-space limit (ulimit -v) or map less",
+                ),
+            },
+            Some(libc::EAGAIN) if op.contains("thread") => (
+                format!(
+                    "threads (RLIMIT_NPROC = {}, kernel.threads-max)",
+                    rlimit(libc::RLIMIT_NPROC)
+                ),
+                "raise the limit (ulimit -u) or run fewer threads",
+            ),
+            _ => return Error::Os { op, source },
+        };
+        Error::ResourceLimit {
+            op,
+            limit,
+            fix,
+            source,
+        }
+    }
+
+    /// A handler thread that could not be started.
+    pub(crate) fn thread_spawn(source: std::io::Error) -> Error {
+        Error::os("spawn handler thread", source)
+    }
+}
+
+/// The soft limit `resource`, as text ("unlimited" or the number).
+fn rlimit(resource: libc::__rlimit_resource_t) -> String {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `struct rlimit`, which `limit` is.
+    if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
+        return "?".to_string();
+    }
+    match limit.rlim_cur {
+        libc::RLIM_INFINITY => "unlimited".to_string(),
+        n => n.to_string(),
+    }
+}
+
+/// The process's memory maps and `vm.max_map_count`, if /proc says.
+fn map_count() -> Option<(usize, usize)> {
+    let max = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?;
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    Some((maps.lines().count(), max.trim().parse().ok()?))
 }

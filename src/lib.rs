@@ -37,6 +37,7 @@
 mod adopted;
 mod engine;
 mod error;
+mod exit;
 mod mapping;
 mod options;
 mod resolve;

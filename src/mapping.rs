@@ -12,7 +12,9 @@ use crate::engine::region::{Memory, Region};
 use crate::engine::stats::Stats;
 use crate::engine::writeback;
 use crate::error::Error;
+use crate::exit;
 use crate::options::Options;
+use crate::resolve::pool::Pool;
 use crate::resolve::{Resolution, Resolver};
 use crate::store::Store;
 use crate::sys::memory::Reservation;
@@ -21,14 +23,22 @@ use crate::sys::uffd::Uffd;
 /// A store mapped into memory, its faults served by udax.
 ///
 /// Dropping a mapping writes back its dirty pages (like munmap of a shared file mapping,
-/// which never loses data), stops its threads and unmaps it; [`Mapping::close`] does the
+/// which never loses data), stops serving it and unmaps it; [`Mapping::close`] does the
 /// same and returns any error. Accessing memory through [`Mapping::as_ptr`] after the
 /// mapping is gone is the caller's bug, as with any unmapped memory.
+///
+/// **fork.** The mapping's memory is not inherited (MADV_DONTFORK): in a forked child
+/// the range is unmapped, and touching it raises SIGSEGV. The child's copy of a
+/// `Mapping` value does nothing to the parent: its `flush` and `close` return
+/// [`Error::ForeignProcess`], `stats` reads the copy's counters as they were at fork,
+/// and dropping it frees nothing (the parent's threads, uffd and memory are untouched).
 pub struct Mapping {
     region: Arc<Region>,
     /// Who serves the faults; `None` once closed.
     resolver: Option<Resolver>,
     resolution: Resolution,
+    /// The process that made the mapping (see fork, above).
+    owner: u32,
 }
 
 impl Mapping {
@@ -64,9 +74,16 @@ impl Mapping {
         }
         let resolution = options.resolution.effective(&*store);
         let config = options.config(resolution, true);
-        let uffd = Arc::new(Uffd::open(config.features() | resolution.features())?);
-        let memory =
-            Reservation::new(len, false).map_err(|source| Error::Os { op: "mmap", source })?;
+        let features = config.features() | resolution.features();
+        let pool = match resolution {
+            Resolution::HandlerThreads => Some(Pool::get(features, options.handler_threads)?),
+            Resolution::InThread => None,
+        };
+        let uffd = match pool {
+            Some(pool) => Arc::clone(pool.uffd()),
+            None => Arc::new(Uffd::open(features)?),
+        };
+        let memory = Reservation::new(len, false).map_err(|source| Error::os("mmap", source))?;
         // SAFETY: the reservation was just made and nothing references it; from here on
         // its accesses fault to `uffd`, which the region below serves.
         unsafe { uffd.register(memory.base(), len, true)? };
@@ -83,12 +100,16 @@ impl Mapping {
             )?
         };
         let region = Arc::new(region);
-        let regions = vec![Arc::clone(&region)];
-        let resolver = Resolver::start(resolution, &uffd, regions, options.handler_threads)?;
+        let resolver = match pool {
+            Some(pool) => Resolver::Pooled(pool.join(Arc::clone(&region))),
+            None => Resolver::start(resolution, &uffd, vec![Arc::clone(&region)], 0)?,
+        };
+        exit::flush_at_exit(&region);
         Ok(Mapping {
             region,
             resolver: Some(resolver),
             resolution,
+            owner: std::process::id(),
         })
     }
 
@@ -285,7 +306,16 @@ impl Mapping {
     /// served since the last flush (its access got SIGBUS); [`Error::Uffd`] if a page
     /// could not be write-protected.
     pub fn flush(&self) -> Result<(), Error> {
+        self.check_owner()?;
         writeback::flush(&self.region)
+    }
+
+    /// Refuses in a forked child (see the type's doc on fork).
+    fn check_owner(&self) -> Result<(), Error> {
+        if self.owner != std::process::id() {
+            return Err(Error::ForeignProcess { owner: self.owner });
+        }
+        Ok(())
     }
 
     /// A snapshot of the counters.
@@ -298,12 +328,14 @@ impl Mapping {
     /// # Errors
     /// As [`Mapping::flush`].
     pub fn close(mut self) -> Result<(), Error> {
+        self.check_owner()?;
         let result = self.flush();
         self.stop();
         result
     }
 
     fn stop(&mut self) {
+        exit::forget(&self.region);
         if let Some(resolver) = self.resolver.take() {
             resolver.stop();
         }
@@ -312,6 +344,14 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.owner != std::process::id() {
+            // A forked child's copy: the region's memory is not mapped here (the range may
+            // even hold the child's own memory by now), its uffd and pool are the
+            // parent's. Unmapping, unregistering or flushing would act on them: leak it.
+            std::mem::forget(self.resolver.take());
+            std::mem::forget(Arc::clone(&self.region));
+            return;
+        }
         if self.resolver.is_some() {
             // Like munmap of a shared mapping: never lose data. An error here has no one
             // to go to; close() is the way to see it.

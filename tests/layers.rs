@@ -1,7 +1,8 @@
 //! The architecture, checked: the library's modules import each other only downwards,
 //! floor by floor, and the files inside a floor form no import cycle.
 //!
-//! Floors, bottom to top: `sys` and `store`; `error`; `engine`; `resolve`; `options`;
+//! Floors, bottom to top: `sys` and `store`; `error`; `engine`; `resolve`; `options` and
+//! `exit`;
 //! the front-ends `mapping` and `adopted` (which do not import each other). A file may
 //! import a file of a lower floor, or a file of its own floor, as long as no cycle forms.
 //! Imports are read from `crate::` paths (and must be spelled that way: `super::` only as
@@ -15,13 +16,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Floor of each top-level module (lower numbers are lower floors).
-const FLOORS: [(&str, u32); 8] = [
+const FLOORS: [(&str, u32); 9] = [
     ("sys", 0),
     ("store", 0),
     ("error", 1),
     ("engine", 2),
     ("resolve", 3),
     ("options", 4),
+    ("exit", 4),
     ("mapping", 5),
     ("adopted", 5),
 ];

@@ -4,6 +4,7 @@
 //! which one called. This floor knows nothing of the store's kind or of the front-ends.
 
 mod in_thread;
+pub(crate) mod pool;
 pub(crate) mod threads;
 
 use std::sync::Arc;
@@ -53,15 +54,18 @@ impl Resolution {
 /// What serves a set of regions of one uffd, running; stopped by [`Resolver::stop`] (or
 /// on drop).
 pub(crate) enum Resolver {
-    /// Handler threads polling the uffd.
+    /// Handler threads of the region's own, polling its uffd (an adopted uffd).
     Threads(threads::Handlers),
+    /// The process-wide pool's handler threads (a mapping: see `pool`).
+    Pooled(pool::Membership),
     /// The regions' entries in the SIGBUS table.
     InThread(Vec<in_thread::Registration>),
 }
 
 impl Resolver {
-    /// Starts serving `regions` (sorted by address) of `uffd` as `resolution` says
-    /// (`threads` handler threads; in-thread needs a uffd opened with its features).
+    /// Starts serving `regions` of `uffd` as `resolution` says (`threads` handler threads
+    /// of their own; in-thread needs a uffd opened with its features). Mappings served by
+    /// handler threads join a [`pool::Pool`] instead.
     ///
     /// # Errors
     /// [`Error::Os`] if a thread, the eventfd or the SIGBUS handler cannot be had;
@@ -74,8 +78,8 @@ impl Resolver {
     ) -> Result<Resolver, Error> {
         match resolution {
             Resolution::HandlerThreads => {
-                let regions: Arc<[Arc<Region>]> = regions.into();
-                threads::Handlers::start(uffd, &regions, threads).map(Resolver::Threads)
+                let table = threads::Table::new(regions, threads::Unknown::Poison);
+                threads::Handlers::start(uffd, &Arc::new(table), threads).map(Resolver::Threads)
             }
             Resolution::InThread => {
                 let mut registrations = Vec::with_capacity(regions.len());
@@ -100,6 +104,7 @@ impl Resolver {
     pub(crate) fn stop(self) {
         match self {
             Resolver::Threads(mut handlers) => handlers.stop(),
+            Resolver::Pooled(membership) => drop(membership),
             Resolver::InThread(registrations) => drop(registrations),
         }
     }

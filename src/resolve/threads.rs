@@ -14,7 +14,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use crate::HUGE_PAGE_SIZE;
@@ -33,18 +33,83 @@ pub(crate) fn default_count() -> usize {
     allowed_cpus().len().clamp(1, 4)
 }
 
+/// What handler threads do with a fault at an address no region of their table holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unknown {
+    /// Poison the page: the access gets SIGBUS. For an adopted uffd, whose creator may
+    /// have registered more memory than it handed over: nobody will ever serve it.
+    Poison,
+    /// Wake the faulting thread, which retries. For the process's shared uffd, where such
+    /// a fault can only be one that raced the close of its mapping (the caller's bug): the
+    /// retry finds the range unmapped (SIGSEGV), or mapped again by a new mapping, which
+    /// serves it. Poisoning would hit that new mapping's page.
+    Wake,
+}
+
+/// The regions a set of handler threads serves, sorted by address; regions come and go
+/// while the threads run (mappings of the process-wide pool).
+pub(crate) struct Table {
+    regions: RwLock<Vec<Arc<Region>>>,
+    unknown: Unknown,
+}
+
+impl Table {
+    /// A table of `regions` (any order).
+    pub(crate) fn new(mut regions: Vec<Arc<Region>>, unknown: Unknown) -> Table {
+        regions.sort_by_key(|region| region.base());
+        Table {
+            regions: RwLock::new(regions),
+            unknown,
+        }
+    }
+
+    /// Adds a region (whose range overlaps no other's).
+    pub(crate) fn insert(&self, region: Arc<Region>) {
+        let mut regions = self.regions.write().unwrap_or_else(|e| e.into_inner());
+        let at = regions.partition_point(|r| r.base() < region.base());
+        regions.insert(at, region);
+    }
+
+    /// Removes the region (by identity); faults on its range are then `unknown`.
+    pub(crate) fn remove(&self, region: &Arc<Region>) {
+        let mut regions = self.regions.write().unwrap_or_else(|e| e.into_inner());
+        regions.retain(|r| !Arc::ptr_eq(r, region));
+    }
+
+    /// The region holding `address`, kept alive for the fault even if it is removed
+    /// meanwhile.
+    fn find(&self, address: usize) -> Option<Arc<Region>> {
+        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
+        let after = regions.partition_point(|region| region.base() <= address);
+        let region = regions.get(after.checked_sub(1)?)?;
+        region_of(std::slice::from_ref(region), address)?;
+        Some(Arc::clone(region))
+    }
+
+    /// Records `error` in every region, for their next flush to report.
+    fn record_everywhere(&self, error: &Error) {
+        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
+        for region in regions.iter() {
+            region.record_error(0, error);
+        }
+    }
+}
+
 /// The running handler threads of one uffd.
 pub(crate) struct Handlers {
     threads: Vec<JoinHandle<()>>,
     stop: OwnedFd,
+    /// The process that started the threads. A forked child inherits this value but not
+    /// the threads, and shares the stop eventfd with the parent: it must never signal it.
+    owner: u32,
 }
 
 impl Handlers {
-    /// Starts `count` threads serving the faults `uffd` reports in `regions` (sorted by
-    /// address), pinned one per CPU if several.
+    /// Starts `count` threads serving the faults `uffd` reports in the regions of
+    /// `table`, pinned one per CPU if several.
     pub(crate) fn start(
         uffd: &Arc<Uffd>,
-        regions: &Arc<[Arc<Region>]>,
+        table: &Arc<Table>,
         count: usize,
     ) -> Result<Handlers, Error> {
         let cpus = if count > 1 {
@@ -66,9 +131,10 @@ impl Handlers {
         let mut handlers = Handlers {
             threads: Vec::new(),
             stop,
+            owner: std::process::id(),
         };
         for number in 0..count.max(1) {
-            let (uffd, regions) = (Arc::clone(uffd), Arc::clone(regions));
+            let (uffd, table) = (Arc::clone(uffd), Arc::clone(table));
             let stop_fd = handlers.stop.as_raw_fd();
             let cpu = (!cpus.is_empty()).then(|| cpus[number % cpus.len()]);
             let thread = std::thread::Builder::new()
@@ -77,12 +143,9 @@ impl Handlers {
                     if let Some(cpu) = cpu {
                         pin_to(cpu);
                     }
-                    serve(&uffd, &regions, stop_fd)
+                    serve(&uffd, &table, stop_fd)
                 })
-                .map_err(|source| Error::Os {
-                    op: "spawn handler thread",
-                    source,
-                })?;
+                .map_err(Error::thread_spawn)?;
             handlers.threads.push(thread);
         }
         Ok(handlers)
@@ -92,6 +155,10 @@ impl Handlers {
     /// first by the poll loop only if they arrive before the stop is seen; callers stop
     /// handlers only when no thread touches the regions any more.
     pub(crate) fn stop(&mut self) {
+        if self.owner != std::process::id() {
+            // A forked child's copy: the threads are the parent's, and so is the eventfd.
+            return;
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from `one` to the eventfd we own.
         unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
@@ -107,11 +174,13 @@ impl Drop for Handlers {
     }
 }
 
-/// A fault at an address the uffd reports but no region holds (memory registered with an
-/// adopted uffd beyond the ranges handed over): nobody can serve it, so the access gets
-/// SIGBUS rather than waiting forever.
-fn refuse(uffd: &Uffd, address: usize) {
+/// A fault at an address the uffd reports but no region holds: see [`Unknown`].
+fn refuse(uffd: &Uffd, address: usize, unknown: Unknown) {
     let page = address & !(crate::PAGE_SIZE - 1);
+    if unknown == Unknown::Wake {
+        let _ = uffd.wake(page, crate::PAGE_SIZE);
+        return;
+    }
     // SAFETY: the kernel just reported a missing fault at this page, so it is registered
     // with this uffd, whose creator handed its serving to us (`Adopted::new`'s contract),
     // and it holds nothing: poisoning it changes no byte anyone relies on.
@@ -123,7 +192,7 @@ fn refuse(uffd: &Uffd, address: usize) {
 
 /// One handler thread's loop. `stop_fd` outlives the thread: `Handlers` joins before
 /// closing it.
-fn serve(uffd: &Uffd, regions: &[Arc<Region>], stop_fd: libc::c_int) {
+fn serve(uffd: &Uffd, table: &Table, stop_fd: libc::c_int) {
     let mut messages = [UffdMsg::default(); BATCH];
     // Room for a 2 MiB fill (touched only by wide faults, so it costs no memory else).
     let mut scratch = vec![0u8; HUGE_PAGE_SIZE];
@@ -154,9 +223,7 @@ fn serve(uffd: &Uffd, regions: &[Arc<Region>], stop_fd: libc::c_int) {
         let count = match uffd.read_events(&mut messages) {
             Ok(count) => count,
             Err(error) => {
-                if let Some(region) = regions.first() {
-                    region.record_error(0, &error.into());
-                }
+                table.record_everywhere(&error.into());
                 return;
             }
         };
@@ -164,9 +231,9 @@ fn serve(uffd: &Uffd, regions: &[Arc<Region>], stop_fd: libc::c_int) {
             let Some(fault) = Fault::from_msg(message) else {
                 continue;
             };
-            match region_of(regions, fault.address) {
-                Some(region) => fault::resolve(region, &fault, &mut scratch),
-                None => refuse(uffd, fault.address),
+            match table.find(fault.address) {
+                Some(region) => fault::resolve(&region, &fault, &mut scratch),
+                None => refuse(uffd, fault.address, table.unknown),
             }
         }
     }

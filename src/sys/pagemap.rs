@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
 
 use crate::sys::uffd::{UffdError, check};
 use crate::sys::uffd_abi as abi;
@@ -46,6 +47,25 @@ pub(crate) struct Pagemap {
 }
 
 impl Pagemap {
+    /// This process's /proc/self/pagemap, opened once and shared by every region (one fd
+    /// for any number of mappings). The file acts on the memory of the process that
+    /// opened it, so a forked child opens its own.
+    pub(crate) fn shared() -> Result<Arc<Pagemap>, UffdError> {
+        static SHARED: Mutex<Option<(u32, Arc<Pagemap>)>> = Mutex::new(None);
+        let pid = std::process::id();
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((owner, pagemap)) = &*shared
+            && *owner == pid
+        {
+            return Ok(Arc::clone(pagemap));
+        }
+        let pagemap = Arc::new(Pagemap::open()?);
+        // A parent's copy is forgotten, not closed: closing it here would be harmless,
+        // but a child should touch nothing of its parent's.
+        std::mem::forget(shared.replace((pid, Arc::clone(&pagemap))));
+        Ok(pagemap)
+    }
+
     /// Opens /proc/self/pagemap.
     pub(crate) fn open() -> Result<Pagemap, UffdError> {
         let file = File::open("/proc/self/pagemap").map_err(|source| UffdError::Ioctl {
