@@ -380,6 +380,48 @@ pub fn run_child_with_env(test_name: &str, case: &str, env: &[(&str, &str)]) -> 
         .expect("spawning the child test process")
 }
 
+/// [`run_child_with_env`], but a child still running after `limit` is killed (SIGKILL):
+/// a hang becomes a failure the parent can report instead of a test that never ends.
+pub fn run_child_within(
+    test_name: &str,
+    case: &str,
+    env: &[(&str, &str)],
+    limit: std::time::Duration,
+) -> Output {
+    let exe = std::env::current_exe().expect("current_exe of the test binary");
+    let dir = tempfile::tempdir().expect("tempdir for the child's output");
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new(exe)
+        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, case)
+        .env("RUST_BACKTRACE", "0")
+        .envs(env.iter().copied())
+        .stdout(std::fs::File::create(&out).expect("child stdout file"))
+        .stderr(std::fs::File::create(&err).expect("child stderr file"))
+        .spawn()
+        .expect("spawning the child test process");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break child.wait().expect("reaping the killed child");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut stderr = std::fs::read(&err).unwrap_or_default();
+    if started.elapsed() > limit {
+        stderr.extend_from_slice(format!("\n[killed after {limit:?}: it hung]\n").as_bytes());
+    }
+    Output {
+        status,
+        stdout: std::fs::read(&out).unwrap_or_default(),
+        stderr,
+    }
+}
+
 /// A child's stdout, stderr and status, for assertion messages.
 pub fn describe(output: &Output) -> String {
     format!(
