@@ -139,7 +139,7 @@ impl Error {
                     "raise vm.max_map_count (sysctl -w vm.max_map_count=N) or close mappings",
                 ),
                 _ => (
-                    format!("memory (RLIMIT_AS = {})", rlimit(libc::RLIMIT_AS)),
+                    format!("memory (RLIMIT_AS = {} bytes)", rlimit(libc::RLIMIT_AS)),
                     "free memory, raise the address-space limit (ulimit -v) or map less",
                 ),
             },
@@ -157,6 +157,19 @@ impl Error {
             limit,
             fix,
             source,
+        }
+    }
+
+    /// A failed userfaultfd open: out of file descriptors is a limit to raise, not a
+    /// missing permission (the syscall and the device both fail with EMFILE then).
+    pub(crate) fn uffd_open(error: UffdError) -> Error {
+        match error {
+            UffdError::Unavailable { syscall, .. }
+                if matches!(syscall.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+            {
+                Error::os("userfaultfd", syscall)
+            }
+            other => Error::Uffd(other),
         }
     }
 
@@ -187,4 +200,31 @@ fn map_count() -> Option<(usize, usize)> {
     let max = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?;
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     Some((maps.lines().count(), max.trim().parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_named_with_their_fix() {
+        let text = |op, errno| Error::os(op, std::io::Error::from_raw_os_error(errno)).to_string();
+        assert!(text("mmap", libc::EMFILE).contains("RLIMIT_NOFILE"));
+        assert!(text("mmap", libc::ENFILE).contains("fs.file-max"));
+        assert!(text("mmap", libc::ENOMEM).contains("RLIMIT_AS"));
+        assert!(text("spawn handler thread", libc::EAGAIN).contains("RLIMIT_NPROC"));
+        assert!(matches!(
+            Error::os("mmap", std::io::Error::from_raw_os_error(libc::EINVAL)),
+            Error::Os { .. }
+        ));
+        let emfile = UffdError::Unavailable {
+            syscall: std::io::Error::from_raw_os_error(libc::EMFILE),
+            device: std::io::Error::from_raw_os_error(libc::EMFILE),
+        };
+        let text = Error::uffd_open(emfile).to_string();
+        assert!(
+            text.contains("RLIMIT_NOFILE") && !text.contains("root"),
+            "{text}"
+        );
+    }
 }

@@ -81,7 +81,7 @@ impl Mapping {
         };
         let uffd = match pool {
             Some(pool) => Arc::clone(pool.uffd()),
-            None => Arc::new(Uffd::open(features)?),
+            None => Arc::new(Uffd::open(features).map_err(Error::uffd_open)?),
         };
         let memory = Reservation::new(len, false).map_err(|source| Error::os("mmap", source))?;
         // SAFETY: the reservation was just made and nothing references it; from here on

@@ -66,7 +66,10 @@ impl Options {
     }
 
     /// Sets how many handler threads serve faults (at least 1; default: one per CPU the
-    /// process may use, at most 4, each pinned to its CPU).
+    /// process may use, at most 4, each pinned to its CPU). The threads belong to a
+    /// process-wide pool shared by every mapping with the same count and tracking mode
+    /// (they are started by the first such mapping and live as long as the process), so
+    /// they are not a per-mapping cost.
     pub fn handler_threads(mut self, threads: usize) -> Self {
         self.handler_threads = threads.max(1);
         self

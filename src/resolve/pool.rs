@@ -56,7 +56,7 @@ impl Pool {
         if let Some(pool) = found {
             return Ok(pool);
         }
-        let uffd = Arc::new(Uffd::open(features)?);
+        let uffd = Arc::new(Uffd::open(features).map_err(Error::uffd_open)?);
         let table = Arc::new(Table::new(Vec::new(), Unknown::Wake));
         let handlers = Handlers::start(&uffd, &table, threads)?;
         let pool: &'static Pool = Box::leak(Box::new(Pool {
