@@ -21,6 +21,7 @@ use crate::engine::entries::Entries;
 use crate::engine::error_slot::ErrorSlot;
 use crate::engine::huge_slots::{HugeSlots, Slot};
 use crate::engine::stats::{Counters, Stats};
+use crate::engine::unsynced::Unsynced;
 use crate::engine::window::{Window, Windows};
 use crate::error::Error;
 use crate::store::Store;
@@ -88,6 +89,8 @@ pub(crate) struct Region {
     /// Serializes flushes: one flush takes the dirty index, and a second must not return
     /// before the pages the first took are written.
     pub(crate) flushing: Mutex<()>,
+    /// The pages written back since the last good sync, and a loss that sticks.
+    pub(crate) unsynced: Unsynced,
 }
 
 impl Region {
@@ -145,6 +148,7 @@ impl Region {
             config,
             poisoned: AtomicU64::new(0),
             flushing: Mutex::new(()),
+            unsynced: Unsynced::default(),
         })
     }
 
