@@ -101,6 +101,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The handler threads could no longer read the mapping's faults from its
+    /// userfaultfd and gave up on it: pages not present now raise SIGBUS (never a hang),
+    /// writes are no longer tracked, and every flush writes back every resident page and
+    /// returns this error.
+    #[error(
+        "the handler threads could not read faults from the userfaultfd ({source}) and \
+         gave up: pages not yet present now raise SIGBUS, and every flush writes back all \
+         resident pages and fails; close the mapping and map the store again"
+    )]
+    HandlerFailed {
+        /// What poll(2) or read(2) of the userfaultfd said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The resident budget is too small to make progress.
     #[error(
         "a budget of {budget} bytes is too small: give at least {minimum} bytes (a single \

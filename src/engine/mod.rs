@@ -17,8 +17,10 @@
 //! - `fill`: the one fill routine (allocate, read, count, insert);
 //! - `around`, `huge`: which run a wide fault fills (fault-around window, 2 MiB range);
 //! - `writeback`: flush; `evict`: the budget's clock;
-//! - `fault`: serving one fault, from decision to eviction.
+//! - `fault`: serving one fault, from decision to eviction;
+//! - `abandon`: a region whose faults can no longer be read answers every access without them.
 
+pub(crate) mod abandon;
 pub(crate) mod around;
 pub(crate) mod budget;
 pub(crate) mod config;

@@ -11,7 +11,7 @@
 //! nor which thread serves its faults.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::PAGE_SIZE;
@@ -91,6 +91,9 @@ pub(crate) struct Region {
     pub(crate) flushing: Mutex<()>,
     /// The pages written back since the last good sync, and a loss that sticks.
     pub(crate) unsynced: Unsynced,
+    /// 0 while the region's faults are read and served; else the errno that made its
+    /// handler threads give up (`engine::abandon`).
+    abandoned: AtomicI32,
 }
 
 impl Region {
@@ -149,6 +152,7 @@ impl Region {
             poisoned: AtomicU64::new(0),
             flushing: Mutex::new(()),
             unsynced: Unsynced::default(),
+            abandoned: AtomicI32::new(0),
         })
     }
 
@@ -384,6 +388,30 @@ impl Region {
     /// Takes the waiting error, if any.
     pub(crate) fn take_error(&self) -> Option<Error> {
         self.errors.take()
+    }
+
+    /// Marks the region as no longer served: its faults can no longer be read (`errno`
+    /// said why). Returns false if it already was.
+    pub(crate) fn mark_abandoned(&self, errno: i32) -> bool {
+        let errno = if errno == 0 { libc::EIO } else { errno };
+        self.abandoned
+            .compare_exchange(0, errno, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Whether the region's faults are no longer served (see `engine::abandon`).
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire) != 0
+    }
+
+    /// The error every flush of an abandoned region returns.
+    pub(crate) fn abandoned_error(&self) -> Option<Error> {
+        match self.abandoned.load(Ordering::Acquire) {
+            0 => None,
+            errno => Some(Error::HandlerFailed {
+                source: std::io::Error::from_raw_os_error(errno),
+            }),
+        }
     }
 
     /// Opens a zero-page window: flush waits for every window open when it starts.

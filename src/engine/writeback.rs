@@ -57,8 +57,8 @@ pub(crate) fn flush(region: &Region) -> Result<(), Error> {
     collected?;
     sync(region)?;
     Counters::add(&region.counters.flushes, 1);
-    if let Some(lost) = region.unsynced.lost() {
-        return Err(lost);
+    if let Some(error) = region.unsynced.lost().or_else(|| region.abandoned_error()) {
+        return Err(error);
     }
     match pending_error(region, truncated) {
         Some(error) => Err(error),
@@ -306,11 +306,26 @@ pub(crate) fn writeback_locked(
             other => Err(other.into()),
         };
     }
-    for guard in guards.iter_mut() {
-        guard.set(State::Clean);
+    if region.is_abandoned() {
+        keep_writable(region, guards, first)?;
+    } else {
+        for guard in guards.iter_mut() {
+            guard.set(State::Clean);
+        }
     }
     Counters::add(&region.counters.pages_written_back, guards.len() as u64);
     Counters::add(&region.counters.bytes_written, bytes.len() as u64);
+    Ok(())
+}
+
+/// After writing back pages of an abandoned region (`engine::abandon`): nobody reads its
+/// write-protect faults any more, so the pages are made writable again (waking a write
+/// that came while they were protected) and stay Dirty, for the next flush to write again.
+fn keep_writable(region: &Region, guards: &[EntryGuard<'_>], first: usize) -> Result<(), Error> {
+    region.writeprotect(first, guards.len(), false, true)?;
+    for guard in guards {
+        region.entries.remark_dirty(guard.index());
+    }
     Ok(())
 }
 

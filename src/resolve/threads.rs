@@ -21,6 +21,7 @@ use crate::HUGE_PAGE_SIZE;
 use crate::engine::fault;
 use crate::engine::region::{Region, region_of};
 use crate::error::Error;
+use crate::resolve::failure::{self, Next};
 use crate::sys::cpu::{allowed_cpus, pin_to};
 use crate::sys::uffd::{Fault, Uffd, UffdMsg};
 
@@ -122,42 +123,33 @@ fn refuse(uffd: &Uffd, address: usize) {
 }
 
 /// One handler thread's loop. `stop_fd` outlives the thread: `Handlers` joins before
-/// closing it.
+/// closing it. A failure of the loop itself is handled by `failure::on_serve_error`: the
+/// thread retries, or gives up on the uffd so that no access waits for it.
 fn serve(uffd: &Uffd, regions: &[Arc<Region>], stop_fd: libc::c_int) {
     let mut messages = [UffdMsg::default(); BATCH];
     // Room for a 2 MiB fill (touched only by wide faults, so it costs no memory else).
     let mut scratch = vec![0u8; HUGE_PAGE_SIZE];
-    let mut fds = [
-        libc::pollfd {
-            fd: uffd.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+    let mut failures = 0;
     loop {
-        // SAFETY: `fds` is an array of two initialised pollfd structs.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if ready < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
+        let count = match next_events(uffd, stop_fd, &mut messages) {
+            Ok(Some(count)) => {
+                failures = 0;
+                count
             }
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        let count = match uffd.read_events(&mut messages) {
-            Ok(count) => count,
+            Ok(None) => return,
             Err(error) => {
-                if let Some(region) = regions.first() {
-                    region.record_error(0, &error.into());
+                failures += 1;
+                match failure::on_serve_error(regions, &error, failures) {
+                    Next::Retry(delay) if !failure::wait_for_stop(stop_fd, Some(delay)) => {
+                        continue;
+                    }
+                    Next::Retry(_) => return,
+                    Next::GiveUp => {
+                        failure::give_up(regions, &error);
+                        failure::wait_for_stop(stop_fd, None);
+                        return;
+                    }
                 }
-                return;
             }
         };
         for message in &messages[..count] {
@@ -170,4 +162,44 @@ fn serve(uffd: &Uffd, regions: &[Arc<Region>], stop_fd: libc::c_int) {
             }
         }
     }
+}
+
+/// Waits for events on `uffd` and reads them into `messages`: `Ok(Some(count))` (0 when
+/// interrupted), `Ok(None)` once `stop_fd` is readable, or the failure.
+fn next_events(
+    uffd: &Uffd,
+    stop_fd: libc::c_int,
+    messages: &mut [UffdMsg],
+) -> Result<Option<usize>, Error> {
+    let mut fds = [
+        libc::pollfd {
+            fd: uffd.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `fds` is an array of two initialised pollfd structs.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+    if ready < 0 {
+        let source = io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::EINTR) {
+            return Ok(Some(0));
+        }
+        return Err(Error::Os {
+            op: "poll(userfaultfd)",
+            source,
+        });
+    }
+    if fds[1].revents != 0 {
+        return Ok(None);
+    }
+    if let Some(error) = failure::injected() {
+        return Err(error);
+    }
+    Ok(Some(uffd.read_events(messages)?))
 }
