@@ -64,7 +64,12 @@ impl Mapping {
         }
         let resolution = options.resolution.effective(&*store);
         let config = options.config(resolution, true);
-        let uffd = Arc::new(Uffd::open(config.features() | resolution.features())?);
+        // In-thread resolution never serves kernel-side faults: a user-mode-only fd loses nothing.
+        let user_mode_only = options.user_mode_only || resolution == Resolution::InThread;
+        let uffd = Arc::new(Uffd::open(
+            config.features() | resolution.features(),
+            user_mode_only,
+        )?);
         let memory =
             Reservation::new(len, false).map_err(|source| Error::Os { op: "mmap", source })?;
         // SAFETY: the reservation was just made and nothing references it; from here on
@@ -96,6 +101,15 @@ impl Mapping {
     /// store that is not signal-safe, or off x86-64).
     pub fn resolution(&self) -> Resolution {
         self.resolution
+    }
+
+    /// Whether system calls touching pages not yet present (`read(2)` into the mapping,
+    /// `write(2)` from it) are served like user-space accesses. False with in-thread
+    /// resolution, and with a user-mode-only userfaultfd
+    /// ([`Options::user_mode_only`](crate::Options::user_mode_only)): such calls then fail
+    /// with EFAULT unless the pages were made present first ([`Mapping::prefault`]).
+    pub fn serves_kernel_access(&self) -> bool {
+        self.resolution == Resolution::HandlerThreads && !self.region.is_user_mode_only()
     }
 
     /// Makes every page of `offset..offset+len` present, as reads (or writes, when

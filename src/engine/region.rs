@@ -187,6 +187,11 @@ impl Region {
         self.store_offset + (index * PAGE_SIZE) as u64
     }
 
+    /// Whether the region's uffd is user-mode-only (kernel-side faults are not reported).
+    pub(crate) fn is_user_mode_only(&self) -> bool {
+        self.uffd.is_user_mode_only()
+    }
+
     /// Whether first writes are noticed (else the region only fills).
     pub(crate) fn tracks_writes(&self) -> bool {
         self.config.tracking.is_some()
