@@ -186,10 +186,19 @@ impl FileStore {
         let mut at = offset;
         while at < offset + len {
             let n = (offset + len - at).min(ZERO_CHUNK) as usize;
-            self.write_at(at, &zeros[..n])?;
+            // Unchecked: the hole run this lies in was just found inside the file as it is
+            // now (a trailing hole's answer asks the size), which is all a check would say.
+            self.write_unchecked(at, &zeros[..n])?;
             at += n as u64;
         }
         Ok(())
+    }
+
+    /// pwrite(2) of all of `buf` at `offset`, with no size check: callers have checked.
+    fn write_unchecked(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| StoreError::from_io("write", offset, e))
     }
 
     /// The file's size now (one `fstat`): less than `len` if another process shrank it.
@@ -292,9 +301,7 @@ impl Store for FileStore {
         // In the page holding the end of a shrunk file, only the bytes before the end are
         // written (as the kernel writes back that page): the file must not grow.
         let kept = size.saturating_sub(offset).min(buf.len() as u64) as usize;
-        self.file
-            .write_all_at(&buf[..kept], offset)
-            .map_err(|e| StoreError::from_io("write", offset, e))
+        self.write_unchecked(offset, &buf[..kept])
     }
 
     fn allocate(&self, offset: u64, len: u64) -> Result<(), StoreError> {
