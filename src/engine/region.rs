@@ -262,8 +262,13 @@ impl Region {
 
     /// Poisons the missing page `index`: its accesses get SIGBUS (EFAULT in the kernel).
     pub(crate) fn poison(&self, index: usize) -> Result<(), UffdError> {
-        let (address, len) = self.span(index, 1)?;
-        self.poisoned.fetch_add(1, Ordering::Relaxed);
+        self.poison_run(index, 1)
+    }
+
+    /// Poisons `pages` missing pages from `first` in one ioctl.
+    pub(crate) fn poison_run(&self, first: usize, pages: usize) -> Result<(), UffdError> {
+        let (address, len) = self.span(first, pages)?;
+        self.poisoned.fetch_add(pages as u64, Ordering::Relaxed);
         // SAFETY: as in `copy`.
         unsafe { self.uffd.poison(address, len) }
     }
