@@ -71,6 +71,50 @@ pub enum Error {
         #[source]
         source: StoreError,
     },
+    /// The store shrank underneath the mapping (another process truncated its file): the
+    /// dirty pages at or past its new end were dropped, as the kernel drops a truncated
+    /// file's pages, and every access there now gets SIGBUS. Reported once, by the flush
+    /// that dropped them (or the next one, if eviction did).
+    #[error(
+        "the store shrank to {size} bytes while mapped (truncated by something outside udax): \
+         {pages} dirty pages at or past its new end were dropped, and accesses there get \
+         SIGBUS; grow the store back before writing there, or map less"
+    )]
+    Truncated {
+        /// The store's size now.
+        size: u64,
+        /// Dirty pages dropped.
+        pages: u64,
+    },
+    /// A store sync failed after written-back pages had left memory (evicted): the store
+    /// may have lost them, and udax has no copy to write again. Sticks: every later flush
+    /// of the mapping returns it.
+    #[error(
+        "a sync of the store failed ({source}) after {pages} written-back pages had left \
+         memory: the store may have lost them and they cannot be written again; every \
+         flush of this mapping fails from now on (check the store, then map it again)"
+    )]
+    WritebackLost {
+        /// Pages that may be lost.
+        pages: u64,
+        /// What the failed sync said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The handler threads could no longer read the mapping's faults from its
+    /// userfaultfd and gave up on it: pages not present now raise SIGBUS (never a hang),
+    /// writes are no longer tracked, and every flush writes back every resident page and
+    /// returns this error.
+    #[error(
+        "the handler threads could not read faults from the userfaultfd ({source}) and \
+         gave up: pages not yet present now raise SIGBUS, and every flush writes back all \
+         resident pages and fails; close the mapping and map the store again"
+    )]
+    HandlerFailed {
+        /// What poll(2) or read(2) of the userfaultfd said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The resident budget is too small to make progress.
     #[error(
         "a budget of {budget} bytes is too small: give at least {minimum} bytes (a single \

@@ -51,6 +51,8 @@ pub use error::Error;
 pub use mapping::Mapping;
 pub use options::Options;
 pub use resolve::Resolution;
+#[doc(hidden)]
+pub use resolve::failure::inject_serve_failures;
 pub use store::{Extent, ExtentKind, FileStore, MemStore, Store, StoreError};
 pub use sys::uffd::UffdError;
 

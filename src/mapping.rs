@@ -75,13 +75,19 @@ impl Mapping {
         let resolution = options.resolution.effective(&*store);
         let config = options.config(resolution, true);
         let features = config.features() | resolution.features();
+        // In-thread resolution never serves kernel-side faults: a user-mode-only fd loses nothing.
+        let user_mode_only = options.user_mode_only || resolution == Resolution::InThread;
         let pool = match resolution {
-            Resolution::HandlerThreads => Some(Pool::get(features, options.handler_threads)?),
+            Resolution::HandlerThreads => Some(Pool::get(
+                features,
+                options.handler_threads,
+                user_mode_only,
+            )?),
             Resolution::InThread => None,
         };
         let uffd = match pool {
             Some(pool) => Arc::clone(pool.uffd()),
-            None => Arc::new(Uffd::open(features).map_err(Error::uffd_open)?),
+            None => Arc::new(Uffd::open(features, user_mode_only).map_err(Error::uffd_open)?),
         };
         let memory = Reservation::new(len, false).map_err(|source| Error::os("mmap", source))?;
         // SAFETY: the reservation was just made and nothing references it; from here on
@@ -101,7 +107,7 @@ impl Mapping {
         };
         let region = Arc::new(region);
         let resolver = match pool {
-            Some(pool) => Resolver::Pooled(pool.join(Arc::clone(&region))),
+            Some(pool) => Resolver::Pooled(pool.join(Arc::clone(&region))?),
             None => Resolver::start(resolution, &uffd, vec![Arc::clone(&region)], 0)?,
         };
         exit::flush_at_exit(&region);
@@ -117,6 +123,15 @@ impl Mapping {
     /// store that is not signal-safe, or off x86-64).
     pub fn resolution(&self) -> Resolution {
         self.resolution
+    }
+
+    /// Whether system calls touching pages not yet present (`read(2)` into the mapping,
+    /// `write(2)` from it) are served like user-space accesses. False with in-thread
+    /// resolution, and with a user-mode-only userfaultfd
+    /// ([`Options::user_mode_only`](crate::Options::user_mode_only)): such calls then fail
+    /// with EFAULT unless the pages were made present first ([`Mapping::prefault`]).
+    pub fn serves_kernel_access(&self) -> bool {
+        self.resolution == Resolution::HandlerThreads && !self.region.is_user_mode_only()
     }
 
     /// Makes every page of `offset..offset+len` present, as reads (or writes, when

@@ -32,6 +32,7 @@ pub struct Options {
     pub(crate) huge_move: bool,
     pub(crate) zero_window_delay: Option<Duration>,
     pub(crate) evict_delay: Option<Duration>,
+    pub(crate) user_mode_only: bool,
 }
 
 impl Default for Options {
@@ -47,6 +48,7 @@ impl Default for Options {
             huge_move: true,
             zero_window_delay: None,
             evict_delay: None,
+            user_mode_only: false,
         }
     }
 }
@@ -126,6 +128,38 @@ impl Options {
     /// and dirty, so flush writes back exactly the pages written.
     pub fn huge_dirty(mut self, huge_dirty: bool) -> Self {
         self.huge_dirty = huge_dirty;
+        self
+    }
+
+    /// Accepts a user-mode-only userfaultfd where a full one cannot be had (default
+    /// false). Unprivileged, with the sysctl vm.unprivileged_userfaultfd=0 and
+    /// /dev/userfaultfd closed to the user, the kernel hands out only userfaultfds that
+    /// never see faults taken inside the kernel: a system call (`read(2)` into the mapping,
+    /// `write(2)` from it) touching a page not yet present then fails with EFAULT instead
+    /// of being served. By default [`Mapping::new`](crate::Mapping::new) refuses that
+    /// with [`UffdError::UserModeOnly`](crate::UffdError::UserModeOnly), whose message
+    /// names the ways out; with `true` it maps, and
+    /// [`Mapping::serves_kernel_access`](crate::Mapping::serves_kernel_access) says false
+    /// (call [`Mapping::prefault`](crate::Mapping::prefault) before a system call).
+    /// [`Resolution::InThread`] accepts such a userfaultfd without this: it never serves
+    /// kernel-side faults anyway.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use udax::{Mapping, MemStore, Options};
+    ///
+    /// let store = Arc::new(MemStore::new(1 << 20));
+    /// let mapping = Mapping::new(store, Options::default().user_mode_only(true))?;
+    /// if !mapping.serves_kernel_access() {
+    ///     mapping.prefault(0, 4096, false)?; // before read(2)/write(2) on that page
+    /// }
+    /// mapping.close()?;
+    /// # Ok::<(), udax::Error>(())
+    /// ```
+    pub fn user_mode_only(mut self, accept: bool) -> Self {
+        self.user_mode_only = accept;
         self
     }
 

@@ -290,3 +290,156 @@ fn unavailable_userfaultfd_is_a_uffd_error_naming_the_fixes() {
     let output = common::run_child(NO_UFFD_TEST, "no-uffd");
     assert_child_passed(&output, "UFFD-UNAVAILABLE-OK");
 }
+
+/// Sets the sysctl vm.unprivileged_userfaultfd to 0 for as long as it lives, and puts the
+/// old value back on drop (a test that fails still restores it).
+struct UnprivilegedUffdOff {
+    old: Option<String>,
+}
+
+const UNPRIVILEGED_SYSCTL: &str = "/proc/sys/vm/unprivileged_userfaultfd";
+
+impl UnprivilegedUffdOff {
+    fn set() -> UnprivilegedUffdOff {
+        let old = std::fs::read_to_string(UNPRIVILEGED_SYSCTL).expect("read the sysctl");
+        let old = old.trim().to_string();
+        if old == "0" {
+            return UnprivilegedUffdOff { old: None };
+        }
+        std::fs::write(UNPRIVILEGED_SYSCTL, "0").expect("set vm.unprivileged_userfaultfd=0");
+        UnprivilegedUffdOff { old: Some(old) }
+    }
+}
+
+impl Drop for UnprivilegedUffdOff {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old {
+            let _ = std::fs::write(UNPRIVILEGED_SYSCTL, old);
+        }
+    }
+}
+
+const USER_MODE_TEST: &str = "an_unprivileged_user_gets_user_mode_only_only_when_asking_for_it";
+
+/// The child of the test below, as nobody with vm.unprivileged_userfaultfd=0.
+fn user_mode_only_child() {
+    use std::os::fd::AsRawFd;
+    let path = std::path::PathBuf::from(std::env::var("UDAX_PATH").expect("UDAX_PATH"));
+    // Stores opened before giving root up: only userfaultfd may be missing.
+    let file_store: Arc<dyn Store> =
+        Arc::new(FileStore::create(&path, 4 * PAGE as u64).expect("create"));
+    let store = mem_store(4 * PAGE);
+    assert!(become_nobody(), "the child must start as root");
+    // setuid made the process not dumpable: /proc/self/pagemap is root's now.
+    let err = map_err(Arc::clone(&store), Options::default().user_mode_only(true));
+    let message = err.to_string();
+    assert!(message.contains("/proc/self/pagemap"), "{message}");
+    assert!(
+        message.contains("PR_SET_DUMPABLE"),
+        "the way out: {message}"
+    );
+    assert!(message.contains("setuid"), "why: {message}");
+    // SAFETY: PR_SET_DUMPABLE takes integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong, 0, 0, 0) };
+    assert_eq!(
+        rc,
+        0,
+        "PR_SET_DUMPABLE: {}",
+        std::io::Error::last_os_error()
+    );
+
+    // The default (handler threads) never degrades silently.
+    let err = map_err(Arc::clone(&store), Options::default());
+    let message = err.to_string();
+    assert!(
+        matches!(err, Error::Uffd(udax::UffdError::UserModeOnly { .. })),
+        "expected UffdError::UserModeOnly, got {err:?}"
+    );
+    for way_out in [
+        "root",
+        "vm.unprivileged_userfaultfd=1",
+        "/dev/userfaultfd",
+        "user_mode_only",
+        "InThread",
+        "prefault",
+    ] {
+        assert!(
+            message.contains(way_out),
+            "the message names {way_out:?}: {message}"
+        );
+    }
+
+    // Opted in: it maps, says kernel-side accesses are not served, and indeed they fail.
+    let mapping = Mapping::new(store, Options::default().user_mode_only(true)).expect("opt-in");
+    assert!(
+        !mapping.serves_kernel_access(),
+        "a user-mode-only mapping must say so"
+    );
+    mapping
+        .write_at(0, b"user")
+        .expect("user-space accesses are served");
+    let dev_zero = std::fs::File::open("/dev/zero").expect("open /dev/zero");
+    // SAFETY: read(2) into page 2 of the live mapping, which is never touched: the kernel
+    // fails with EFAULT rather than write through a pointer it cannot fault in.
+    let n = unsafe {
+        libc::read(
+            dev_zero.as_raw_fd(),
+            mapping.as_ptr().add(2 * PAGE).cast(),
+            16,
+        )
+    };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!(
+        (n, errno),
+        (-1, Some(libc::EFAULT)),
+        "a kernel-side access to a missing page"
+    );
+    mapping.close().expect("close");
+
+    // In-thread resolution takes user-mode-only without asking: it never serves them.
+    let options = Options::default().resolution(udax::Resolution::InThread);
+    let mapping = Mapping::new(file_store, options).expect("in-thread, user-mode-only");
+    assert_eq!(mapping.resolution(), udax::Resolution::InThread);
+    assert!(!mapping.serves_kernel_access());
+    mapping.write_at(PAGE, b"in-thread").expect("write");
+    mapping.close().expect("close");
+    say("USER-MODE-ONLY-OK");
+}
+
+/// With vm.unprivileged_userfaultfd=0 and /dev/userfaultfd root's, an unprivileged user
+/// can get only a user-mode-only userfaultfd: `Mapping::new` in the default mode refuses
+/// it with a typed error naming the ways out, maps with `Options::user_mode_only(true)`
+/// and then reports that kernel-side accesses are not served; and a process made not
+/// dumpable by setuid is told why /proc/self/pagemap is closed to it and how to open it.
+#[test]
+fn an_unprivileged_user_gets_user_mode_only_only_when_asking_for_it() {
+    if child_case().as_deref() == Some("user-mode-only") {
+        user_mode_only_child();
+        return;
+    }
+    if !common::require_uffd() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(!common::in_ci(), "under CI=true this test must run as root");
+        eprintln!("SKIPPED {USER_MODE_TEST}: needs root (to set the sysctl and become nobody)");
+        return;
+    }
+    let device = std::fs::metadata("/dev/userfaultfd").map(|m| m.permissions().mode());
+    if let Ok(mode) = device {
+        assert_eq!(
+            mode & 0o066,
+            0,
+            "precondition: /dev/userfaultfd must be root's only (mode {mode:o})"
+        );
+    }
+    let _off = UnprivilegedUffdOff::set();
+    let tmp = TempStore::new("user-mode-only.img");
+    std::fs::set_permissions(tmp.dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod 777 of the directory");
+    let path = tmp.path.to_str().expect("a UTF-8 temporary path");
+    let output =
+        common::run_child_with_env(USER_MODE_TEST, "user-mode-only", &[("UDAX_PATH", path)]);
+    assert_child_passed(&output, "USER-MODE-ONLY-OK");
+}

@@ -10,19 +10,22 @@ use crate::sys::uffd::UffdError;
 /// The first fault-time error since the last flush, kept without locks or allocation so
 /// that a fault served inside a signal handler can record it.
 ///
-/// Holds the error's kind, operation and errno packed in one word, and its offset in a
-/// second; `take` rebuilds an [`Error`] from them. Recording keeps the first error: later
+/// Holds the error's kind, operation and errno packed in one word, its offset in a
+/// second and the store's new size (for a store that shrank) in a third; `take` rebuilds
+/// an [`Error`] from them. Recording keeps the first error: later
 /// ones until the next `take` are counted (sigbus_delivered) but not kept.
 pub(crate) struct ErrorSlot {
     /// 0: empty. Else bit 63 set, kind in bits 40..48, op in 32..40, errno in 0..32.
     word: AtomicU64,
     offset: AtomicU64,
+    /// The store's size, for [`Kind::BeyondEnd`] and [`Kind::Truncated`].
+    size: AtomicU64,
 }
 
 const PRESENT: u64 = 1 << 63;
 
 /// Operation names an error may carry (store ops and ioctls). Unknown ones map to "other".
-const OPS: [&str; 17] = [
+const OPS: [&str; 18] = [
     "other",
     "read",
     "write",
@@ -40,6 +43,7 @@ const OPS: [&str; 17] = [
     "read(userfaultfd)",
     "madvise",
     "pagemap",
+    "fstat",
 ];
 
 #[derive(Clone, Copy)]
@@ -52,10 +56,25 @@ enum Kind {
     UffdExists = 5,
     UffdAgain = 6,
     Other = 7,
+    BeyondEnd = 8,
+    Truncated = 9,
 }
 
 fn op_index(op: &str) -> u64 {
     OPS.iter().position(|&known| known == op).unwrap_or(0) as u64
+}
+
+/// The store size an error names (a store that shrank), else 0.
+fn size_of(error: &Error) -> u64 {
+    match error {
+        Error::Truncated { size, .. }
+        | Error::Store(StoreError::BeyondEnd { size, .. })
+        | Error::FaultFailed {
+            source: StoreError::BeyondEnd { size, .. },
+            ..
+        } => *size,
+        _ => 0,
+    }
 }
 
 fn errno_of(error: &std::io::Error) -> u64 {
@@ -67,6 +86,7 @@ impl ErrorSlot {
         ErrorSlot {
             word: AtomicU64::new(0),
             offset: AtomicU64::new(0),
+            size: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +98,7 @@ impl ErrorSlot {
                     (Kind::StoreIo, op_index(op), errno_of(source))
                 }
                 StoreError::NoSpace { .. } => (Kind::NoSpace, 0, libc::ENOSPC as u64),
+                StoreError::BeyondEnd { .. } => (Kind::BeyondEnd, 0, 0),
                 _ => (Kind::OutOfRange, 0, 0),
             },
             Error::Uffd(UffdError::Ioctl { op, source }) => {
@@ -85,6 +106,7 @@ impl ErrorSlot {
             }
             Error::Uffd(UffdError::Exists { op }) => (Kind::UffdExists, op_index(op), 0),
             Error::Uffd(UffdError::Again { op, .. }) => (Kind::UffdAgain, op_index(op), 0),
+            Error::Truncated { pages, .. } => (Kind::Truncated, 0, (*pages).min(u32::MAX.into())),
             _ => (Kind::Other, 0, 0),
         };
         let word = PRESENT | (kind as u64) << 40 | op << 32 | errno;
@@ -92,6 +114,7 @@ impl ErrorSlot {
         // older offset only if two records race, and then either is a true failure.
         if self.word.load(Ordering::Acquire) == 0 {
             self.offset.store(offset, Ordering::Release);
+            self.size.store(size_of(error), Ordering::Release);
             let _ = self
                 .word
                 .compare_exchange(0, word, Ordering::AcqRel, Ordering::Acquire);
@@ -105,6 +128,7 @@ impl ErrorSlot {
             return None;
         }
         let offset = self.offset.load(Ordering::Acquire);
+        let size = self.size.load(Ordering::Acquire);
         let op = OPS[((word >> 32) & 0xff) as usize % OPS.len()];
         let errno = (word & 0xffff_ffff) as i32;
         let io = || std::io::Error::from_raw_os_error(errno);
@@ -124,6 +148,11 @@ impl ErrorSlot {
             4 => Error::Uffd(UffdError::Ioctl { op, source: io() }),
             5 => Error::Uffd(UffdError::Exists { op }),
             6 => Error::Uffd(UffdError::Again { op, done: 0 }),
+            8 => store(StoreError::BeyondEnd { offset, size }),
+            9 => Error::Truncated {
+                size,
+                pages: u64::from(errno as u32),
+            },
             _ => Error::Os {
                 op: "fault",
                 source: std::io::Error::from_raw_os_error(libc::EIO),

@@ -192,6 +192,8 @@ fn writeback_dirty(region: &Region, guards: &mut [EntryGuard<'_>]) -> Result<u64
             .count();
         let (run, tail) = rest.split_at_mut(dirty);
         writeback_locked(region, run)?;
+        // Written but not yet synced: if the next sync fails, these cannot be written again.
+        region.unsynced.note_evicted(dirty as u64);
         written += dirty as u64;
         rest = tail;
     }

@@ -6,9 +6,10 @@
 //! `store` and `error`; `tests/layers.rs` checks it):
 //!
 //! - `config`: what a region's faults do (granularity, dirty tracking, 2 MiB choices);
-//! - `stats`, `error_slot`, `window`, `entries`, `budget`, `huge_slots`: the state a
-//!   region holds (counters, the first fault-time error, zero-page windows, the entry
-//!   table, the resident budget, huge-page staging buffers);
+//! - `stats`, `error_slot`, `unsynced`, `window`, `entries`, `budget`, `huge_slots`: the
+//!   state a region holds (counters, the first fault-time error, the pages written since
+//!   the last good sync, zero-page windows, the entry table, the resident budget,
+//!   huge-page staging buffers);
 //! - `region`: the context itself, and the only door from the engine to the memory;
 //! - `policy`: the fault table, a pure function;
 //! - `run`: runs of locked entries (the span a wide fault serves);
@@ -16,8 +17,10 @@
 //! - `fill`: the one fill routine (allocate, read, count, insert);
 //! - `around`, `huge`: which run a wide fault fills (fault-around window, 2 MiB range);
 //! - `writeback`: flush; `evict`: the budget's clock;
-//! - `fault`: serving one fault, from decision to eviction.
+//! - `fault`: serving one fault, from decision to eviction;
+//! - `abandon`: a region whose faults can no longer be read answers every access without them.
 
+pub(crate) mod abandon;
 pub(crate) mod around;
 pub(crate) mod budget;
 pub(crate) mod config;
@@ -33,5 +36,6 @@ pub(crate) mod policy;
 pub(crate) mod region;
 pub(crate) mod run;
 pub(crate) mod stats;
+pub(crate) mod unsynced;
 pub(crate) mod window;
 pub(crate) mod writeback;

@@ -11,7 +11,7 @@
 //! nor which thread serves its faults.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::PAGE_SIZE;
@@ -21,6 +21,7 @@ use crate::engine::entries::Entries;
 use crate::engine::error_slot::ErrorSlot;
 use crate::engine::huge_slots::{HugeSlots, Slot};
 use crate::engine::stats::{Counters, Stats};
+use crate::engine::unsynced::Unsynced;
 use crate::engine::window::{Window, Windows};
 use crate::error::Error;
 use crate::store::Store;
@@ -88,6 +89,11 @@ pub(crate) struct Region {
     /// Serializes flushes: one flush takes the dirty index, and a second must not return
     /// before the pages the first took are written.
     pub(crate) flushing: Mutex<()>,
+    /// The pages written back since the last good sync, and a loss that sticks.
+    pub(crate) unsynced: Unsynced,
+    /// 0 while the region's faults are read and served; else the errno that made its
+    /// handler threads give up (`engine::abandon`).
+    abandoned: AtomicI32,
 }
 
 impl Region {
@@ -152,6 +158,8 @@ impl Region {
             config,
             poisoned: AtomicU64::new(0),
             flushing: Mutex::new(()),
+            unsynced: Unsynced::default(),
+            abandoned: AtomicI32::new(0),
         })
     }
 
@@ -184,6 +192,11 @@ impl Region {
     /// The store offset of page `index`.
     pub(crate) fn page_offset(&self, index: usize) -> u64 {
         self.store_offset + (index * PAGE_SIZE) as u64
+    }
+
+    /// Whether the region's uffd is user-mode-only (kernel-side faults are not reported).
+    pub(crate) fn is_user_mode_only(&self) -> bool {
+        self.uffd.is_user_mode_only()
     }
 
     /// Whether first writes are noticed (else the region only fills).
@@ -256,8 +269,13 @@ impl Region {
 
     /// Poisons the missing page `index`: its accesses get SIGBUS (EFAULT in the kernel).
     pub(crate) fn poison(&self, index: usize) -> Result<(), UffdError> {
-        let (address, len) = self.span(index, 1)?;
-        self.poisoned.fetch_add(1, Ordering::Relaxed);
+        self.poison_run(index, 1)
+    }
+
+    /// Poisons `pages` missing pages from `first` in one ioctl.
+    pub(crate) fn poison_run(&self, first: usize, pages: usize) -> Result<(), UffdError> {
+        let (address, len) = self.span(first, pages)?;
+        self.poisoned.fetch_add(pages as u64, Ordering::Relaxed);
         // SAFETY: as in `copy`.
         unsafe { self.uffd.poison(address, len) }
     }
@@ -387,6 +405,30 @@ impl Region {
     /// Takes the waiting error, if any.
     pub(crate) fn take_error(&self) -> Option<Error> {
         self.errors.take()
+    }
+
+    /// Marks the region as no longer served: its faults can no longer be read (`errno`
+    /// said why). Returns false if it already was.
+    pub(crate) fn mark_abandoned(&self, errno: i32) -> bool {
+        let errno = if errno == 0 { libc::EIO } else { errno };
+        self.abandoned
+            .compare_exchange(0, errno, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Whether the region's faults are no longer served (see `engine::abandon`).
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire) != 0
+    }
+
+    /// The error every flush of an abandoned region returns.
+    pub(crate) fn abandoned_error(&self) -> Option<Error> {
+        match self.abandoned.load(Ordering::Acquire) {
+            0 => None,
+            errno => Some(Error::HandlerFailed {
+                source: std::io::Error::from_raw_os_error(errno),
+            }),
+        }
     }
 
     /// Opens a zero-page window: flush waits for every window open when it starts.

@@ -13,6 +13,7 @@ use crate::engine::entries::{EntryGuard, State};
 use crate::engine::region::Region;
 use crate::engine::stats::Counters;
 use crate::error::Error;
+use crate::store::StoreError;
 use crate::sys::pagemap::{MAX_REGIONS, PageRegion};
 
 /// Longest run written with one store call (2 MiB): a dirty 2 MiB range mapped as one
@@ -20,7 +21,9 @@ use crate::sys::pagemap::{MAX_REGIONS, PageRegion};
 const MAX_RUN: usize = 512;
 
 /// Writes back every page dirtied before the call, makes the store durable, and returns
-/// the first error: a failed writeback, or a fault that failed since the last flush.
+/// the first error: a failed writeback, a failed sync (whose pages stay Dirty, or whose
+/// loss sticks: `unsynced.rs`), dirty pages dropped because the store shrank, or a fault
+/// that failed since the last flush.
 pub(crate) fn flush(region: &Region) -> Result<(), Error> {
     let _serial = region.flushing.lock().unwrap_or_else(|e| e.into_inner());
     // A store into a zero page still being mapped completes without a fault; the fault
@@ -30,25 +33,149 @@ pub(crate) fn flush(region: &Region) -> Result<(), Error> {
         Some(DirtyTracking::Async) => collect_written(region),
         Some(DirtyTracking::Sync) | None => Ok(()),
     };
+    let mut truncated = drop_beyond_end(region)?;
     let dirty = region.entries.take_dirty();
+    region.unsynced.note_flushed(&dirty);
     for (done, run) in runs(&dirty).enumerate() {
-        if let Err(error) = writeback_range(region, run.clone()) {
-            // Invariant 2: keep every page still Dirty findable by the next flush.
-            let rest = runs(&dirty).skip(done + 1).flatten();
-            for index in run.chain(rest) {
-                if region.entries.peek(index) == State::Dirty {
-                    region.entries.remark_dirty(index);
-                }
+        match writeback_range(region, run.clone()) {
+            Ok(()) => {}
+            Err(error @ Error::Truncated { .. }) => {
+                truncated = Some(merge_truncated(truncated.take(), error));
             }
-            return Err(error);
+            Err(error) => {
+                // Invariant 2: keep every page still Dirty findable by the next flush.
+                let rest = runs(&dirty).skip(done + 1).flatten();
+                for index in run.chain(rest) {
+                    if region.entries.peek(index) == State::Dirty {
+                        region.entries.remark_dirty(index);
+                    }
+                }
+                return Err(error);
+            }
         }
     }
     collected?;
-    region.store.sync()?;
+    sync(region)?;
     Counters::add(&region.counters.flushes, 1);
-    match region.take_error() {
+    if let Some(error) = region.unsynced.lost().or_else(|| region.abandoned_error()) {
+        return Err(error);
+    }
+    match pending_error(region, truncated) {
         Some(error) => Err(error),
         None => Ok(()),
+    }
+}
+
+/// The error this flush reports besides its own writeback's: a drop past a shrunk end
+/// (`truncated`) merged with one eviction reported, else the first fault-time error; a
+/// drop that must wait behind a fault's error is kept for the next flush.
+fn pending_error(region: &Region, truncated: Option<Error>) -> Option<Error> {
+    match (truncated, region.take_error()) {
+        (None, pending) => pending,
+        (Some(dropped), None) => Some(dropped),
+        (Some(dropped), Some(evicted @ Error::Truncated { .. })) => {
+            Some(merge_truncated(Some(evicted), dropped))
+        }
+        (Some(dropped), Some(fault)) => {
+            region.record_error(0, &dropped);
+            Some(fault)
+        }
+    }
+}
+
+/// Makes the store durable. If that fails, the pages written since the last good sync go
+/// back to Dirty (the next flush writes them again), or, for those no longer in memory,
+/// the loss sticks (`unsynced.rs`).
+fn sync(region: &Region) -> Result<(), Error> {
+    let evicted = region.unsynced.evicted_before_sync();
+    match region.store.sync() {
+        Ok(()) => {
+            region.unsynced.synced(evicted);
+            Ok(())
+        }
+        Err(error) => {
+            let errno = match &error {
+                StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+                _ => libc::EIO,
+            };
+            region
+                .unsynced
+                .sync_failed(errno, |index| redirty(region, index));
+            Err(error.into())
+        }
+    }
+}
+
+/// After a failed sync: makes page `index` Dirty again if it is still in memory (a Clean
+/// page holds the bytes written; a Dirty one will be written anyway). False if it left.
+fn redirty(region: &Region, index: usize) -> bool {
+    let mut guard = region.entries.lock(index);
+    match guard.state() {
+        State::Clean => {
+            guard.set(State::Dirty);
+            true
+        }
+        State::Dirty => {
+            region.entries.remark_dirty(index);
+            true
+        }
+        // A zero page was never written; an Empty one was evicted since it was written.
+        State::Zero => true,
+        State::Empty => false,
+    }
+}
+
+/// The store shrank below the region's end (another process truncated it): drops every
+/// page at or past the new end, so that its next access faults and gets SIGBUS as the
+/// kernel's mmap of a truncated file does, and returns [`Error::Truncated`] if dirty pages
+/// were among them. One size query (`Store::current_len`) per flush.
+fn drop_beyond_end(region: &Region) -> Result<Option<Error>, Error> {
+    let size = region.store.current_len()?;
+    let end = region.page_offset(region.pages());
+    if size >= end {
+        return Ok(None);
+    }
+    let page = PAGE_SIZE as u64;
+    let first = size
+        .next_multiple_of(page)
+        .saturating_sub(region.page_offset(0))
+        .div_ceil(page) as usize;
+    let mut dirty = 0;
+    for index in first..region.pages() {
+        if region.entries.peek(index) == State::Empty {
+            continue;
+        }
+        let mut guard = region.entries.lock(index);
+        dirty += u64::from(guard.state() == State::Dirty);
+        drop_locked(region, std::slice::from_mut(&mut guard))?;
+    }
+    Ok((dirty > 0).then_some(Error::Truncated { size, pages: dirty }))
+}
+
+/// Drops the pages of consecutive locked entries, whatever they hold: they become Empty.
+/// Only for pages past the end of a store that shrank: their bytes have nowhere to go.
+fn drop_locked(region: &Region, guards: &mut [EntryGuard<'_>]) -> Result<(), Error> {
+    let Some(first) = guards.first() else {
+        return Ok(());
+    };
+    region.discard(first.index(), guards.len())?;
+    for guard in guards.iter_mut() {
+        guard.set(State::Empty);
+    }
+    Ok(())
+}
+
+/// One [`Error::Truncated`] for a flush that dropped pages more than once: the latest
+/// size, the pages of both.
+fn merge_truncated(earlier: Option<Error>, later: Error) -> Error {
+    match (earlier, later) {
+        (Some(Error::Truncated { pages, .. }), Error::Truncated { size, pages: more }) => {
+            Error::Truncated {
+                size,
+                pages: pages + more,
+            }
+        }
+        (_, later) => later,
     }
 }
 
@@ -173,13 +300,61 @@ pub(crate) fn writeback_locked(
     let bytes = unsafe { region.bytes(first, pages)? };
     // On failure the pages stay Dirty (and protected: the next write re-faults and
     // lifts it); the caller re-marks them for the next flush.
-    region.store.write_at(offset, bytes)?;
-    for guard in guards.iter_mut() {
-        guard.set(State::Clean);
+    if let Err(error) = region.store.write_at(offset, bytes) {
+        return match error {
+            StoreError::BeyondEnd { size, .. } => writeback_within(region, guards, size),
+            other => Err(other.into()),
+        };
+    }
+    if region.is_abandoned() {
+        keep_writable(region, guards, first)?;
+    } else {
+        for guard in guards.iter_mut() {
+            guard.set(State::Clean);
+        }
     }
     Counters::add(&region.counters.pages_written_back, guards.len() as u64);
     Counters::add(&region.counters.bytes_written, bytes.len() as u64);
     Ok(())
+}
+
+/// After writing back pages of an abandoned region (`engine::abandon`): nobody reads its
+/// write-protect faults any more, so the pages are made writable again (waking a write
+/// that came while they were protected) and stay Dirty, for the next flush to write again.
+fn keep_writable(region: &Region, guards: &[EntryGuard<'_>], first: usize) -> Result<(), Error> {
+    region.writeprotect(first, guards.len(), false, true)?;
+    for guard in guards {
+        region.entries.remark_dirty(guard.index());
+    }
+    Ok(())
+}
+
+/// A writeback of consecutive locked Dirty pages found the store shrunk to `size`: writes
+/// back the pages before the new end and drops the rest (nothing is written past the
+/// end, so the file does not grow back), then reports the drop.
+fn writeback_within(
+    region: &Region,
+    guards: &mut [EntryGuard<'_>],
+    size: u64,
+) -> Result<(), Error> {
+    let end = size.next_multiple_of(PAGE_SIZE as u64);
+    let kept = guards
+        .iter()
+        .take_while(|guard| region.page_offset(guard.index()) < end)
+        .count();
+    let (head, tail) = guards.split_at_mut(kept);
+    // A second shrink while writing the head reports itself; its pages add to ours.
+    let written = writeback_locked(region, head);
+    drop_locked(region, tail)?;
+    let dropped = Error::Truncated {
+        size,
+        pages: tail.len() as u64,
+    };
+    match written {
+        Ok(()) => Err(dropped),
+        Err(error @ Error::Truncated { .. }) => Err(merge_truncated(Some(dropped), error)),
+        Err(error) => Err(error),
+    }
 }
 
 #[cfg(test)]

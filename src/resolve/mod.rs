@@ -3,6 +3,7 @@
 //! (`in_thread`). Both call the same `engine::fault::resolve`; the engine does not know
 //! which one called. This floor knows nothing of the store's kind or of the front-ends.
 
+pub(crate) mod failure;
 mod in_thread;
 pub(crate) mod pool;
 pub(crate) mod threads;

@@ -31,6 +31,8 @@ pub(crate) struct Pool {
     owner: u32,
     features: u64,
     threads: usize,
+    /// Whether the uffd may be user-mode-only (see `Options::user_mode_only`).
+    user_mode_only: bool,
     uffd: Arc<Uffd>,
     table: Arc<Table>,
     /// Kept running for the life of the process.
@@ -41,28 +43,37 @@ pub(crate) struct Pool {
 static POOLS: Mutex<Vec<&'static Pool>> = Mutex::new(Vec::new());
 
 impl Pool {
-    /// This process's pool for uffds with exactly `features` served by `threads` threads,
-    /// made (uffd opened, threads started) on first use.
+    /// This process's pool for uffds with exactly `features` served by `threads` threads
+    /// (user-mode-only accepted or not), made (uffd opened, threads started) on first use.
+    /// A pool whose threads gave up on their uffd is never handed out again.
     ///
     /// # Errors
     /// [`Error::Uffd`] when userfaultfd is unavailable or lacks a feature;
     /// [`Error::ResourceLimit`] or [`Error::Os`] when a thread or fd cannot be had.
-    pub(crate) fn get(features: u64, threads: usize) -> Result<&'static Pool, Error> {
+    pub(crate) fn get(
+        features: u64,
+        threads: usize,
+        user_mode_only: bool,
+    ) -> Result<&'static Pool, Error> {
         let owner = std::process::id();
+        let key = (owner, features, threads, user_mode_only);
         let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
-        let found = pools
-            .iter()
-            .find(|pool| (pool.owner, pool.features, pool.threads) == (owner, features, threads));
+        let found = pools.iter().find(|pool| {
+            (pool.owner, pool.features, pool.threads, pool.user_mode_only) == key
+                && !pool.table.is_closed()
+        });
         if let Some(pool) = found {
             return Ok(pool);
         }
-        let uffd = Arc::new(Uffd::open(features).map_err(Error::uffd_open)?);
+        let uffd = Uffd::open(features, user_mode_only).map_err(Error::uffd_open)?;
+        let uffd = Arc::new(uffd);
         let table = Arc::new(Table::new(Vec::new(), Unknown::Wake));
         let handlers = Handlers::start(&uffd, &table, threads)?;
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             owner,
             features,
             threads,
+            user_mode_only,
             uffd,
             table,
             _handlers: handlers,
@@ -78,9 +89,15 @@ impl Pool {
 
     /// Starts serving `region` (registered with this pool's uffd) until the membership
     /// is dropped.
-    pub(crate) fn join(&'static self, region: Arc<Region>) -> Membership {
-        self.table.insert(Arc::clone(&region));
-        Membership { pool: self, region }
+    ///
+    /// # Errors
+    /// [`Error::HandlerFailed`] if the pool's threads gave up on its uffd since `get`.
+    pub(crate) fn join(&'static self, region: Arc<Region>) -> Result<Membership, Error> {
+        if !self.table.insert(Arc::clone(&region)) {
+            let source = std::io::Error::from_raw_os_error(libc::EIO);
+            return Err(Error::HandlerFailed { source });
+        }
+        Ok(Membership { pool: self, region })
     }
 }
 

@@ -14,6 +14,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
@@ -21,6 +22,7 @@ use crate::HUGE_PAGE_SIZE;
 use crate::engine::fault;
 use crate::engine::region::{Region, region_of};
 use crate::error::Error;
+use crate::resolve::failure::{self, Next};
 use crate::sys::cpu::{allowed_cpus, pin_to};
 use crate::sys::uffd::{Fault, Uffd, UffdMsg};
 
@@ -51,6 +53,9 @@ pub(crate) enum Unknown {
 pub(crate) struct Table {
     regions: RwLock<Vec<Arc<Region>>>,
     unknown: Unknown,
+    /// Set once a thread gave up on the uffd (`failure::give_up`): no region may join,
+    /// since nobody would serve it.
+    closed: AtomicBool,
 }
 
 impl Table {
@@ -60,14 +65,41 @@ impl Table {
         Table {
             regions: RwLock::new(regions),
             unknown,
+            closed: AtomicBool::new(false),
         }
     }
 
-    /// Adds a region (whose range overlaps no other's).
-    pub(crate) fn insert(&self, region: Arc<Region>) {
+    /// Adds a region (whose range overlaps no other's); refused (false) once the table
+    /// is closed.
+    pub(crate) fn insert(&self, region: Arc<Region>) -> bool {
         let mut regions = self.regions.write().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock that `close` takes: no region joins after it.
+        if self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
         let at = regions.partition_point(|r| r.base() < region.base());
         regions.insert(at, region);
+        true
+    }
+
+    /// Whether a thread gave up on the table's uffd.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Closes the table (no region joins from now on) and returns its regions.
+    fn close(&self) -> Vec<Arc<Region>> {
+        let regions = self.regions.write().unwrap_or_else(|e| e.into_inner());
+        self.closed.store(true, Ordering::Relaxed);
+        regions.clone()
+    }
+
+    /// The regions now.
+    fn snapshot(&self) -> Vec<Arc<Region>> {
+        self.regions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Removes the region (by identity); faults on its range are then `unknown`.
@@ -84,14 +116,6 @@ impl Table {
         let region = regions.get(after.checked_sub(1)?)?;
         region_of(std::slice::from_ref(region), address)?;
         Some(Arc::clone(region))
-    }
-
-    /// Records `error` in every region, for their next flush to report.
-    fn record_everywhere(&self, error: &Error) {
-        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        for region in regions.iter() {
-            region.record_error(0, error);
-        }
     }
 }
 
@@ -191,40 +215,33 @@ fn refuse(uffd: &Uffd, address: usize, unknown: Unknown) {
 }
 
 /// One handler thread's loop. `stop_fd` outlives the thread: `Handlers` joins before
-/// closing it.
+/// closing it. A failure of the loop itself is handled by `failure::on_serve_error`: the
+/// thread retries, or gives up on the uffd so that no access waits for it.
 fn serve(uffd: &Uffd, table: &Table, stop_fd: libc::c_int) {
     let mut messages = [UffdMsg::default(); BATCH];
     // Room for a 2 MiB fill (touched only by wide faults, so it costs no memory else).
     let mut scratch = vec![0u8; HUGE_PAGE_SIZE];
-    let mut fds = [
-        libc::pollfd {
-            fd: uffd.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+    let mut failures = 0;
     loop {
-        // SAFETY: `fds` is an array of two initialised pollfd structs.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if ready < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
+        let count = match next_events(uffd, stop_fd, &mut messages) {
+            Ok(Some(count)) => {
+                failures = 0;
+                count
             }
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        let count = match uffd.read_events(&mut messages) {
-            Ok(count) => count,
+            Ok(None) => return,
             Err(error) => {
-                table.record_everywhere(&error.into());
-                return;
+                failures += 1;
+                match failure::on_serve_error(&table.snapshot(), &error, failures) {
+                    Next::Retry(delay) if !failure::wait_for_stop(stop_fd, Some(delay)) => {
+                        continue;
+                    }
+                    Next::Retry(_) => return,
+                    Next::GiveUp => {
+                        failure::give_up(&table.close(), &error);
+                        failure::wait_for_stop(stop_fd, None);
+                        return;
+                    }
+                }
             }
         };
         for message in &messages[..count] {
@@ -237,4 +254,44 @@ fn serve(uffd: &Uffd, table: &Table, stop_fd: libc::c_int) {
             }
         }
     }
+}
+
+/// Waits for events on `uffd` and reads them into `messages`: `Ok(Some(count))` (0 when
+/// interrupted), `Ok(None)` once `stop_fd` is readable, or the failure.
+fn next_events(
+    uffd: &Uffd,
+    stop_fd: libc::c_int,
+    messages: &mut [UffdMsg],
+) -> Result<Option<usize>, Error> {
+    let mut fds = [
+        libc::pollfd {
+            fd: uffd.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `fds` is an array of two initialised pollfd structs.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+    if ready < 0 {
+        let source = io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::EINTR) {
+            return Ok(Some(0));
+        }
+        return Err(Error::Os {
+            op: "poll(userfaultfd)",
+            source,
+        });
+    }
+    if fds[1].revents != 0 {
+        return Ok(None);
+    }
+    if let Some(error) = failure::injected() {
+        return Err(error);
+    }
+    Ok(Some(uffd.read_events(messages)?))
 }

@@ -18,6 +18,19 @@
 //! `punch_hole` uses `fallocate(PUNCH_HOLE)`; where the file system has none (EOPNOTSUPP:
 //! NFSv3, some FUSE and 9p mounts) it writes zeros over the data: reads keep their meaning,
 //! but a punch frees nothing.
+//!
+//! **A file that shrinks underneath.** Another process may truncate the file while it is
+//! mapped. As with the kernel's mmap of a file, an access to a page wholly past the new end
+//! is an error ([`StoreError::BeyondEnd`]: the fault gets SIGBUS), the page holding the end
+//! reads as the file up to it and zeros after, and nothing udax does grows the file back.
+//! Detected without a size check on the common paths: a data run cannot reach past the end
+//! (SEEK_HOLE stops there) and a read past it comes back short; only where the answer is
+//! ambiguous does the store ask the size (one `fstat`): when SEEK_DATA finds no data at or
+//! after the offset (a trailing hole, or past the end), after a short read, and before
+//! every write (so that neither flush, eviction nor allocation extends the file). A
+//! truncation racing a write by the microseconds between that `fstat` and the `pwrite` can
+//! still see the file grow back to the end of that write: the kernel closes that window
+//! with the inode lock, which a user-space server cannot take.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -44,11 +57,13 @@ pub struct FileStore {
     file: File,
     /// The path it was opened at, for errors and reports.
     path: PathBuf,
-    /// The file's length in bytes.
-    /// Invariant 1: the file is not resized while the store lives (mappings depend on it).
+    /// The file's length in bytes when it was opened: the length mapped.
+    /// Invariant 1: udax never resizes the file while the store lives; another process
+    /// may shrink it, and then accesses past its new end fail (see the module doc).
     len: u64,
     /// The last data run `extent` found. Invariant 2: nobody else punches holes in the
-    /// file while the store lives (ours clear the cache).
+    /// file while the store lives (ours clear the cache); a run the file shrank under is
+    /// found out by the short read it leads to, which clears the cache.
     data_run: ExtentCache,
 }
 
@@ -171,9 +186,60 @@ impl FileStore {
         let mut at = offset;
         while at < offset + len {
             let n = (offset + len - at).min(ZERO_CHUNK) as usize;
-            self.write_at(at, &zeros[..n])?;
+            // Unchecked: the hole run this lies in was just found inside the file as it is
+            // now (a trailing hole's answer asks the size), which is all a check would say.
+            self.write_unchecked(at, &zeros[..n])?;
             at += n as u64;
         }
+        Ok(())
+    }
+
+    /// pwrite(2) of all of `buf` at `offset`, with no size check: callers have checked.
+    fn write_unchecked(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| StoreError::from_io("write", offset, e))
+    }
+
+    /// The file's size now (one `fstat`): less than `len` if another process shrank it.
+    /// Allocation-free and signal-safe.
+    fn size_now(&self) -> Result<u64, StoreError> {
+        sys::size(&self.file).map_err(|e| StoreError::from_io("fstat", 0, e))
+    }
+
+    /// Checks that `offset..offset + len` lies within the pages of the file as it is now
+    /// (the page holding the end counts, as the kernel's mmap serves it); returns the size.
+    fn check_within(&self, offset: u64, len: u64) -> Result<u64, StoreError> {
+        let size = self.size_now()?;
+        if offset + len > size.next_multiple_of(crate::PAGE_SIZE as u64) {
+            // A remembered data run may reach past the new end: forget it.
+            self.data_run.forget();
+            return Err(StoreError::BeyondEnd { offset, size });
+        }
+        Ok(size)
+    }
+
+    /// The answer when SEEK_DATA finds no data at or after `offset`, which is ambiguous:
+    /// a hole up to the end of the file, or `offset` lies past an end that moved in.
+    fn trailing_hole(&self, offset: u64) -> Result<Extent, StoreError> {
+        let size = self.size_now()?;
+        if offset >= size {
+            self.data_run.forget();
+            return Err(StoreError::BeyondEnd { offset, size });
+        }
+        Ok(hole(size.min(self.len) - offset))
+    }
+
+    /// A read that came back short: the file shrank. Within the page holding the new end,
+    /// the bytes before it are read and the rest are zeros; past it, [`StoreError::BeyondEnd`].
+    fn read_short(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        let size = self.check_within(offset, buf.len() as u64)?;
+        let (head, tail) =
+            buf.split_at_mut(size.saturating_sub(offset).min(buf.len() as u64) as usize);
+        self.file
+            .read_exact_at(head, offset)
+            .map_err(|e| StoreError::from_io("read", offset, e))?;
+        tail.fill(0);
         Ok(())
     }
 }
@@ -194,7 +260,7 @@ impl Store for FileStore {
         // itself and we ask again.
         for _ in 0..SEEK_RETRIES {
             let run = match sys::lseek(&self.file, offset, libc::SEEK_DATA).map_err(err)? {
-                None => hole(self.len - offset),
+                None => self.trailing_hole(offset)?,
                 Some(next) if next > offset => hole(next.min(self.len) - offset),
                 Some(_) => match sys::lseek(&self.file, offset, libc::SEEK_HOLE).map_err(err)? {
                     Some(end) if end > offset => {
@@ -223,16 +289,19 @@ impl Store for FileStore {
             let start = offset.saturating_sub(READ_AROUND / 2) & !(crate::PAGE_SIZE as u64 - 1);
             let _ = sys::fadvise(&self.file, start, READ_AROUND, libc::POSIX_FADV_WILLNEED);
         }
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| StoreError::from_io("read", offset, e))
+        match self.file.read_exact_at(buf, offset) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => self.read_short(offset, buf),
+            other => other.map_err(|e| StoreError::from_io("read", offset, e)),
+        }
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
         check_range(offset, buf.len() as u64, self.len)?;
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| StoreError::from_io("write", offset, e))
+        let size = self.check_within(offset, buf.len() as u64)?;
+        // In the page holding the end of a shrunk file, only the bytes before the end are
+        // written (as the kernel writes back that page): the file must not grow.
+        let kept = size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        self.write_unchecked(offset, &buf[..kept])
     }
 
     fn allocate(&self, offset: u64, len: u64) -> Result<(), StoreError> {
@@ -266,6 +335,10 @@ impl Store for FileStore {
 
     fn allocated_bytes(&self) -> Option<u64> {
         self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+
+    fn current_len(&self) -> Result<u64, StoreError> {
+        self.size_now()
     }
 
     /// `extent`, `read_at`, `write_at` and `allocate` are plain syscalls (lseek, pread,
@@ -379,6 +452,21 @@ mod sys {
                 return Err(e);
             }
         }
+    }
+
+    /// The file's size, from fstat(2) (no allocation: callable in a signal handler).
+    pub(super) fn size(file: &File) -> io::Result<u64> {
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat fills one `struct stat`, which `stat` has room for; the fd belongs
+        // to `file`, borrowed for the whole call.
+        let ret = unsafe { libc::fstat(file.as_raw_fd(), stat.as_mut_ptr()) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstat returned 0, so it filled the struct.
+        let stat = unsafe { stat.assume_init() };
+        // A regular file's size is never negative.
+        Ok(u64::try_from(stat.st_size).unwrap_or(0))
     }
 
     /// Whether `e` says the file system does not support the fallocate mode.

@@ -92,6 +92,20 @@ pub enum StoreError {
         /// The store's length.
         store_len: u64,
     },
+    /// A range at or past the store's current end: something outside udax (another
+    /// process, `truncate(1)`) shrank the store while it was mapped. As with the kernel's
+    /// mmap of a truncated file, the fault gets SIGBUS and flush drops the pages there.
+    #[error(
+        "offset {offset} lies beyond the end of the store, which something outside udax \
+         shrank to {size} bytes while it was mapped: the pages there are gone (grow the \
+         store back, or map less)"
+    )]
+    BeyondEnd {
+        /// Start of the range that was asked for.
+        offset: u64,
+        /// The store's size now.
+        size: u64,
+    },
 }
 
 impl StoreError {
@@ -112,6 +126,16 @@ pub trait Store: Send + Sync {
     /// Size of the store in bytes.
     fn len(&self) -> u64;
 
+    /// The store's size now, which is less than [`Store::len`] if something outside udax
+    /// shrank it (a file truncated by another process). Flush asks once per call, to drop
+    /// the pages beyond the end; stores that cannot shrink keep this default.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the store cannot say.
+    fn current_len(&self) -> Result<u64, StoreError> {
+        Ok(self.len())
+    }
+
     /// Whether the store has no bytes.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -120,20 +144,24 @@ pub trait Store: Send + Sync {
     /// What is at `offset` (which is `< len()`), and for how long.
     ///
     /// # Errors
-    /// [`StoreError::OutOfRange`] past the end; [`StoreError::Io`] if the store cannot say.
+    /// [`StoreError::OutOfRange`] past the end; [`StoreError::BeyondEnd`] at or past
+    /// the end of a store that shrank since it was opened; [`StoreError::Io`] if the store
+    /// cannot say.
     fn extent(&self, offset: u64) -> Result<Extent, StoreError>;
 
     /// Fills `buf` with the bytes at `offset`. Holes read as zeros.
     ///
     /// # Errors
-    /// [`StoreError::OutOfRange`] for a range past the end; [`StoreError::Io`] if the read
-    /// fails (the fault path then poisons the page: its access gets SIGBUS).
+    /// [`StoreError::OutOfRange`] for a range past the end; [`StoreError::BeyondEnd`] for
+    /// one past the end of a store that shrank; [`StoreError::Io`] if the read fails (the
+    /// fault path then poisons the page: its access gets SIGBUS).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError>;
 
-    /// Writes all of `buf` at `offset`, allocating as needed.
+    /// Writes all of `buf` at `offset`, allocating as needed. Never grows the store.
     ///
     /// # Errors
-    /// [`StoreError::OutOfRange`]; [`StoreError::NoSpace`] when the store is full;
+    /// [`StoreError::OutOfRange`]; [`StoreError::BeyondEnd`] (nothing written) for a
+    /// range past the end of a store that shrank; [`StoreError::NoSpace`] when the store is full;
     /// [`StoreError::Io`] otherwise (flush returns it and keeps the pages dirty).
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError>;
 
@@ -141,7 +169,8 @@ pub trait Store: Send + Sync {
     /// so that a later write there cannot fail for lack of space.
     ///
     /// # Errors
-    /// [`StoreError::OutOfRange`]; [`StoreError::NoSpace`] when the space is not there
+    /// [`StoreError::OutOfRange`]; [`StoreError::BeyondEnd`] past the end of a store that
+    /// shrank (never grows it); [`StoreError::NoSpace`] when the space is not there
     /// (the faulting write then gets SIGBUS, as on a full DAX file system);
     /// [`StoreError::Io`] otherwise.
     fn allocate(&self, offset: u64, len: u64) -> Result<(), StoreError>;

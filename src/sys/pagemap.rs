@@ -40,6 +40,25 @@ pub(crate) struct Query {
     pub(crate) reported: u64,
 }
 
+/// Why opening /proc/self/pagemap failed with `error`, and the way out, where known. A
+/// process that changed its user or group ids (setuid(2)) is not dumpable, and the kernel
+/// then gives its /proc files to root and lets only CAP_SYS_PTRACE read its pagemap.
+fn denial_reason(error: &std::io::Error) -> &'static str {
+    let denied = matches!(error.raw_os_error(), Some(libc::EACCES | libc::EPERM));
+    // SAFETY: PR_GET_DUMPABLE takes no pointer and returns the flag.
+    let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+    match (denied, dumpable) {
+        (true, 0) => {
+            ": this process is not dumpable (it changed its user or group ids, e.g. with \
+             setuid(2), or runs a set-user-ID program), so the kernel lets only root with \
+             CAP_SYS_PTRACE read its pagemap; call prctl(PR_SET_DUMPABLE, 1) after \
+             changing ids and before mapping"
+        }
+        (true, _) => ": udax reads this process's page tables through it (PAGEMAP_SCAN)",
+        _ => ": is /proc mounted? udax reads page tables through it (PAGEMAP_SCAN)",
+    }
+}
+
 /// An open /proc/self/pagemap.
 #[derive(Debug)]
 pub(crate) struct Pagemap {
@@ -68,9 +87,9 @@ impl Pagemap {
 
     /// Opens /proc/self/pagemap.
     pub(crate) fn open() -> Result<Pagemap, UffdError> {
-        let file = File::open("/proc/self/pagemap").map_err(|source| UffdError::Ioctl {
-            op: "open /proc/self/pagemap",
-            source,
+        let file = File::open("/proc/self/pagemap").map_err(|source| {
+            let why = denial_reason(&source);
+            UffdError::Pagemap { source, why }
         })?;
         Ok(Pagemap { file })
     }

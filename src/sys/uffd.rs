@@ -39,6 +39,35 @@ pub enum UffdError {
         /// What opening /dev/userfaultfd said.
         device: io::Error,
     },
+    /// Only a user-mode-only userfaultfd could be had (UFFD_USER_MODE_ONLY: the sysctl
+    /// vm.unprivileged_userfaultfd is 0 and /dev/userfaultfd is not open to this user).
+    /// Such an fd never sees faults taken inside the kernel, so `read(2)` into or
+    /// `write(2)` from a page not yet present would fail with EFAULT: refused unless the
+    /// caller opted in.
+    #[error(
+        "only a user-mode-only userfaultfd is available (syscall: {syscall}; \
+         /dev/userfaultfd: {device}), with which system calls such as read(2) and write(2) \
+         on pages not yet present fail with EFAULT: run as root, or set the sysctl \
+         vm.unprivileged_userfaultfd=1, or give this user read-write access to \
+         /dev/userfaultfd; or accept it with Options::user_mode_only(true) \
+         (Mapping::serves_kernel_access then says false), or choose Resolution::InThread \
+         and call Mapping::prefault before handing pages to a system call"
+    )]
+    UserModeOnly {
+        /// What the userfaultfd(2) syscall said without UFFD_USER_MODE_ONLY.
+        syscall: io::Error,
+        /// What opening /dev/userfaultfd said.
+        device: io::Error,
+    },
+    /// /proc/self/pagemap cannot be opened (udax reads page tables through it).
+    #[error("cannot open /proc/self/pagemap ({source}){why}")]
+    Pagemap {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+        /// Why, and the way out, when known.
+        why: &'static str,
+    },
     /// The running kernel lacks userfaultfd features udax needs.
     #[error(
         "the kernel lacks userfaultfd features {names} (need Linux 6.6 or later for all of them)"
@@ -146,6 +175,8 @@ impl Fault {
 #[derive(Debug)]
 pub(crate) struct Uffd {
     fd: OwnedFd,
+    /// Opened with UFFD_USER_MODE_ONLY (false for an adopted fd: its creator knows).
+    user_mode_only: bool,
 }
 
 /// Turns an ioctl's -1 into the errno, keeping the signed result until checked.
@@ -173,31 +204,42 @@ fn partial(err: UffdError, field: i64) -> UffdError {
 }
 
 /// Opens a raw userfaultfd: the syscall, then /dev/userfaultfd, then the syscall in
-/// user-mode-only mode (where kernel-side accesses to the range get EFAULT: the last
-/// resort, since handler-thread resolution promises to serve those).
-fn open_raw() -> Result<OwnedFd, UffdError> {
+/// user-mode-only mode (where kernel-side accesses to the range get EFAULT), which is
+/// taken only when `user_mode_only` allows it and refused with
+/// [`UffdError::UserModeOnly`] otherwise. Returns the fd and whether it is user-mode-only.
+fn open_raw(user_mode_only: bool) -> Result<(OwnedFd, bool), UffdError> {
     let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
-    // SAFETY: userfaultfd(2) takes only an int flags argument and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-    if fd >= 0 {
-        // SAFETY: the syscall just returned this fd and nothing else owns it.
-        return Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
-    }
-    let syscall_err = io::Error::last_os_error();
-    let device_err = match open_device(flags) {
-        Ok(fd) => return Ok(fd),
+    let syscall_err = match open_syscall(flags) {
+        Ok(fd) => return Ok((fd, false)),
         Err(e) => e,
     };
-    // SAFETY: as above, with the user-mode-only flag.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | abi::UFFD_USER_MODE_ONLY) };
-    if fd >= 0 {
-        // SAFETY: the syscall just returned this fd and nothing else owns it.
-        return Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
+    let device_err = match open_device(flags) {
+        Ok(fd) => return Ok((fd, false)),
+        Err(e) => e,
+    };
+    match open_syscall(flags | abi::UFFD_USER_MODE_ONLY) {
+        Ok(fd) if user_mode_only => Ok((fd, true)),
+        // Dropped here: it works, but the caller did not accept what it cannot serve.
+        Ok(_) => Err(UffdError::UserModeOnly {
+            syscall: syscall_err,
+            device: device_err,
+        }),
+        Err(_) => Err(UffdError::Unavailable {
+            syscall: syscall_err,
+            device: device_err,
+        }),
     }
-    Err(UffdError::Unavailable {
-        syscall: syscall_err,
-        device: device_err,
-    })
+}
+
+/// userfaultfd(2) with `flags`.
+fn open_syscall(flags: libc::c_int) -> Result<OwnedFd, io::Error> {
+    // SAFETY: userfaultfd(2) takes only an int flags argument and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
 fn open_device(flags: libc::c_int) -> Result<OwnedFd, io::Error> {
@@ -221,7 +263,8 @@ pub(crate) fn available_features() -> Result<u64, UffdError> {
     if let Some(features) = AVAILABLE.get() {
         return Ok(*features);
     }
-    let fd = open_raw()?;
+    // Features do not depend on the mode: any fd will do for the probe.
+    let (fd, _) = open_raw(true)?;
     let features = api(&fd, 0)?;
     Ok(*AVAILABLE.get_or_init(|| features))
 }
@@ -240,12 +283,19 @@ fn api(fd: &OwnedFd, features: u64) -> Result<u64, UffdError> {
 }
 
 impl Uffd {
-    /// Opens a userfaultfd with exactly `features` enabled.
-    pub(crate) fn open(features: u64) -> Result<Uffd, UffdError> {
+    /// Opens a userfaultfd with exactly `features` enabled; a user-mode-only one (which
+    /// never sees kernel-side faults) only if `user_mode_only` accepts it.
+    pub(crate) fn open(features: u64, user_mode_only: bool) -> Result<Uffd, UffdError> {
         check_features(available_features()?, features)?;
-        let fd = open_raw()?;
+        let (fd, user_mode_only) = open_raw(user_mode_only)?;
         api(&fd, features)?;
-        Ok(Uffd { fd })
+        Ok(Uffd { fd, user_mode_only })
+    }
+
+    /// Whether the fd is user-mode-only: faults taken inside the kernel (a system call
+    /// reading or writing the range) are not reported, and fail with EFAULT.
+    pub(crate) fn is_user_mode_only(&self) -> bool {
+        self.user_mode_only
     }
 
     /// Takes a userfaultfd another process opened (and did the API handshake on), as a
@@ -268,7 +318,10 @@ impl Uffd {
                 source,
             });
         }
-        Ok(Uffd { fd })
+        Ok(Uffd {
+            fd,
+            user_mode_only: false,
+        })
     }
 
     fn ioctl<T>(&self, op: &'static str, request: u64, arg: &mut T) -> Result<(), UffdError> {

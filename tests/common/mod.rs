@@ -173,6 +173,13 @@ pub struct FaultyStore<S> {
     pub fail_write: FailAt,
     /// Where `allocate` and `write_at` fail with ENOSPC.
     pub no_space: FailAt,
+    /// `sync` fails with EIO while this is set anywhere (`everywhere()`), and then, as
+    /// Linux does after a failed writeback, forgets every write since the last good sync.
+    pub fail_sync: FailAt,
+    /// The old bytes under each write since the last sync, newest last, to forget them.
+    unsynced: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
+    /// Calls of `sync` that reached this store.
+    pub syncs: AtomicU64,
     /// Calls of `read_at` that reached this store.
     pub reads: AtomicU64,
     /// Calls of `write_at` that reached this store.
@@ -191,6 +198,9 @@ impl<S: Store> FaultyStore<S> {
             fail_read: FailAt::new(),
             fail_write: FailAt::new(),
             no_space: FailAt::new(),
+            fail_sync: FailAt::new(),
+            unsynced: std::sync::Mutex::new(Vec::new()),
+            syncs: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             allocates: AtomicU64::new(0),
@@ -238,7 +248,12 @@ impl<S: Store> Store for FaultyStore<S> {
         if self.fail_write.hits(offset, buf.len() as u64) {
             return Err(self.eio("write", offset));
         }
-        self.inner.write_at(offset, buf)
+        let mut old = vec![0u8; buf.len()];
+        self.inner.read_at(offset, &mut old)?;
+        self.inner.write_at(offset, buf)?;
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+        unsynced.push((offset, old));
+        Ok(())
     }
 
     fn allocate(&self, offset: u64, len: u64) -> Result<(), StoreError> {
@@ -254,6 +269,16 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        self.syncs.fetch_add(1, SeqCst);
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+        if self.fail_sync.hits(0, u64::MAX) {
+            // The writes since the last good sync are lost, newest first.
+            for (offset, old) in unsynced.drain(..).rev() {
+                self.inner.write_at(offset, &old)?;
+            }
+            return Err(self.eio("sync", 0));
+        }
+        unsynced.clear();
         self.inner.sync()
     }
 
