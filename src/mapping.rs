@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::PAGE_SIZE;
-use crate::engine::config::DirtyTracking;
+use crate::engine::config::{DirtyTracking, Granularity};
 use crate::engine::region::{Memory, Region};
 use crate::engine::stats::Stats;
 use crate::engine::writeback;
@@ -15,8 +14,9 @@ use crate::error::Error;
 use crate::options::Options;
 use crate::resolve::{Resolution, Resolver};
 use crate::store::Store;
-use crate::sys::memory::Reservation;
+use crate::sys::memory::{Placement, Reservation};
 use crate::sys::uffd::Uffd;
+use crate::{HUGE_PAGE_SIZE, PAGE_SIZE};
 
 /// A store mapped into memory, its faults served by udax.
 ///
@@ -29,6 +29,8 @@ pub struct Mapping {
     /// Who serves the faults; `None` once closed.
     resolver: Option<Resolver>,
     resolution: Resolution,
+    /// Mapped PROT_READ (`Options::read_only`): writes are refused.
+    read_only: bool,
 }
 
 impl Mapping {
@@ -65,8 +67,12 @@ impl Mapping {
         let resolution = options.resolution.effective(&*store);
         let config = options.config(resolution, true);
         let uffd = Arc::new(Uffd::open(config.features() | resolution.features())?);
+        check_placement(&options)?;
+        // SAFETY: a replacing placement is the caller's promise (`Options::address_replacing`
+        // is unsafe and states it).
         let memory =
-            Reservation::new(len, false).map_err(|source| Error::Os { op: "mmap", source })?;
+            unsafe { Reservation::place(len, false, options.placement, !options.read_only) }
+                .map_err(|source| Error::Os { op: "mmap", source })?;
         // SAFETY: the reservation was just made and nothing references it; from here on
         // its accesses fault to `uffd`, which the region below serves.
         unsafe { uffd.register(memory.base(), len, true)? };
@@ -89,6 +95,7 @@ impl Mapping {
             region,
             resolver: Some(resolver),
             resolution,
+            read_only: options.read_only,
         })
     }
 
@@ -104,8 +111,10 @@ impl Mapping {
     /// call this first. Writing prefaults dirty the pages (their bytes are unchanged).
     ///
     /// # Errors
-    /// [`Error::OutOfRange`] if the range does not lie inside the mapping.
+    /// [`Error::OutOfRange`] if the range does not lie inside the mapping;
+    /// [`Error::ReadOnly`] for a writing prefault of a read-only mapping.
     pub fn prefault(&self, offset: usize, len: usize, write: bool) -> Result<(), Error> {
+        self.check_writable(write)?;
         let bytes = self.atomic_bytes(offset, len)?;
         let first = offset / PAGE_SIZE;
         let last = (offset + len).div_ceil(PAGE_SIZE);
@@ -173,7 +182,8 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) }
     }
 
-    /// The whole mapping as a mutable byte slice.
+    /// The whole mapping as a mutable byte slice. Writes through it to a read-only
+    /// mapping raise SIGSEGV, as with any PROT_READ memory.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `&mut self` excludes every other safe access for the borrow's life; udax
         // itself only reads the bytes in writeback while the pages are write-protected and
@@ -230,12 +240,27 @@ impl Mapping {
     /// ```
     ///
     /// # Errors
-    /// [`Error::OutOfRange`] if the range does not lie inside the mapping. A page whose
-    /// fault cannot be served (the store failed, no space) raises SIGBUS, as a store would.
+    /// [`Error::OutOfRange`] if the range does not lie inside the mapping;
+    /// [`Error::ReadOnly`] for a read-only mapping. A page whose fault cannot be served
+    /// (the store failed, no space) raises SIGBUS, as a store would.
     pub fn write_at(&self, offset: usize, buf: &[u8]) -> Result<(), Error> {
+        self.check_writable(true)?;
         let bytes = self.atomic_bytes(offset, buf.len())?;
         for (byte, value) in bytes.iter().zip(buf) {
             byte.store(*value, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Whether the mapping is read-only ([`Options::read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Refuses a write to a read-only mapping (it would raise SIGSEGV).
+    fn check_writable(&self, write: bool) -> Result<(), Error> {
+        if write && self.read_only {
+            return Err(Error::ReadOnly);
         }
         Ok(())
     }
@@ -319,6 +344,21 @@ impl Drop for Mapping {
             self.stop();
         }
     }
+}
+
+/// Checks a fixed address: 2 MiB-aligned for 2 MiB faults (the 4 KiB alignment and the
+/// range itself are checked by the reservation).
+fn check_placement(options: &Options) -> Result<(), Error> {
+    let address = match options.placement {
+        Placement::Any => return Ok(()),
+        Placement::At(address) | Placement::Replace(address) => address,
+    };
+    if options.granularity == Granularity::Huge && address % HUGE_PAGE_SIZE != 0 {
+        return Err(Error::IncompatibleOptions {
+            reason: "2 MiB faults need a 2 MiB-aligned address",
+        });
+    }
+    Ok(())
 }
 
 /// Checks the requested length against the store.

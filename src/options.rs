@@ -7,6 +7,7 @@ use crate::engine::config::{Config, DirtyTracking, Granularity};
 use crate::engine::huge_slots::HugeSlots;
 use crate::resolve::Resolution;
 use crate::resolve::threads;
+use crate::sys::memory::Placement;
 
 /// How to map a store. Start from `Options::default()` and chain the setters.
 ///
@@ -32,6 +33,8 @@ pub struct Options {
     pub(crate) huge_move: bool,
     pub(crate) zero_window_delay: Option<Duration>,
     pub(crate) evict_delay: Option<Duration>,
+    pub(crate) placement: Placement,
+    pub(crate) read_only: bool,
 }
 
 impl Default for Options {
@@ -47,6 +50,8 @@ impl Default for Options {
             huge_move: true,
             zero_window_delay: None,
             evict_delay: None,
+            placement: Placement::Any,
+            read_only: false,
         }
     }
 }
@@ -151,6 +156,36 @@ impl Options {
         self
     }
 
+    /// Maps at exactly `address` (a multiple of 4096; of 2 MiB with [`Granularity::Huge`])
+    /// instead of an address of the kernel's choosing. Mapping fails with
+    /// [`Error::Os`](crate::Error::Os) (EEXIST) if anything is mapped in the range.
+    pub fn address(mut self, address: usize) -> Self {
+        self.placement = Placement::At(address);
+        self
+    }
+
+    /// Maps at exactly `address`, as [`Options::address`], replacing whatever is mapped
+    /// there (mmap's MAP_FIXED: a range the caller reserved itself, or mappings placed back
+    /// to back).
+    ///
+    /// # Safety
+    /// The caller owns `address..address + len` and nothing references its contents: they
+    /// are unmapped when the mapping is made.
+    pub unsafe fn address_replacing(mut self, address: usize) -> Self {
+        self.placement = Placement::Replace(address);
+        self
+    }
+
+    /// Maps read-only (default false), as mmap with PROT_READ: faults fill pages as usual,
+    /// a write through the pointer raises SIGSEGV (SEGV_ACCERR) before udax sees it, and
+    /// [`Mapping::write_at`](crate::Mapping::write_at) and writing prefaults return
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly). Nothing is ever dirty, so flush writes
+    /// nothing back; the store is never written.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
     /// The engine's configuration for a region served by `resolution`, in this process's
     /// own memory (`own_memory`: a mapping) or another's (an adopted region, which only
     /// fills: no dirty tracking, no huge-page moves). Huge pages are moved in only outside
@@ -162,6 +197,8 @@ impl Options {
             && self.granularity == Granularity::Huge
             && self.huge_move
             && !in_thread
+            // UFFDIO_MOVE wants source and destination of the same protection.
+            && !self.read_only
             && HugeSlots::usable();
         Config {
             tracking: own_memory.then_some(self.tracking),

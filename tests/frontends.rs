@@ -1,16 +1,154 @@
-//! What the C and Python front-ends need of the library: stores over a caller's
-//! descriptor opened with O_DIRECT.
+//! What the C and Python front-ends need of the library: mappings at a given address
+//! (UMAP_FIXED), read-only mappings (PROT_READ), and stores over a caller's descriptor
+//! opened with O_DIRECT.
 
 mod common;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 
-use common::require_uffd;
-use udax::{FileStore, Mapping, Options, Store};
+use common::{PAGE, child_case, describe, require_uffd, run_child, say};
+use udax::{Error, FileStore, Granularity, Mapping, MemStore, Options, Store};
 
 const MIB: usize = 1 << 20;
+
+/// Reserves `len` bytes of address space and unmaps them, returning a free address.
+fn free_address(len: usize) -> usize {
+    // SAFETY: a fresh anonymous mapping, unmapped at once; only its address is kept.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        libc::munmap(p, len);
+        p as usize
+    }
+}
+
+#[test]
+fn a_mapping_goes_where_it_is_asked_and_not_over_another() {
+    if !require_uffd() {
+        return;
+    }
+    let at = free_address(2 * MIB);
+    let store = || Arc::new(MemStore::new(MIB as u64));
+    let first = Mapping::new(store(), Options::default().address(at)).expect("map at");
+    assert_eq!(first.as_ptr() as usize, at);
+    // Back to back: the next one right after it.
+    let second = Mapping::new(store(), Options::default().address(at + MIB)).expect("next");
+    assert_eq!(second.as_ptr() as usize, at + MIB);
+    first.write_at(0, b"one").expect("write first");
+    second.write_at(0, b"two").expect("write second");
+    let mut buf = [0u8; 3];
+    first.read_at(0, &mut buf).expect("read first");
+    assert_eq!(&buf, b"one");
+    // Not over a live mapping without the caller's say-so...
+    let over = Mapping::new(store(), Options::default().address(at));
+    match over {
+        Err(Error::Os { source, .. }) => assert_eq!(source.raw_os_error(), Some(libc::EEXIST)),
+        other => panic!("mapping over a live mapping: {:?}", other.map(|m| m.len())),
+    }
+    // ...nor unaligned, nor a 2 MiB mapping off a 2 MiB boundary.
+    assert!(Mapping::new(store(), Options::default().address(at + 1)).is_err());
+    let huge = Options::default()
+        .granularity(Granularity::Huge)
+        .address(at + 2 * MIB + PAGE);
+    assert!(matches!(
+        Mapping::new(Arc::new(MemStore::new(2 * MIB as u64)), huge),
+        Err(Error::IncompatibleOptions { .. })
+    ));
+    drop(second);
+    // With the caller's say-so, over its own reservation (MAP_FIXED).
+    let reserved = free_address(MIB);
+    // SAFETY: an anonymous mapping at a free address, which this test owns.
+    let p = unsafe {
+        libc::mmap(
+            reserved as *mut libc::c_void,
+            MIB,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as usize, reserved);
+    // SAFETY: the range is this test's reservation just made, referenced by nothing.
+    let options = unsafe { Options::default().address_replacing(reserved) };
+    let replaced = Mapping::new(store(), options).expect("map over own reservation");
+    assert_eq!(replaced.as_ptr() as usize, reserved);
+    replaced.write_at(4096, b"x").expect("write");
+    replaced.close().expect("close");
+    first.close().expect("close");
+}
+
+#[test]
+fn a_read_only_mapping_reads_and_refuses_writes() {
+    if !require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ro.img");
+    let mut data = vec![0u8; 2 * MIB];
+    data[5000] = 42;
+    std::fs::write(&path, &data).expect("write file");
+    let fd = OwnedFd::from(std::fs::File::open(&path).expect("open read-only"));
+    let store = Arc::new(FileStore::from_fd(fd).expect("store over fd"));
+    for granularity in [Granularity::Page, Granularity::Huge] {
+        let options = Options::default().read_only(true).granularity(granularity);
+        let mapping = Mapping::new(store.clone(), options).expect("map read-only");
+        assert!(mapping.is_read_only());
+        let mut byte = [0u8];
+        mapping.read_at(5000, &mut byte).expect("read");
+        assert_eq!(byte[0], 42);
+        assert!(matches!(mapping.write_at(0, b"x"), Err(Error::ReadOnly)));
+        assert!(matches!(
+            mapping.prefault(0, PAGE, true),
+            Err(Error::ReadOnly)
+        ));
+        mapping.prefault(0, 2 * MIB, false).expect("read prefault");
+        mapping.flush().expect("flush writes nothing");
+        assert_eq!(mapping.stats().pages_written_back, 0);
+        mapping.close().expect("close");
+    }
+}
+
+#[test]
+fn a_write_through_the_pointer_of_a_read_only_mapping_is_sigsegv() {
+    if child_case().as_deref() == Some("ro-write") {
+        let store = Arc::new(MemStore::new(MIB as u64));
+        let mapping = Mapping::new(store, Options::default().read_only(true)).expect("map");
+        // SAFETY: inside the mapping; the read faults in the zero page.
+        let value = unsafe { mapping.as_ptr().read_volatile() };
+        say(&format!("READ {value}"));
+        // SAFETY: inside the mapping; the kernel refuses the write (PROT_READ).
+        unsafe { mapping.as_ptr().add(PAGE).write_volatile(1) };
+        say("SURVIVED");
+        return;
+    }
+    if !require_uffd() {
+        return;
+    }
+    let output = run_child(
+        "a_write_through_the_pointer_of_a_read_only_mapping_is_sigsegv",
+        "ro-write",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("READ 0"), "{}", describe(&output));
+    assert!(!stdout.contains("SURVIVED"), "{}", describe(&output));
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGSEGV),
+        "{}",
+        describe(&output)
+    );
+}
 
 #[test]
 fn an_o_direct_descriptor_backs_a_mapping() {

@@ -4,9 +4,11 @@ use std::io;
 
 use crate::{HUGE_PAGE_SIZE, PAGE_SIZE};
 
-/// A range of private anonymous memory, 2 MiB aligned, unmapped on drop.
+/// A range of private anonymous memory (2 MiB aligned unless placed at a given address),
+/// unmapped on drop.
 ///
-/// Invariant: `base..base + len` is mapped (readable and writable) while the value lives,
+/// Invariant: `base..base + len` is mapped (readable, and writable unless reserved
+/// read-only) while the value lives,
 /// and nothing else unmaps it.
 #[derive(Debug)]
 pub(crate) struct Reservation {
@@ -21,38 +23,35 @@ impl Reservation {
     /// pages are only ever installed by udax, which moves huge pages in itself). The range
     /// is not inherited by children (MADV_DONTFORK).
     pub(crate) fn new(len: usize, huge_pages: bool) -> io::Result<Reservation> {
+        // SAFETY: `Placement::Any` clobbers nothing.
+        unsafe { Reservation::place(len, huge_pages, Placement::Any, true) }
+    }
+
+    /// As [`Reservation::new`], at the address `placement` asks for, readable and (when
+    /// `writable`) writable. A fixed address must be page-aligned.
+    ///
+    /// # Safety
+    /// With [`Placement::Replace`], whatever was mapped at the range is unmapped: the
+    /// caller owns it and nothing references its contents.
+    pub(crate) unsafe fn place(
+        len: usize,
+        huge_pages: bool,
+        placement: Placement,
+        writable: bool,
+    ) -> io::Result<Reservation> {
         debug_assert!(len > 0 && len % PAGE_SIZE == 0);
-        let padded = len
-            .checked_add(HUGE_PAGE_SIZE)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: a new private anonymous mapping at an address of the kernel's choosing;
-        // the result is checked against MAP_FAILED before use.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                padded,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
         };
-        if raw == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let raw = raw as usize;
-        let base = raw.next_multiple_of(HUGE_PAGE_SIZE);
-        // Trim the padding; a failure here only leaves unused address space mapped.
-        // SAFETY: both trimmed ranges belong to the mapping just made and hold no data.
-        unsafe {
-            if base > raw {
-                libc::munmap(raw as *mut libc::c_void, base - raw);
-            }
-            libc::munmap(
-                (base + len) as *mut libc::c_void,
-                raw + padded - (base + len),
-            );
-        }
+        let base = match placement {
+            // SAFETY: anywhere the kernel chooses.
+            Placement::Any => unsafe { map_aligned(len, prot)? },
+            Placement::At(address) => map_fixed(address, len, prot, libc::MAP_FIXED_NOREPLACE)?,
+            // The caller vouches for the range (this function's contract).
+            Placement::Replace(address) => map_fixed(address, len, prot, libc::MAP_FIXED)?,
+        };
         let reservation = Reservation { base, len };
         let thp = if huge_pages {
             libc::MADV_HUGEPAGE
@@ -108,6 +107,96 @@ impl Reservation {
         }
         Ok(())
     }
+}
+
+/// Where a reservation goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// A 2 MiB-aligned address of the kernel's choosing.
+    #[default]
+    Any,
+    /// Exactly this address; fails with EEXIST if anything is mapped there
+    /// (MAP_FIXED_NOREPLACE).
+    At(usize),
+    /// Exactly this address, replacing whatever is mapped there (MAP_FIXED).
+    Replace(usize),
+}
+
+/// Maps `len` bytes at a 2 MiB-aligned address of the kernel's choosing (over-reserving
+/// and trimming) and returns it.
+///
+/// # Safety
+/// None beyond mmap's: the range is new. (Marked unsafe to keep the munmaps of the
+/// padding visibly tied to the mapping just made.)
+unsafe fn map_aligned(len: usize, prot: libc::c_int) -> io::Result<usize> {
+    let padded = len
+        .checked_add(HUGE_PAGE_SIZE)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+    // SAFETY: a new private anonymous mapping at an address of the kernel's choosing;
+    // the result is checked against MAP_FAILED before use.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            padded,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = raw as usize;
+    let base = raw.next_multiple_of(HUGE_PAGE_SIZE);
+    // Trim the padding; a failure here only leaves unused address space mapped.
+    // SAFETY: both trimmed ranges belong to the mapping just made and hold no data.
+    unsafe {
+        if base > raw {
+            libc::munmap(raw as *mut libc::c_void, base - raw);
+        }
+        libc::munmap(
+            (base + len) as *mut libc::c_void,
+            raw + padded - (base + len),
+        );
+    }
+    Ok(base)
+}
+
+/// Maps `len` bytes at exactly `address` with `fixed` (MAP_FIXED or MAP_FIXED_NOREPLACE).
+/// EINVAL for an unaligned or wrapping range; EEXIST from the kernel if NOREPLACE finds
+/// something there (older kernels that ignore NOREPLACE and map elsewhere: EEXIST too).
+fn map_fixed(
+    address: usize,
+    len: usize,
+    prot: libc::c_int,
+    fixed: libc::c_int,
+) -> io::Result<usize> {
+    if address == 0 || address % PAGE_SIZE != 0 || address.checked_add(len).is_none() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: a private anonymous mapping at `address`; with MAP_FIXED the caller of
+    // `Reservation::place` vouched for the range, with NOREPLACE the kernel refuses to
+    // replace anything. The result is checked before use.
+    let raw = unsafe {
+        libc::mmap(
+            address as *mut libc::c_void,
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | fixed,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    if raw as usize != address {
+        // SAFETY: the mapping just made elsewhere (a kernel without NOREPLACE).
+        unsafe { libc::munmap(raw, len) };
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    Ok(address)
 }
 
 impl Drop for Reservation {
