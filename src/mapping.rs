@@ -3,11 +3,12 @@
 //! region over it, starts a resolver, and hands out the pointer, `read_at`/`write_at`,
 //! flush, stats and close.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
 
 use crate::engine::config::{DirtyTracking, Granularity};
 use crate::engine::region::{Memory, Region};
+use crate::engine::shared_budget::Evictable;
 use crate::engine::stats::Stats;
 use crate::engine::writeback;
 use crate::error::Error;
@@ -58,13 +59,20 @@ impl Mapping {
     /// [`Error::Os`] when memory or a thread cannot be had.
     pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Mapping, Error> {
         let len = mapping_len(store.len(), options.len)?;
-        if options.tracking == DirtyTracking::Async && options.budget.is_some() {
+        let budgeted = options.budget.is_some() || options.shared_budget.is_some();
+        if options.tracking == DirtyTracking::Async && budgeted {
             return Err(Error::IncompatibleOptions {
                 reason: "asynchronous dirty tracking cannot be combined with a budget \
                          (eviction could not stop a write racing it)",
             });
         }
         let resolution = options.resolution.effective(&*store);
+        if resolution == Resolution::InThread && options.shared_budget.is_some() {
+            return Err(Error::IncompatibleOptions {
+                reason: "a shared budget needs handler threads (its lock is not for \
+                         signal handlers)",
+            });
+        }
         let config = options.config(resolution, true);
         let uffd = Arc::new(Uffd::open(config.features() | resolution.features())?);
         check_placement(&options)?;
@@ -89,6 +97,10 @@ impl Mapping {
             )?
         };
         let region = Arc::new(region);
+        if let Some(shared) = &options.shared_budget {
+            let weak: Weak<dyn Evictable> = Arc::downgrade(&region) as Weak<Region>;
+            shared.register(weak);
+        }
         let regions = vec![Arc::clone(&region)];
         let resolver = Resolver::start(resolution, &uffd, regions, options.handler_threads)?;
         Ok(Mapping {

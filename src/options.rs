@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::engine::config::{Config, DirtyTracking, Granularity};
 use crate::engine::huge_slots::HugeSlots;
+use crate::engine::shared_budget::SharedBudget;
 use crate::resolve::Resolution;
 use crate::resolve::threads;
 use crate::sys::memory::Placement;
@@ -35,6 +36,7 @@ pub struct Options {
     pub(crate) evict_delay: Option<Duration>,
     pub(crate) placement: Placement,
     pub(crate) read_only: bool,
+    pub(crate) shared_budget: Option<SharedBudget>,
 }
 
 impl Default for Options {
@@ -52,6 +54,7 @@ impl Default for Options {
             evict_delay: None,
             placement: Placement::Any,
             read_only: false,
+            shared_budget: None,
         }
     }
 }
@@ -105,6 +108,15 @@ impl Options {
     /// ```
     pub fn budget(mut self, bytes: u64) -> Self {
         self.budget = Some(bytes);
+        self
+    }
+
+    /// Holds `budget`, shared with the other mappings given it, instead of a budget of
+    /// its own ([`Options::budget`] is then ignored): their resident pages together stay at
+    /// or under it, the largest mapping evicting first. Needs handler threads (refused
+    /// with [`Resolution::InThread`]).
+    pub fn shared_budget(mut self, budget: &SharedBudget) -> Self {
+        self.shared_budget = Some(budget.clone());
         self
     }
 
@@ -206,7 +218,11 @@ impl Options {
             huge_dirty: self.huge_dirty,
             huge_move,
             wakes: !in_thread,
-            budget: self.budget,
+            budget: match &self.shared_budget {
+                Some(shared) => Some(shared.bytes()),
+                None => self.budget,
+            },
+            shared_budget: self.shared_budget.clone(),
             zero_window_delay: self.zero_window_delay,
             evict_delay: self.evict_delay,
         }

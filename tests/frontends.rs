@@ -1,6 +1,6 @@
 //! What the C and Python front-ends need of the library: mappings at a given address
-//! (UMAP_FIXED), read-only mappings (PROT_READ), and stores over a caller's descriptor
-//! opened with O_DIRECT.
+//! (UMAP_FIXED), read-only mappings (PROT_READ), stores over a caller's descriptor opened
+//! with O_DIRECT, and one budget shared by several mappings (UMap's global buffer).
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 
 use common::{PAGE, child_case, describe, require_uffd, run_child, say};
-use udax::{Error, FileStore, Granularity, Mapping, MemStore, Options, Store};
+use udax::{Error, FileStore, Granularity, Mapping, MemStore, Options, SharedBudget, Store};
 
 const MIB: usize = 1 << 20;
 
@@ -182,4 +182,78 @@ fn an_o_direct_descriptor_backs_a_mapping() {
         .and_then(|f| f.read_exact_at(&mut back, 4097))
         .expect("read back");
     assert_eq!(&back, b"direct");
+}
+
+#[test]
+fn mappings_sharing_a_budget_stay_under_it_together() {
+    if !require_uffd() {
+        return;
+    }
+    assert!(matches!(
+        SharedBudget::new(64 * 1024 - 1),
+        Err(Error::BudgetTooSmall { .. })
+    ));
+    let budget = SharedBudget::new(2 * MIB as u64).expect("budget");
+    let threads = 2;
+    let options = Options::default()
+        .handler_threads(threads)
+        .shared_budget(&budget);
+    let stores: Vec<_> = (0..3)
+        .map(|_| Arc::new(MemStore::new(4 * MIB as u64)))
+        .collect();
+    let mappings: Vec<_> = stores
+        .iter()
+        .map(|s| Mapping::new(s.clone(), options.clone()).expect("map"))
+        .collect();
+    // 12 MiB written through three mappings under 2 MiB for all of them.
+    for page in 0..(4 * MIB / PAGE) {
+        for (i, mapping) in mappings.iter().enumerate() {
+            mapping
+                .write_at(page * PAGE, &[i as u8 + 1, page as u8])
+                .expect("write");
+        }
+    }
+    let budget_pages = (2 * MIB / PAGE) as u64;
+    let slack = (3 * threads) as u64;
+    assert!(
+        budget.peak_pages() <= budget_pages + slack,
+        "peak {} pages over a budget of {budget_pages}",
+        budget.peak_pages()
+    );
+    assert!(budget.resident_pages() <= budget_pages + slack);
+    // Each mapping was evicted from, and kept some pages: the largest goes first.
+    for mapping in &mappings {
+        let stats = mapping.stats();
+        assert!(stats.evicted_dirty > 0, "{stats:?}");
+        assert!(stats.resident_pages > 0, "{stats:?}");
+    }
+    for (i, mapping) in mappings.iter().enumerate() {
+        let mut two = [0u8; 2];
+        for page in [0, 511, 1023] {
+            mapping.read_at(page * PAGE, &mut two).expect("read");
+            assert_eq!(two, [i as u8 + 1, page as u8]);
+        }
+    }
+    for mapping in mappings {
+        mapping.close().expect("close");
+    }
+    // Closed mappings drop out of the sum.
+    assert_eq!(budget.resident_pages(), 0);
+    for (i, store) in stores.iter().enumerate() {
+        let mut two = [0u8; 2];
+        store
+            .read_at(1000 * PAGE as u64, &mut two)
+            .expect("store read");
+        assert_eq!(two, [i as u8 + 1, 1000u32 as u8]);
+    }
+    // In-thread resolution cannot hold one.
+    let in_thread = Options::default()
+        .resolution(udax::Resolution::InThread)
+        .shared_budget(&budget);
+    match Mapping::new(Arc::new(MemStore::new(MIB as u64)), in_thread) {
+        Err(Error::IncompatibleOptions { .. }) => {}
+        // Off x86-64 in-thread falls back to handler threads, which may hold it.
+        Ok(mapping) => assert_ne!(mapping.resolution(), udax::Resolution::InThread),
+        Err(e) => panic!("in-thread with a shared budget: {e}"),
+    }
 }
