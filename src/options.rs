@@ -80,6 +80,12 @@ impl Options {
         self
     }
 
+    /// How many handler threads these options start (the default: one per CPU the
+    /// process may use, at most 4).
+    pub fn handler_thread_count(&self) -> usize {
+        self.handler_threads
+    }
+
     /// Caps the mapping's resident memory at about `bytes` (default: no limit; at least
     /// 64 KiB). Past the budget, pages are evicted with a CLOCK (second chance) policy:
     /// clean ones dropped, dirty ones written back to the store first; the next access
