@@ -36,11 +36,17 @@ fn lib_dir(scratch: &Path) -> PathBuf {
     dir
 }
 
-/// Compiles `source` (in tests/c) into `out_dir` with `compiler`; returns the binary.
-fn compile(compiler: &str, source: &str, out_dir: &Path) -> PathBuf {
+/// Compiles `source` (in tests/c, or a path under the package) into `out_dir` with
+/// `compiler`, linking libudax and `libs`; returns the binary.
+fn compile(compiler: &str, source: &str, out_dir: &Path, libs: &[&str]) -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = lib_dir(out_dir);
-    let binary = out_dir.join(source.replace('.', "_"));
+    let binary = out_dir.join(source.replace(['.', '/'], "_"));
+    let path = if source.contains('/') {
+        manifest.join(source)
+    } else {
+        manifest.join("tests/c").join(source)
+    };
     let std_flag = if compiler == "c++" {
         "-std=c++17"
     } else {
@@ -57,12 +63,13 @@ fn compile(compiler: &str, source: &str, out_dir: &Path) -> PathBuf {
         ])
         .arg("-I")
         .arg(manifest.join("include"))
-        .arg(manifest.join("tests/c").join(source))
+        .arg(path)
         .arg("-o")
         .arg(&binary)
         .arg(format!("-L{}", lib.display()))
         .arg(format!("-Wl,-rpath,{}", lib.display()))
         .args(["-ludax", "-lpthread"])
+        .args(libs)
         .output()
         .unwrap_or_else(|e| panic!("running {compiler}: {e}"));
     assert!(
@@ -76,8 +83,19 @@ fn compile(compiler: &str, source: &str, out_dir: &Path) -> PathBuf {
 /// Compiles and runs `source` with `env`, the argument a scratch directory (plus
 /// `args`); asserts it exited 0 and returns its stdout.
 fn run(compiler: &str, source: &str, env: &[(&str, &str)], args: &[&str]) -> String {
+    run_linked(compiler, source, &[], env, args)
+}
+
+/// [`run`], linking `libs` too.
+fn run_linked(
+    compiler: &str,
+    source: &str,
+    libs: &[&str],
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
-    let binary = compile(compiler, source, dir.path());
+    let binary = compile(compiler, source, dir.path(), libs);
     let output = Command::new(&binary)
         .arg(dir.path())
         .args(args)
@@ -216,4 +234,12 @@ fn install_sh_makes_a_pkg_config_package_and_a_umap_library() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+#[test]
+fn sqlite_runs_in_place_and_writes_back_exactly_the_pages_it_wrote() {
+    if require_uffd() {
+        let out = run_linked("cc", "examples/sqlite_in_place.c", &["-lsqlite3"], &[], &[]);
+        assert!(out.contains("integrity_check ok"), "{out}");
+    }
 }
