@@ -1,5 +1,6 @@
 /* Bad arguments: UMAP_FAILED or -1 with the right errno, never an abort. Also the
- * getters (the runner sets the UMAP_* variables) and prefetch/pin of stray addresses. */
+ * getters (the runner sets the UMAP_* variables), prefetch/pin of stray addresses, and
+ * that prefetch and fetch_and_pin make pages resident (mincore). */
 #include "check.h"
 #include <stdint.h>
 #include <umap/umap.h>
@@ -9,6 +10,13 @@
         errno = 0;                                   \
         CHECK((call) == UMAP_FAILED && errno == (err)); \
     } while (0)
+
+/* Whether the 4 KiB page at `addr` is in memory (mincore). */
+static int resident(void *addr) {
+    unsigned char vec = 0;
+    CHECK(mincore(addr, 4096, &vec) == 0);
+    return vec & 1;
+}
 
 int main(int argc, char **argv) {
     CHECK(argc == 2);
@@ -47,12 +55,16 @@ int main(int argc, char **argv) {
     umap_prefetch(1, &stray);
     umap_prefetch(-3, NULL);
     umap_fetch_and_pin((char *)0x1000, 8192);
+    CHECK(pwrite(fd, "data", 4, 0) == 4 && pwrite(fd, "data", 4, (off_t)len - 8192) == 4);
     char *p = umap(NULL, len, rw, UMAP_PRIVATE, fd, 0);
     CHECK(p != UMAP_FAILED);
     CHECK(uunmap(p + 8192, len) == -1 && errno == EINVAL);                /* not a start */
+    CHECK(!resident(p) && !resident(p + len - 8192));
     umap_fetch_and_pin(p + len - 8192, 1 << 30);                          /* clipped at the end */
+    CHECK(resident(p + len - 8192) && resident(p + len - 4096) && !resident(p));
     struct umap_prefetch_item inside = {p + 100};
     umap_prefetch(1, &inside);
+    CHECK(resident(p) && resident(p + 4096)); /* the whole 8 KiB UMap page */
     p[0] = 1;
     CHECK(umap_flush() == 0);
     CHECK(uunmap(p, 0) == 0);
