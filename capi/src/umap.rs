@@ -7,6 +7,8 @@
 //! - every failure returns `UMAP_FAILED` or -1 with a positive errno (UMap aborts on most);
 //! - `uunmap` of an address `umap` did not return is EINVAL; it unmaps the range (UMap
 //!   leaves it mapped);
+//! - `UMAP_FIXED` over a live region is EINVAL (MAP_FIXED would pull its memory out from
+//!   under its handler threads);
 //! - a region longer than its file is EINVAL (UMap reads stale bytes past the end);
 //! - `PROT_READ` alone maps read-only (writes raise SIGSEGV); `PROT_NONE` is EINVAL;
 //! - `umap_fetch_and_pin` prefaults but does not pin: under a budget the pages may be
@@ -92,11 +94,24 @@ pub unsafe extern "C" fn umap(
             options = unsafe { options.address_replacing(address) };
         }
         let mut regions = regions();
+        if fixed && overlaps(&regions, address, length) {
+            // MAP_FIXED would replace a live region's memory under its handler threads.
+            return einval("UMAP_FIXED range overlaps a live umap region: uunmap it first");
+        }
         let mapping = Mapping::new(Arc::new(store), options)?;
         let start = mapping.as_ptr();
         regions.insert(start as usize, mapping);
         Ok(start.cast())
     })
+}
+
+/// Whether `address..address + len` overlaps a region of `regions`.
+fn overlaps(regions: &BTreeMap<usize, Mapping>, address: usize, len: usize) -> bool {
+    let end = address.saturating_add(len);
+    regions
+        .range(..end)
+        .next_back()
+        .is_some_and(|(&start, mapping)| start + mapping.len() > address)
 }
 
 /// `int uunmap(void *addr, size_t length)`: `length` is ignored, as in UMap.

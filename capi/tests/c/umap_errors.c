@@ -59,6 +59,8 @@ int main(int argc, char **argv) {
     char *p = umap(NULL, len, rw, UMAP_PRIVATE, fd, 0);
     CHECK(p != UMAP_FAILED);
     CHECK(uunmap(p + 8192, len) == -1 && errno == EINVAL);                /* not a start */
+    FAILS_WITH(umap(p + 8192, len, rw, UMAP_PRIVATE | UMAP_FIXED, fd, 0), EINVAL); /* over p */
+    FAILS_WITH(umap(p - 8192, 16384, rw, UMAP_PRIVATE | UMAP_FIXED, fd, 0), EINVAL);
     CHECK(!resident(p) && !resident(p + len - 8192));
     umap_fetch_and_pin(p + len - 8192, 1 << 30);                          /* clipped at the end */
     CHECK(resident(p + len - 8192) && resident(p + len - 4096) && !resident(p));
