@@ -115,6 +115,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A write was asked of a read-only mapping.
+    #[error("the mapping is read-only: map it without Options::read_only to write")]
+    ReadOnly,
     /// The resident budget is too small to make progress.
     #[error(
         "a budget of {budget} bytes is too small: give at least {minimum} bytes (a single \

@@ -46,6 +46,7 @@ mod sys;
 
 pub use adopted::{Adopted, AdoptedRange};
 pub use engine::config::{DirtyTracking, Granularity};
+pub use engine::shared_budget::SharedBudget;
 pub use engine::stats::Stats;
 pub use error::Error;
 pub use mapping::Mapping;

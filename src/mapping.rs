@@ -3,12 +3,12 @@
 //! region over it, starts a resolver, and hands out the pointer, `read_at`/`write_at`,
 //! flush, stats and close.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
 
-use crate::PAGE_SIZE;
-use crate::engine::config::DirtyTracking;
+use crate::engine::config::{DirtyTracking, Granularity};
 use crate::engine::region::{Memory, Region};
+use crate::engine::shared_budget::Evictable;
 use crate::engine::stats::Stats;
 use crate::engine::writeback;
 use crate::error::Error;
@@ -17,8 +17,9 @@ use crate::options::Options;
 use crate::resolve::pool::Pool;
 use crate::resolve::{Resolution, Resolver};
 use crate::store::Store;
-use crate::sys::memory::Reservation;
+use crate::sys::memory::{Placement, Reservation};
 use crate::sys::uffd::Uffd;
+use crate::{HUGE_PAGE_SIZE, PAGE_SIZE};
 
 /// A store mapped into memory, its faults served by udax.
 ///
@@ -39,6 +40,8 @@ pub struct Mapping {
     resolution: Resolution,
     /// The process that made the mapping (see fork, above).
     owner: u32,
+    /// Mapped PROT_READ (`Options::read_only`): writes are refused.
+    read_only: bool,
 }
 
 impl Mapping {
@@ -66,13 +69,20 @@ impl Mapping {
     /// [`Error::Os`] when memory or a thread cannot be had.
     pub fn new(store: Arc<dyn Store>, options: Options) -> Result<Mapping, Error> {
         let len = mapping_len(store.len(), options.len)?;
-        if options.tracking == DirtyTracking::Async && options.budget.is_some() {
+        let budgeted = options.budget.is_some() || options.shared_budget.is_some();
+        if options.tracking == DirtyTracking::Async && budgeted {
             return Err(Error::IncompatibleOptions {
                 reason: "asynchronous dirty tracking cannot be combined with a budget \
                          (eviction could not stop a write racing it)",
             });
         }
         let resolution = options.resolution.effective(&*store);
+        if resolution == Resolution::InThread && options.shared_budget.is_some() {
+            return Err(Error::IncompatibleOptions {
+                reason: "a shared budget needs handler threads (its lock is not for \
+                         signal handlers)",
+            });
+        }
         let config = options.config(resolution, true);
         let features = config.features() | resolution.features();
         // In-thread resolution never serves kernel-side faults: a user-mode-only fd loses nothing.
@@ -89,7 +99,12 @@ impl Mapping {
             Some(pool) => Arc::clone(pool.uffd()),
             None => Arc::new(Uffd::open(features, user_mode_only).map_err(Error::uffd_open)?),
         };
-        let memory = Reservation::new(len, false).map_err(|source| Error::os("mmap", source))?;
+        check_placement(&options)?;
+        // SAFETY: a replacing placement is the caller's promise (`Options::address_replacing`
+        // is unsafe and states it).
+        let memory =
+            unsafe { Reservation::place(len, false, options.placement, !options.read_only) }
+                .map_err(|source| Error::os("mmap", source))?;
         // SAFETY: the reservation was just made and nothing references it; from here on
         // its accesses fault to `uffd`, which the region below serves.
         unsafe { uffd.register(memory.base(), len, true)? };
@@ -106,6 +121,10 @@ impl Mapping {
             )?
         };
         let region = Arc::new(region);
+        if let Some(shared) = &options.shared_budget {
+            let weak: Weak<dyn Evictable> = Arc::downgrade(&region) as Weak<Region>;
+            shared.register(weak);
+        }
         let resolver = match pool {
             Some(pool) => Resolver::Pooled(pool.join(Arc::clone(&region))?),
             None => Resolver::start(resolution, &uffd, vec![Arc::clone(&region)], 0)?,
@@ -116,6 +135,7 @@ impl Mapping {
             resolver: Some(resolver),
             resolution,
             owner: std::process::id(),
+            read_only: options.read_only,
         })
     }
 
@@ -140,8 +160,10 @@ impl Mapping {
     /// call this first. Writing prefaults dirty the pages (their bytes are unchanged).
     ///
     /// # Errors
-    /// [`Error::OutOfRange`] if the range does not lie inside the mapping.
+    /// [`Error::OutOfRange`] if the range does not lie inside the mapping;
+    /// [`Error::ReadOnly`] for a writing prefault of a read-only mapping.
     pub fn prefault(&self, offset: usize, len: usize, write: bool) -> Result<(), Error> {
+        self.check_writable(write)?;
         let bytes = self.atomic_bytes(offset, len)?;
         let first = offset / PAGE_SIZE;
         let last = (offset + len).div_ceil(PAGE_SIZE);
@@ -209,7 +231,8 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) }
     }
 
-    /// The whole mapping as a mutable byte slice.
+    /// The whole mapping as a mutable byte slice. Writes through it to a read-only
+    /// mapping raise SIGSEGV, as with any PROT_READ memory.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `&mut self` excludes every other safe access for the borrow's life; udax
         // itself only reads the bytes in writeback while the pages are write-protected and
@@ -266,12 +289,27 @@ impl Mapping {
     /// ```
     ///
     /// # Errors
-    /// [`Error::OutOfRange`] if the range does not lie inside the mapping. A page whose
-    /// fault cannot be served (the store failed, no space) raises SIGBUS, as a store would.
+    /// [`Error::OutOfRange`] if the range does not lie inside the mapping;
+    /// [`Error::ReadOnly`] for a read-only mapping. A page whose fault cannot be served
+    /// (the store failed, no space) raises SIGBUS, as a store would.
     pub fn write_at(&self, offset: usize, buf: &[u8]) -> Result<(), Error> {
+        self.check_writable(true)?;
         let bytes = self.atomic_bytes(offset, buf.len())?;
         for (byte, value) in bytes.iter().zip(buf) {
             byte.store(*value, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Whether the mapping is read-only ([`Options::read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Refuses a write to a read-only mapping (it would raise SIGSEGV).
+    fn check_writable(&self, write: bool) -> Result<(), Error> {
+        if write && self.read_only {
+            return Err(Error::ReadOnly);
         }
         Ok(())
     }
@@ -374,6 +412,21 @@ impl Drop for Mapping {
             self.stop();
         }
     }
+}
+
+/// Checks a fixed address: 2 MiB-aligned for 2 MiB faults (the 4 KiB alignment and the
+/// range itself are checked by the reservation).
+fn check_placement(options: &Options) -> Result<(), Error> {
+    let address = match options.placement {
+        Placement::Any => return Ok(()),
+        Placement::At(address) | Placement::Replace(address) => address,
+    };
+    if options.granularity == Granularity::Huge && address % HUGE_PAGE_SIZE != 0 {
+        return Err(Error::IncompatibleOptions {
+            reason: "2 MiB faults need a 2 MiB-aligned address",
+        });
+    }
+    Ok(())
 }
 
 /// Checks the requested length against the store.

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use crate::engine::config::{Config, DirtyTracking, Granularity};
 use crate::engine::huge_slots::HugeSlots;
+use crate::engine::shared_budget::SharedBudget;
 use crate::resolve::Resolution;
 use crate::resolve::threads;
+use crate::sys::memory::Placement;
 
 /// How to map a store. Start from `Options::default()` and chain the setters.
 ///
@@ -33,6 +35,9 @@ pub struct Options {
     pub(crate) zero_window_delay: Option<Duration>,
     pub(crate) evict_delay: Option<Duration>,
     pub(crate) user_mode_only: bool,
+    pub(crate) placement: Placement,
+    pub(crate) read_only: bool,
+    pub(crate) shared_budget: Option<SharedBudget>,
 }
 
 impl Default for Options {
@@ -49,6 +54,9 @@ impl Default for Options {
             zero_window_delay: None,
             evict_delay: None,
             user_mode_only: false,
+            placement: Placement::Any,
+            read_only: false,
+            shared_budget: None,
         }
     }
 }
@@ -75,6 +83,12 @@ impl Options {
     pub fn handler_threads(mut self, threads: usize) -> Self {
         self.handler_threads = threads.max(1);
         self
+    }
+
+    /// How many handler threads these options start (the default: one per CPU the
+    /// process may use, at most 4).
+    pub fn handler_thread_count(&self) -> usize {
+        self.handler_threads
     }
 
     /// Caps the mapping's resident memory at about `bytes` (default: no limit; at least
@@ -105,6 +119,15 @@ impl Options {
     /// ```
     pub fn budget(mut self, bytes: u64) -> Self {
         self.budget = Some(bytes);
+        self
+    }
+
+    /// Holds `budget`, shared with the other mappings given it, instead of a budget of
+    /// its own ([`Options::budget`] is then ignored): their resident pages together stay at
+    /// or under it, the largest mapping evicting first. Needs handler threads (refused
+    /// with [`Resolution::InThread`]).
+    pub fn shared_budget(mut self, budget: &SharedBudget) -> Self {
+        self.shared_budget = Some(budget.clone());
         self
     }
 
@@ -188,6 +211,36 @@ impl Options {
         self
     }
 
+    /// Maps at exactly `address` (a multiple of 4096; of 2 MiB with [`Granularity::Huge`])
+    /// instead of an address of the kernel's choosing. Mapping fails with
+    /// [`Error::Os`](crate::Error::Os) (EEXIST) if anything is mapped in the range.
+    pub fn address(mut self, address: usize) -> Self {
+        self.placement = Placement::At(address);
+        self
+    }
+
+    /// Maps at exactly `address`, as [`Options::address`], replacing whatever is mapped
+    /// there (mmap's MAP_FIXED: a range the caller reserved itself, or mappings placed back
+    /// to back).
+    ///
+    /// # Safety
+    /// The caller owns `address..address + len` and nothing references its contents: they
+    /// are unmapped when the mapping is made.
+    pub unsafe fn address_replacing(mut self, address: usize) -> Self {
+        self.placement = Placement::Replace(address);
+        self
+    }
+
+    /// Maps read-only (default false), as mmap with PROT_READ: faults fill pages as usual,
+    /// a write through the pointer raises SIGSEGV (SEGV_ACCERR) before udax sees it, and
+    /// [`Mapping::write_at`](crate::Mapping::write_at) and writing prefaults return
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly). Nothing is ever dirty, so flush writes
+    /// nothing back; the store is never written.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
     /// The engine's configuration for a region served by `resolution`, in this process's
     /// own memory (`own_memory`: a mapping) or another's (an adopted region, which only
     /// fills: no dirty tracking, no huge-page moves). Huge pages are moved in only outside
@@ -199,6 +252,8 @@ impl Options {
             && self.granularity == Granularity::Huge
             && self.huge_move
             && !in_thread
+            // UFFDIO_MOVE wants source and destination of the same protection.
+            && !self.read_only
             && HugeSlots::usable();
         Config {
             tracking: own_memory.then_some(self.tracking),
@@ -206,7 +261,11 @@ impl Options {
             huge_dirty: self.huge_dirty,
             huge_move,
             wakes: !in_thread,
-            budget: self.budget,
+            budget: match &self.shared_budget {
+                Some(shared) => Some(shared.bytes()),
+                None => self.budget,
+            },
+            shared_budget: self.shared_budget.clone(),
             zero_window_delay: self.zero_window_delay,
             evict_delay: self.evict_delay,
         }

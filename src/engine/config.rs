@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::engine::shared_budget::SharedBudget;
 use crate::sys::uffd::features;
 
 /// How much a fault resolves at once.
@@ -48,8 +49,12 @@ pub(crate) struct Config {
     /// Whether faulting threads wait to be woken: false when each serves its own faults
     /// (in-thread resolution), so nothing is woken.
     pub(crate) wakes: bool,
-    /// The resident budget in bytes, if any.
+    /// The resident budget in bytes, if any (with a shared budget, its size: the region's
+    /// clock hand).
     pub(crate) budget: Option<u64>,
+    /// A budget shared with other regions, which then replaces the region's own
+    /// watermarks (see `shared_budget`).
+    pub(crate) shared_budget: Option<SharedBudget>,
     /// Testing only: see `Options::zero_window_delay`.
     pub(crate) zero_window_delay: Option<Duration>,
     /// Testing only: see `Options::evict_delay`.

@@ -62,6 +62,7 @@ use crate::engine::budget::Budget;
 use crate::engine::entries::{Age, EntryGuard, State};
 use crate::engine::region::Region;
 use crate::engine::run::Guards;
+use crate::engine::shared_budget::Evictable;
 use crate::engine::stats::Counters;
 use crate::engine::writeback::writeback_locked;
 use crate::error::Error;
@@ -72,8 +73,25 @@ pub(crate) fn after_fault(region: &Region) {
     let Some(budget) = &region.budget else {
         return;
     };
+    if let Some(shared) = &region.config.shared_budget {
+        shared.after_fault();
+        return;
+    }
     if region.entries.resident().0 > budget.high {
         evict_until(region, budget, budget.low);
+    }
+}
+
+/// A region under a shared budget: evicted through its own clock.
+impl Evictable for Region {
+    fn resident_pages(&self) -> u64 {
+        self.entries.resident().0
+    }
+
+    fn evict_down_to(&self, target: u64) {
+        if let Some(budget) = &self.budget {
+            evict_until(self, budget, target);
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! Its files, bottom to top (each imports only files above it in this list, and `sys`,
 //! `store` and `error`; `tests/layers.rs` checks it):
 //!
+//! - `shared_budget`: a budget several regions hold (below `config`, which carries it);
 //! - `config`: what a region's faults do (granularity, dirty tracking, 2 MiB choices);
 //! - `stats`, `error_slot`, `unsynced`, `window`, `entries`, `budget`, `huge_slots`: the
 //!   state a region holds (counters, the first fault-time error, the pages written since
@@ -35,6 +36,7 @@ pub(crate) mod install;
 pub(crate) mod policy;
 pub(crate) mod region;
 pub(crate) mod run;
+pub(crate) mod shared_budget;
 pub(crate) mod stats;
 pub(crate) mod unsynced;
 pub(crate) mod window;

@@ -34,6 +34,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -146,6 +147,66 @@ impl FileStore {
         Ok(FileStore {
             file,
             path: path.to_path_buf(),
+            len,
+            data_run: ExtentCache::default(),
+        })
+    }
+
+    /// A store over an open file descriptor (a caller's `dup`), with the access mode it
+    /// was opened with: an `O_RDONLY` descriptor makes a store that can only back a
+    /// read-only mapping (its writes fail with EBADF). The path, for reports, is the one
+    /// `/proc/self/fd` names.
+    ///
+    /// A descriptor opened with `O_DIRECT` is reopened without it (through
+    /// `/proc/self/fd/N`, same file and access mode) and closed: udax reads single pages
+    /// into unaligned buffers and relies on the page cache around a miss, which O_DIRECT
+    /// forbids; page-cache reads and writes see the same file, and `flush` still ends in
+    /// fsync.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::fd::OwnedFd;
+    /// use udax::{FileStore, Store};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("data.img");
+    /// std::fs::write(&path, vec![7u8; 8192])?;
+    /// let fd = OwnedFd::from(std::fs::File::open(&path)?);  // read-only
+    /// let store = FileStore::from_fd(fd)?;
+    /// assert_eq!(store.len(), 8192);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] if the descriptor is not a regular file or cannot be reopened.
+    pub fn from_fd(fd: OwnedFd) -> Result<FileStore, StoreError> {
+        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let path = std::fs::read_link(&proc_path).unwrap_or_else(|_| proc_path.clone());
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0 {
+            return Err(open_err(io::Error::last_os_error()));
+        }
+        let file = if flags & libc::O_DIRECT != 0 {
+            let accmode = flags & libc::O_ACCMODE;
+            OpenOptions::new()
+                .read(accmode != libc::O_WRONLY)
+                .write(accmode != libc::O_RDONLY)
+                .open(&proc_path)
+                .map_err(open_err)?
+        } else {
+            File::from(fd)
+        };
+        let len = regular_len(&file, &path)?;
+        Ok(FileStore {
+            file,
+            path,
             len,
             data_run: ExtentCache::default(),
         })

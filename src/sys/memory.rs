@@ -4,9 +4,11 @@ use std::io;
 
 use crate::{HUGE_PAGE_SIZE, PAGE_SIZE};
 
-/// A range of private anonymous memory, 2 MiB aligned, unmapped on drop.
+/// A range of private anonymous memory (2 MiB aligned unless placed at a given address),
+/// unmapped on drop.
 ///
-/// Invariant: `base..base + len` is mapped (readable and writable) while the value lives,
+/// Invariant: `base..base + len` is mapped (readable, and writable unless reserved
+/// read-only) while the value lives,
 /// and nothing else unmaps it.
 #[derive(Debug)]
 pub(crate) struct Reservation {
@@ -21,23 +23,35 @@ impl Reservation {
     /// pages are only ever installed by udax, which moves huge pages in itself). The range
     /// is not inherited by children (MADV_DONTFORK).
     pub(crate) fn new(len: usize, huge_pages: bool) -> io::Result<Reservation> {
+        // SAFETY: `Placement::Any` clobbers nothing.
+        unsafe { Reservation::place(len, huge_pages, Placement::Any, true) }
+    }
+
+    /// As [`Reservation::new`], at the address `placement` asks for, readable and (when
+    /// `writable`) writable. A fixed address must be page-aligned.
+    ///
+    /// # Safety
+    /// With [`Placement::Replace`], whatever was mapped at the range is unmapped: the
+    /// caller owns it and nothing references its contents.
+    pub(crate) unsafe fn place(
+        len: usize,
+        huge_pages: bool,
+        placement: Placement,
+        writable: bool,
+    ) -> io::Result<Reservation> {
         debug_assert!(len > 0 && len % PAGE_SIZE == 0);
-        let padded = len
-            .checked_add(HUGE_PAGE_SIZE)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        let raw = map_anonymous(padded)? as usize;
-        let base = raw.next_multiple_of(HUGE_PAGE_SIZE);
-        // Trim the padding; a failure here only leaves unused address space mapped.
-        // SAFETY: both trimmed ranges belong to the mapping just made and hold no data.
-        unsafe {
-            if base > raw {
-                libc::munmap(raw as *mut libc::c_void, base - raw);
-            }
-            libc::munmap(
-                (base + len) as *mut libc::c_void,
-                raw + padded - (base + len),
-            );
-        }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let base = match placement {
+            // SAFETY: anywhere the kernel chooses.
+            Placement::Any => unsafe { map_aligned(len, prot)? },
+            Placement::At(address) => map_fixed(address, len, prot, libc::MAP_FIXED_NOREPLACE)?,
+            // The caller vouches for the range (this function's contract).
+            Placement::Replace(address) => map_fixed(address, len, prot, libc::MAP_FIXED)?,
+        };
         let reservation = Reservation { base, len };
         let thp = if huge_pages {
             libc::MADV_HUGEPAGE
@@ -95,6 +109,68 @@ impl Reservation {
     }
 }
 
+/// Where a reservation goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// A 2 MiB-aligned address of the kernel's choosing.
+    #[default]
+    Any,
+    /// Exactly this address; fails with EEXIST if anything is mapped there
+    /// (MAP_FIXED_NOREPLACE).
+    At(usize),
+    /// Exactly this address, replacing whatever is mapped there (MAP_FIXED).
+    Replace(usize),
+}
+
+/// Maps `len` bytes at a 2 MiB-aligned address of the kernel's choosing (over-reserving
+/// and trimming) and returns it.
+///
+/// # Safety
+/// None beyond mmap's: the range is new. (Marked unsafe to keep the munmaps of the
+/// padding visibly tied to the mapping just made.)
+unsafe fn map_aligned(len: usize, prot: libc::c_int) -> io::Result<usize> {
+    let padded = len
+        .checked_add(HUGE_PAGE_SIZE)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+    let raw = map_anonymous(0, padded, prot, 0)?;
+    let base = raw.next_multiple_of(HUGE_PAGE_SIZE);
+    // Trim the padding; a failure here only leaves unused address space mapped.
+    // SAFETY: both trimmed ranges belong to the mapping just made and hold no data.
+    unsafe {
+        if base > raw {
+            libc::munmap(raw as *mut libc::c_void, base - raw);
+        }
+        libc::munmap(
+            (base + len) as *mut libc::c_void,
+            raw + padded - (base + len),
+        );
+    }
+    Ok(base)
+}
+
+/// Maps `len` bytes at exactly `address` with `fixed` (MAP_FIXED or MAP_FIXED_NOREPLACE).
+/// EINVAL for an unaligned or wrapping range; EEXIST from the kernel if NOREPLACE finds
+/// something there (older kernels that ignore NOREPLACE and map elsewhere: EEXIST too).
+fn map_fixed(
+    address: usize,
+    len: usize,
+    prot: libc::c_int,
+    fixed: libc::c_int,
+) -> io::Result<usize> {
+    if address == 0 || address % PAGE_SIZE != 0 || address.checked_add(len).is_none() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // With MAP_FIXED the caller of `Reservation::place` vouched for the range; with
+    // NOREPLACE the kernel refuses to replace anything.
+    let raw = map_anonymous(address, len, prot, fixed)?;
+    if raw != address {
+        // SAFETY: the mapping just made elsewhere (a kernel without NOREPLACE).
+        unsafe { libc::munmap(raw as *mut libc::c_void, len) };
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    Ok(address)
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         // SAFETY: the reservation is ours (invariant) and its owner is going away: nothing
@@ -148,7 +224,8 @@ impl<T: ZeroValid> ZeroedArray<T> {
         let layout = std::alloc::Layout::array::<T>(len.max(1)).map_err(|_| no_memory())?;
         let mapped = layout.size() >= Self::MMAP_BYTES;
         let raw = if mapped {
-            let raw = map_anonymous(layout.size())?;
+            let prot = libc::PROT_READ | libc::PROT_WRITE;
+            let raw = map_anonymous(0, layout.size(), prot, 0)? as *mut u8;
             // Advice only: a kernel without THP refuses it, and nothing depends on it.
             // SAFETY: the mapping just made, which holds no data yet.
             unsafe { libc::madvise(raw.cast(), layout.size(), libc::MADV_NOHUGEPAGE) };
@@ -167,25 +244,25 @@ impl<T: ZeroValid> ZeroedArray<T> {
     }
 }
 
-/// `bytes` of fresh private anonymous memory (zeroed), read-write, not charged against
-/// the commit limit (MAP_NORESERVE: memory is committed as pages are touched).
-fn map_anonymous(bytes: usize) -> io::Result<*mut u8> {
-    // SAFETY: a new private anonymous mapping at an address of the kernel's choosing; the
-    // result is checked against MAP_FAILED before use.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
+/// `len` bytes of fresh private anonymous memory (zeroed) with protection `prot`, not
+/// charged against the commit limit (MAP_NORESERVE: memory is committed as pages are
+/// touched), at `address` (0: the kernel's choice) with the extra mmap `flags` given
+/// (MAP_FIXED, MAP_FIXED_NOREPLACE, or 0). Returns where it is.
+fn map_anonymous(
+    address: usize,
+    len: usize,
+    prot: libc::c_int,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | flags;
+    // SAFETY: a private anonymous mapping; at a fixed address only with MAP_FIXED* in
+    // `flags`, whose callers vouch for the range (`map_fixed`). The result is checked
+    // against MAP_FAILED before use.
+    let raw = unsafe { libc::mmap(address as *mut libc::c_void, len, prot, flags, -1, 0) };
     if raw == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    Ok(raw.cast())
+    Ok(raw as usize)
 }
 
 impl<T: ZeroValid> std::ops::Deref for ZeroedArray<T> {
