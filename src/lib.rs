@@ -51,6 +51,8 @@ pub use mapping::Mapping;
 pub use options::Options;
 pub use resolve::Resolution;
 pub use store::{Extent, ExtentKind, FileStore, MemStore, Store, StoreError};
+#[cfg(feature = "nbd")]
+pub use store::{NbdConfig, NbdStats, NbdStore};
 pub use sys::uffd::UffdError;
 
 /// The base page size udax tracks (x86-64 and arm64 4 KiB kernels).
