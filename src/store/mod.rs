@@ -17,6 +17,8 @@ mod mem;
 mod nbd;
 #[cfg(feature = "nbd")]
 mod nbd_ffi;
+#[cfg(feature = "nbd")]
+mod read_ahead;
 
 pub use file::FileStore;
 pub use mem::MemStore;

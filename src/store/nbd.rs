@@ -45,6 +45,7 @@ use crate::store::extent_runs::ExtentRuns;
 use crate::store::nbd_ffi::{
     BASE_ALLOCATION, CMD_FLAG_NO_HOLE, Features, Handle, NbdResult, STATE_ZERO,
 };
+use crate::store::read_ahead::{Plan, ReadAhead};
 use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
 
 /// The largest single request sent (servers commonly take 32 MiB).
@@ -64,6 +65,9 @@ pub struct NbdConfig {
     pub read_only: bool,
     /// Bytes of layout one BLOCK_STATUS asks for. Default 64 MiB.
     pub extent_window: u64,
+    /// Read ahead on sequential reads (a window of 128 KiB growing to 2 MiB in one READ).
+    /// Default true.
+    pub read_ahead: bool,
 }
 
 impl Default for NbdConfig {
@@ -72,6 +76,7 @@ impl Default for NbdConfig {
             timeout: Duration::from_secs(10),
             read_only: false,
             extent_window: 64 << 20,
+            read_ahead: true,
         }
     }
 }
@@ -81,8 +86,10 @@ impl Default for NbdConfig {
 pub struct NbdStats {
     /// READ commands.
     pub reads: u64,
-    /// Bytes asked for by READ: the data moved over the network.
+    /// Bytes asked for by READ: the data moved over the network (read-ahead included).
     pub bytes_read: u64,
+    /// Reads served from the read-ahead window, without a request.
+    pub read_ahead_hits: u64,
     /// WRITE commands.
     pub writes: u64,
     /// Bytes sent by WRITE.
@@ -108,6 +115,7 @@ pub struct NbdStats {
 struct Counters {
     reads: AtomicU64,
     bytes_read: AtomicU64,
+    read_ahead_hits: AtomicU64,
     writes: AtomicU64,
     bytes_written: AtomicU64,
     zeroes: AtomicU64,
@@ -149,6 +157,8 @@ pub struct NbdStore {
     writer: Mutex<Option<Handle>>,
     /// Layout windows. Invariant 2: nobody else writes to the export.
     extents: ExtentRuns,
+    /// The read-ahead window (invariant 2 too).
+    ahead: ReadAhead,
     counters: Counters,
 }
 
@@ -201,6 +211,7 @@ impl NbdStore {
             idle: Mutex::new(Vec::new()),
             writer: Mutex::new(None),
             extents: ExtentRuns::default(),
+            ahead: ReadAhead::default(),
             counters: Counters::default(),
         };
         let handle = store.connect().map_err(|(_, why)| connect_error(why))?;
@@ -235,6 +246,7 @@ impl NbdStore {
         NbdStats {
             reads: c.reads.load(Relaxed),
             bytes_read: c.bytes_read.load(Relaxed),
+            read_ahead_hits: c.read_ahead_hits.load(Relaxed),
             writes: c.writes.load(Relaxed),
             bytes_written: c.bytes_written.load(Relaxed),
             zeroes: c.zeroes.load(Relaxed),
@@ -377,6 +389,23 @@ impl NbdStore {
         Ok(Extent { kind, len })
     }
 
+    /// READ of `buf` at `offset` (inside the store), split at the server's maximum and
+    /// pipelined on one connection.
+    fn read_remote(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.counters.reads.fetch_add(1, Relaxed);
+        self.counters
+            .bytes_read
+            .fetch_add(buf.len() as u64, Relaxed);
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u64);
+        self.request(false, "read", offset, |handle, cookies| {
+            self.pieces(offset, len, handle, cookies, |h, at, n| {
+                // SAFETY: `at - offset + n <= len`, inside `buf`, which outlives the
+                // command: `request` waits for it or closes the connection first.
+                unsafe { h.issue_read(ptr.add((at - offset) as usize), n as usize, at) }
+            })
+        })
+    }
+
     /// Issues `command` over `offset..offset + len` in pieces of at most `max_request`,
     /// all in flight at once on one connection.
     fn pieces(
@@ -410,11 +439,13 @@ impl NbdStore {
             return Ok(());
         }
         self.counters.zeroes.fetch_add(1, Relaxed);
-        self.request(true, op, offset, |handle, cookies| {
+        let zeroed = self.request(true, op, offset, |handle, cookies| {
             self.pieces(offset, len, handle, cookies, |h, at, n| {
                 h.issue_zero(n, at, flags)
             })
-        })
+        });
+        self.ahead.changed(offset, len);
+        zeroed
     }
 }
 
@@ -519,18 +550,23 @@ impl Store for NbdStore {
         if buf.is_empty() {
             return Ok(());
         }
-        self.counters.reads.fetch_add(1, Relaxed);
-        self.counters
-            .bytes_read
-            .fetch_add(buf.len() as u64, Relaxed);
-        let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u64);
-        self.request(false, "read", offset, |handle, cookies| {
-            self.pieces(offset, len, handle, cookies, |h, at, n| {
-                // SAFETY: `at - offset + n <= len`, inside `buf`, which outlives the
-                // command: `request` waits for it or closes the connection first.
-                unsafe { h.issue_read(ptr.add((at - offset) as usize), n as usize, at) }
-            })
-        })
+        if !self.config.read_ahead {
+            return self.read_remote(offset, buf);
+        }
+        match self.ahead.plan(offset, buf, self.len) {
+            Plan::Hit => {
+                self.counters.read_ahead_hits.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Plan::Direct => self.read_remote(offset, buf),
+            Plan::Fetch { len, generation } => {
+                let mut window = vec![0u8; len as usize];
+                self.read_remote(offset, &mut window)?;
+                buf.copy_from_slice(&window[..buf.len()]);
+                self.ahead.keep(generation, offset, window);
+                Ok(())
+            }
+        }
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
@@ -543,12 +579,15 @@ impl Store for NbdStore {
             .bytes_written
             .fetch_add(buf.len() as u64, Relaxed);
         let (ptr, len) = (buf.as_ptr(), buf.len() as u64);
-        self.request(true, "write", offset, |handle, cookies| {
+        let written = self.request(true, "write", offset, |handle, cookies| {
             self.pieces(offset, len, handle, cookies, |h, at, n| {
-                // SAFETY: as in read_at: inside `buf`, which outlives the command.
+                // SAFETY: as in read_remote: inside `buf`, which outlives the command.
                 unsafe { h.issue_write(ptr.add((at - offset) as usize), n as usize, at) }
             })
-        })?;
+        });
+        // After the write completed (or failed, perhaps half done): see read_ahead.rs.
+        self.ahead.changed(offset, len);
+        written?;
         self.extents.mark_data(offset, offset + len);
         Ok(())
     }
