@@ -78,6 +78,8 @@ mod nbd {
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
+                // Quiet: the readiness probe's connect-and-close makes servers complain.
+                .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {program}: {e}"));
             let mut server = Server {
@@ -649,5 +651,123 @@ mod nbd {
             .expect("a read once the server runs again");
         assert_eq!(page[0], pattern(500 * PAGE));
         assert!(store.stats().connects >= 2, "{:?}", store.stats());
+    }
+
+    #[test]
+    fn without_multi_conn_writes_and_flushes_share_one_connection() {
+        if !require_tools() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("requests.log");
+        let log_arg = format!("logfile={}", log.display());
+        let server = Server::nbdkit(
+            dir.path(),
+            &[
+                "--filter=log",
+                "--filter=multi-conn",
+                "memory",
+                "8M",
+                "multi-conn-mode=disable",
+                &log_arg,
+            ],
+        );
+        let store = open(&server.uri());
+        std::thread::scope(|scope| {
+            for thread in 0..4u64 {
+                let store = &store;
+                scope.spawn(move || {
+                    let mut page = vec![0u8; PAGE];
+                    for i in 0..16 {
+                        let offset = (thread * 64 + i) * PAGE as u64;
+                        store
+                            .write_at(offset, &[thread as u8 + 1; PAGE])
+                            .expect("write_at");
+                        store
+                            .read_at(offset + 32 * PAGE as u64, &mut page)
+                            .expect("read_at");
+                    }
+                });
+            }
+        });
+        store.sync().expect("sync");
+        drop(store);
+        drop(server);
+        let text = std::fs::read_to_string(&log).expect("the request log");
+        let connection_of = |line: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix("connection="))
+                .map(str::to_string)
+        };
+        let lanes = |commands: &[&str]| -> std::collections::BTreeSet<String> {
+            text.lines()
+                .filter(|l| commands.iter().any(|c| l.contains(&format!(" {c} id="))))
+                .filter_map(connection_of)
+                .collect()
+        };
+        let writers = lanes(&["Write", "Zero", "Flush"]);
+        assert_eq!(
+            writers.len(),
+            1,
+            "writes and flushes on connections {writers:?}"
+        );
+        assert!(
+            lanes(&["Flush"]) == writers,
+            "the flush went where the writes went"
+        );
+    }
+
+    #[test]
+    fn without_write_zeroes_or_holes_everything_is_data_and_punch_writes_zeros() {
+        if !require_tools() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let filters = ["--filter=nozero", "--filter=noextents", "memory", "8M"];
+        let server = Server::nbdkit(dir.path(), &filters);
+        let store = open(&server.uri());
+        let extent = store.extent(0).expect("extent");
+        assert_eq!((extent.kind, extent.len), (ExtentKind::Data, store.len()));
+        store.write_at(0, &[5u8; 2 * PAGE]).expect("write_at");
+        store
+            .allocate(4 * PAGE as u64, PAGE as u64)
+            .expect("allocate without WRITE_ZEROES");
+        store
+            .punch_hole(0, PAGE as u64)
+            .expect("punch_hole without WRITE_ZEROES");
+        let mut bytes = vec![1u8; 2 * PAGE];
+        store.read_at(0, &mut bytes).expect("read_at");
+        assert!(
+            bytes[..PAGE].iter().all(|&b| b == 0),
+            "the punched page reads as zeros"
+        );
+        assert!(
+            bytes[PAGE..].iter().all(|&b| b == 5),
+            "its neighbour is kept"
+        );
+        let stats = store.stats();
+        assert_eq!(stats.zeroes, 0, "{stats:?}");
+    }
+
+    #[test]
+    fn the_first_access_after_a_server_restart_succeeds() {
+        if !require_tools() {
+            return;
+        }
+        let (_dir, raw) = raw_image();
+        let server = Server::qemu("raw", &raw, &[]);
+        let store = open(&server.uri());
+        let mut page = vec![0u8; PAGE];
+        store
+            .read_at(0, &mut page)
+            .expect("read with the server up");
+        drop(server); // killed and reaped: the pooled connection is dead
+        let _server = Server::qemu("raw", &raw, &[]);
+        store
+            .read_at(300 * PAGE as u64, &mut page)
+            .expect("the first read after the restart");
+        assert_eq!(page[0], pattern(300 * PAGE));
+        let stats = store.stats();
+        assert_eq!((stats.connects, stats.failures), (2, 0), "{stats:?}");
     }
 }

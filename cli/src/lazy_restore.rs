@@ -243,7 +243,11 @@ fn write_table(
     )?;
     for (label, udax, copy) in rows {
         let (u, u_min, u_max) = seconds(udax, |s| s.took);
-        let nbd = udax.iter().filter_map(|s| s.nbd).next_back().unwrap_or_default();
+        let nbd = udax
+            .iter()
+            .filter_map(|s| s.nbd)
+            .next_back()
+            .unwrap_or_default();
         writeln!(
             out,
             "  {:<16} {:<8} {:>8.3} ({:.3}-{:.3}) {:>10} {:>8} {:>9} {:>6}",

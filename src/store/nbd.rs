@@ -226,7 +226,7 @@ impl NbdStore {
             0 => MAX_REQUEST,
             max => max.min(MAX_REQUEST),
         };
-        store.checkin(Lane::Pool, handle);
+        lock(&store.idle).push(handle);
         Ok(store)
     }
 
@@ -286,63 +286,74 @@ impl NbdStore {
         }
     }
 
-    /// A connection of `lane`: an idle one, or a new one.
-    fn checkout(&self, lane: Lane) -> NbdResult<Handle> {
-        let idle = match lane {
-            Lane::Pool => lock(&self.idle).pop(),
-            Lane::Writer => lock(&self.writer).take(),
-        };
-        match idle {
-            Some(handle) => Ok(handle),
-            None => self.connect(),
-        }
-    }
-
-    /// Puts a connection whose commands are all done back.
-    fn checkin(&self, lane: Lane, handle: Handle) {
-        match lane {
-            Lane::Pool => lock(&self.idle).push(handle),
-            Lane::Writer => {
-                // Another writer may have opened one meanwhile (writes racing an
-                // eviction): keep one, close the other.
-                let mut slot = lock(&self.writer);
-                if slot.is_none() {
-                    *slot = Some(handle);
-                }
-            }
-        }
-    }
-
-    /// Runs one request: checks a connection out, `issue`s its commands (pushing their
-    /// cookies), waits for all of them within the timeout, and puts the connection back.
-    /// On any failure the connection is closed before returning, so no command of it can
-    /// touch the caller's buffers afterwards.
+    /// Runs one request: takes an idle connection of its lane (or opens one), `issue`s its
+    /// commands (pushing their cookies), waits for all of them within the timeout, and
+    /// puts the connection back. On a failure the connection is closed before anything
+    /// else, so no command of it can touch the caller's buffers afterwards.
+    ///
+    /// A connection that had served before and is found dead (not a timeout: the server
+    /// went away, perhaps to come back) makes every idle one suspect: they are all closed
+    /// and the request is tried once more on a new connection, so that the first access
+    /// after a server restart succeeds. READ, WRITE, WRITE_ZEROES, BLOCK_STATUS and FLUSH
+    /// are idempotent, so a repeat is harmless.
+    ///
+    /// The writer lane holds its lock for the whole request: mutations go one at a time
+    /// over one connection, which the FLUSH then covers.
     fn request(
         &self,
         mutation: bool,
         op: &'static str,
         offset: u64,
-        issue: impl FnOnce(&Handle, &mut Vec<u64>) -> NbdResult<()>,
+        mut issue: impl FnMut(&Handle, &mut Vec<u64>) -> NbdResult<()>,
     ) -> Result<(), StoreError> {
-        let lane = self.lane(mutation);
-        let mut cookies = Vec::new();
-        let result = self.checkout(lane).and_then(|handle| {
-            let issued = issue(&handle, &mut cookies);
-            let in_flight = cookies.len() as u64;
-            let now = self.counters.in_flight.fetch_add(in_flight, Relaxed) + in_flight;
-            self.counters.in_flight_peak.fetch_max(now, Relaxed);
-            let done = issued.and_then(|()| self.wait(&handle, &cookies));
-            self.counters.in_flight.fetch_sub(in_flight, Relaxed);
-            match done {
+        let mut writer = (self.lane(mutation) == Lane::Writer).then(|| lock(&self.writer));
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let idle = match &mut writer {
+                Some(slot) => slot.take(),
+                None => lock(&self.idle).pop(),
+            };
+            let reused = idle.is_some();
+            let handle = match idle {
+                Some(handle) => handle,
+                None => self
+                    .connect()
+                    .map_err(|(e, _)| self.failed(op, offset, e))?,
+            };
+            let errno = match self.exchange(&handle, &mut issue) {
                 Ok(()) => {
-                    self.checkin(lane, handle);
-                    Ok(())
+                    match &mut writer {
+                        Some(slot) => **slot = Some(handle),
+                        None => lock(&self.idle).push(handle),
+                    }
+                    return Ok(());
                 }
-                // Dropping the handle closes the connection (see above).
-                Err(error) => Err(error),
+                Err((errno, _)) => errno,
+            };
+            let died = reused && errno != libc::ETIMEDOUT && !handle.is_ready();
+            drop(handle);
+            if !died || attempts > 1 {
+                return Err(self.failed(op, offset, errno));
             }
-        });
-        result.map_err(|(errno, _)| self.failed(op, offset, errno))
+            lock(&self.idle).clear();
+        }
+    }
+
+    /// Issues a request's commands on `handle` and waits for them, counting them in flight.
+    fn exchange(
+        &self,
+        handle: &Handle,
+        issue: &mut impl FnMut(&Handle, &mut Vec<u64>) -> NbdResult<()>,
+    ) -> NbdResult<()> {
+        let mut cookies = Vec::new();
+        let issued = issue(handle, &mut cookies);
+        let in_flight = cookies.len() as u64;
+        let now = self.counters.in_flight.fetch_add(in_flight, Relaxed) + in_flight;
+        self.counters.in_flight_peak.fetch_max(now, Relaxed);
+        let done = issued.and_then(|()| self.wait(handle, &cookies));
+        self.counters.in_flight.fetch_sub(in_flight, Relaxed);
+        done
     }
 
     /// Waits for every command in `cookies` until the deadline.
@@ -372,6 +383,7 @@ impl NbdStore {
         let count = self.config.extent_window.clamp(1, self.len - offset);
         let mut answer = BlockStatus::default();
         self.request(false, "extent query", offset, |handle, cookies| {
+            answer.pairs.clear(); // a retry starts over
             let user_data = (&raw mut answer).cast::<c_void>();
             // SAFETY: `answer` outlives the command: `request` waits for it or closes the
             // connection before returning; `collect_extents` expects a BlockStatus.
