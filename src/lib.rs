@@ -55,6 +55,8 @@ pub use resolve::Resolution;
 #[doc(hidden)]
 pub use resolve::failure::inject_serve_failures;
 pub use store::{Extent, ExtentKind, FileStore, MemStore, Store, StoreError};
+#[cfg(feature = "nbd")]
+pub use store::{NbdConfig, NbdStats, NbdStore};
 pub use sys::uffd::UffdError;
 
 /// The base page size udax tracks (x86-64 and arm64 4 KiB kernels).

@@ -60,6 +60,8 @@ fn store_errno(error: &StoreError) -> c_int {
         StoreError::NoSpace { .. } => libc::ENOSPC,
         StoreError::OutOfRange { .. } => libc::EINVAL,
         StoreError::BeyondEnd { .. } => libc::ENXIO,
+        StoreError::Connect { .. } => libc::ECONNREFUSED,
+        StoreError::ReadOnly { .. } => libc::EROFS,
         StoreError::NotWritable { source, .. }
         | StoreError::Open { source, .. }
         | StoreError::Io { source, .. } => io_errno(source),

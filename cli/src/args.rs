@@ -27,7 +27,8 @@ pub enum Command {
     /// Benchmark udax against the kernel's own mmap of the same file.
     #[command(after_long_help = bench_help())]
     Bench(Box<BenchArgs>),
-    /// Show a store file's size, allocated bytes and extents (data and holes).
+    /// Show a store file's or an NBD export's size, allocated bytes and extents (data and
+    /// holes).
     Inspect(InspectArgs),
 }
 
@@ -68,7 +69,19 @@ sort and rand-read-budget run under a budget even without it, a quarter of SIZE 
 store is four times the budget), except with --dirty-tracking async, which cannot run
 under a budget; the kernel baseline never has one and caches what it touches, which its
 peak Rss shows. sort checks the file after each run (sorted, same
-values), untimed; with --threads N it sorts on N threads.";
+values), untimed; with --threads N it sorts on N threads.
+
+With --store nbd://host[:port]/export (or nbd+unix:///export?socket=PATH), udax maps the
+NBD export and the kernel maps the temporary file: before each udax run the file's state
+is copied into the export, and after a writing run copied back (untimed), so THE EXPORT'S
+FIRST SIZE BYTES ARE OVERWRITTEN. The NBD requests of each workload follow the table.
+
+lazy-restore (only with --store nbd://..., not part of all): the export becomes a sparse
+image of SIZE with --data of it written (1 MiB runs at random places); then --touch of its
+pages, at random, are read (a restored VM's first accesses), on udax over NBD, and on the
+kernel's mmap of a local copy made first with nbdcopy (libnbd-bin), the copy included in
+its time. Reported: both times, bytes moved over the network, READ requests, the peak of
+requests in flight.";
 
 /// `udax bench` arguments.
 #[derive(Debug, Args)]
@@ -76,10 +89,16 @@ pub struct BenchArgs {
     /// Bytes to map: 4096, 64KiB, 256MiB, 1GiB (a multiple of 4096).
     #[arg(long, value_name = "SIZE", default_value = "1GiB")]
     pub size: String,
-    /// Store file to use and keep (default: a temporary sparse file, removed afterwards).
-    /// Writing workloads overwrite its data; see --help.
-    #[arg(long, value_name = "PATH")]
+    /// Store file to use and keep (default: a temporary sparse file, removed afterwards),
+    /// or an NBD URI. Writing workloads overwrite its data; see --help.
+    #[arg(long, value_name = "PATH|URI")]
     pub store: Option<PathBuf>,
+    /// lazy-restore: the fraction of pages touched, 0 to 1.
+    #[arg(long, value_name = "FRACTION", default_value = "0.1")]
+    pub touch: String,
+    /// lazy-restore: the fraction of the image that holds data, 0 to 1.
+    #[arg(long, value_name = "FRACTION", default_value = "0.5")]
+    pub data: String,
     /// Workloads to run, comma-separated (default: all).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub workload: Vec<String>,
@@ -125,7 +144,8 @@ pub struct BenchArgs {
 /// `udax inspect` arguments.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The store file.
+    /// The store file, or an NBD URI (nbd://host[:port]/export,
+    /// nbd+unix:///export?socket=PATH).
     pub path: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -222,13 +242,29 @@ impl Variant {
     }
 }
 
+/// The lazy-restore workload's fractions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LazyRestore {
+    /// Of the pages, how many are touched.
+    pub touch: f64,
+    /// Of the image, how much holds data.
+    pub data: f64,
+}
+
+/// The name of the lazy-restore workload (not a [`Workload`]: it has its own driver).
+pub const LAZY_RESTORE: &str = "lazy-restore";
+
 /// A validated `udax bench` invocation.
 #[derive(Clone, Debug)]
 pub struct Plan {
     /// Bytes mapped (a page multiple, > 0).
     pub size: u64,
-    /// The `--store` path, if given.
+    /// The `--store` path, if given (and not an NBD URI).
     pub store: Option<PathBuf>,
+    /// The `--store` NBD URI, if given.
+    pub nbd: Option<String>,
+    /// lazy-restore, if asked for.
+    pub lazy_restore: Option<LazyRestore>,
     /// Workloads, in the order given.
     pub workloads: Vec<Workload>,
     /// udax configurations: every granularity x resolution x dirty tracking given.
@@ -293,7 +329,35 @@ impl BenchArgs {
                 "drop one of them (async tracking finds written pages only at flush)",
             ));
         }
-        let workloads = parse_workloads(&self.workload)?;
+        let nbd = self
+            .store
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|text| crate::nbd::is_uri(text));
+        let is_lazy = |name: &String| name.trim() == LAZY_RESTORE;
+        let lazy_restore = match self.workload.iter().any(is_lazy) {
+            false => None,
+            true if nbd.is_none() => {
+                return Err(CliError::bad(
+                    "lazy-restore maps an NBD export",
+                    "pass --store nbd://host[:port]/export or nbd+unix:///export?socket=PATH",
+                ));
+            }
+            true => Some(LazyRestore {
+                touch: parse_fraction("--touch", &self.touch)?,
+                data: parse_fraction("--data", &self.data)?,
+            }),
+        };
+        let others: Vec<String> = self
+            .workload
+            .iter()
+            .filter(|n| !is_lazy(n))
+            .cloned()
+            .collect();
+        let workloads = match lazy_restore {
+            Some(_) if others.is_empty() => Vec::new(),
+            _ => parse_workloads(&others)?,
+        };
         let mut variants = Vec::new();
         for &granularity in &granularities {
             for &resolution in &resolutions {
@@ -308,7 +372,9 @@ impl BenchArgs {
         }
         Ok(Plan {
             size,
-            store: self.store.clone(),
+            store: self.store.clone().filter(|_| nbd.is_none()),
+            nbd,
+            lazy_restore,
             workloads,
             variants,
             threads: parse_count("--threads", &self.threads)?,
@@ -337,6 +403,17 @@ fn parse_page_size(flag: &str, text: &str) -> Result<u64, CliError> {
         ));
     }
     Ok(size)
+}
+
+/// A fraction from 0 to 1 (`0.1`).
+fn parse_fraction(flag: &str, text: &str) -> Result<f64, CliError> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(CliError::bad(
+            format!("{flag} {text:?} is not a fraction from 0 to 1"),
+            format!("pass e.g. {flag} 0.1"),
+        )),
+    }
 }
 
 /// A count of at least 1.
@@ -433,6 +510,27 @@ mod tests {
             Command::Bench(b) => b.plan(),
             Command::Inspect(_) => unreachable!(),
         }
+    }
+
+    #[test]
+    fn an_nbd_store_and_lazy_restore() {
+        let uri = "nbd+unix:///x?socket=/tmp/s";
+        let plan = bench(&[
+            "--store",
+            uri,
+            "--workload",
+            "lazy-restore",
+            "--touch",
+            "0.2",
+        ])
+        .expect("valid");
+        assert_eq!((plan.nbd.as_deref(), plan.store), (Some(uri), None));
+        assert!(plan.workloads.is_empty());
+        assert_eq!(plan.lazy_restore.map(|l| l.touch), Some(0.2));
+        let error = bench(&["--workload", "lazy-restore"]).expect_err("needs NBD");
+        assert!(error.to_string().contains("nbd://"), "{error}");
+        let error = bench(&["--store", uri, "--workload", "lazy-restore", "--touch", "2"]);
+        assert!(error.is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::engine::{Engine, EngineKind};
 use crate::error::CliError;
 use crate::kernel::KernelMap;
 use crate::machine::Machine;
+use crate::nbd_bench::NbdBench;
 use crate::prng::SplitMix64;
 use crate::report::{self, Config, Report, ResultRow, Sample};
 use crate::store_file::BenchStore;
@@ -35,6 +36,10 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         Some(path) => BenchStore::given(path, plan.size)?,
         None => BenchStore::temporary(&std::env::temp_dir(), plan.size)?,
     };
+    let mut nbd = match &plan.nbd {
+        Some(uri) if !plan.workloads.is_empty() => Some(NbdBench::new(uri, plan.size)?),
+        _ => None,
+    };
     let machine = Machine::collect(store.path());
     let warm = WARM_UP_MAX.min(plan.size.saturating_mul(2));
     warmup::touch_and_free(warm as usize)
@@ -45,7 +50,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     for (index, &workload) in plan.workloads.iter().enumerate() {
         let bar = progress_bar(show, workload, &plan);
         for variant in &plan.variants {
-            let [udax, kernel] = run_pair(&mut store, &plan, workload, variant, index, &bar)?;
+            let [udax, kernel] =
+                run_pair(&mut store, &mut nbd, &plan, workload, variant, index, &bar)?;
             let row = |engine, budget, samples: &[Sample]| {
                 let run = (plan.size, plan.threads, budget);
                 ResultRow::new(workload.name(), engine, variant, run, samples)
@@ -62,13 +68,26 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
             .join(", ");
         bar.finish_with_message(format!("udax/kernel {summary}"));
     }
+    if let Some(lazy) = plan.lazy_restore {
+        crate::lazy_restore::run(&plan, lazy)?;
+    }
     drop(store);
-    output(&plan, machine, results)
+    if plan.workloads.is_empty() {
+        return Ok(());
+    }
+    output(&plan, machine, results)?;
+    match &nbd {
+        Some(nbd) if plan.json != Some(JsonOut::Stdout) => nbd
+            .write_summary(&mut io::stdout().lock())
+            .map_err(|e| CliError::failed("writing to stdout", e)),
+        _ => Ok(()),
+    }
 }
 
 /// Runs one workload at one granularity `--repeat` times on each engine, alternating.
 fn run_pair(
     store: &mut BenchStore,
+    nbd: &mut Option<NbdBench>,
     plan: &Plan,
     workload: Workload,
     variant: &Variant,
@@ -90,30 +109,47 @@ fn run_pair(
                 repeat + 1,
                 plan.repeat
             ));
-            samples[slot].push(run_once(store, plan, workload, variant, engine, seed)?);
+            let run = (workload, variant, engine, seed);
+            samples[slot].push(run_once(store, nbd, plan, run)?);
             bar.inc(1);
         }
     }
     Ok(samples)
 }
 
-/// One run: prepare the store, map it, run the workload, flush and unmap, measure.
+/// One run: prepare the store, map it, run the workload, flush and unmap, measure. With
+/// an NBD export, udax maps the export (the file's state copied in first).
 fn run_once(
     store: &mut BenchStore,
+    nbd: &mut Option<NbdBench>,
     plan: &Plan,
-    workload: Workload,
-    variant: &Variant,
-    engine: EngineKind,
-    seed: u64,
+    (workload, variant, engine, seed): (Workload, &Variant, EngineKind, u64),
 ) -> Result<Sample, CliError> {
     store.prepare(workload, seed)?;
     let (outcome, counters) = match engine {
         EngineKind::Udax => {
             let budget = workload.budget(plan.size, plan.budget, variant);
-            let map = UdaxMap::new(store.path(), plan.size, variant, budget)?;
+            let export = match nbd {
+                Some(nbd) => Some(nbd.before_run(store.path())?),
+                None => None,
+            };
+            let map = match &export {
+                Some(export) => UdaxMap::over(export.clone(), plan.size, variant, budget)?,
+                None => UdaxMap::new(store.path(), plan.size, variant, budget)?,
+            };
             let outcome = workload.run(&map, plan.threads, seed)?;
             let counters = map.counters();
             map.close()?;
+            if let (Some(nbd), Some(export)) = (nbd.as_mut(), export) {
+                let label = variant.label();
+                nbd.after_run(
+                    store.path(),
+                    &export,
+                    workload.writes(),
+                    workload.name(),
+                    &label,
+                )?;
+            }
             (outcome, counters)
         }
         EngineKind::Kernel => {

@@ -1,5 +1,6 @@
-//! `udax inspect PATH`: a store file's size, allocated bytes and extent list, as the
-//! store itself reports them (`Store::extent`), adjacent runs of one kind merged.
+//! `udax inspect PATH|URI`: a store file's (or an NBD export's) size, allocated bytes and
+//! extent list, as the store itself reports them (`Store::extent`), adjacent runs of one
+//! kind merged. An export's allocated bytes are its data bytes (NBD reports no more).
 
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
@@ -47,7 +48,13 @@ pub struct Inspection {
 
 /// Runs `udax inspect`.
 pub fn run(args: &InspectArgs) -> Result<(), CliError> {
-    let inspection = inspect(&args.path)?;
+    let target = args.path.to_string_lossy();
+    let inspection = if crate::nbd::is_uri(&target) {
+        let store = crate::nbd::open(&target, true)?;
+        inspection(&target, &store, None)?
+    } else {
+        inspect(&args.path)?
+    };
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let written = if args.json {
@@ -84,8 +91,22 @@ pub fn inspect(path: &Path) -> Result<Inspection, CliError> {
         }
         other => CliError::failed(format!("opening {}", path.display()), other),
     })?;
-    let extents = extents(&store)
-        .map_err(|e| CliError::failed(format!("reading the extents of {}", path.display()), e))?;
+    inspection(
+        &path.display().to_string(),
+        &store,
+        Some(meta.blocks() * 512),
+    )
+}
+
+/// The inspection of `store` (named `name`), with `allocated` bytes if known (else its
+/// data bytes).
+fn inspection(
+    name: &str,
+    store: &dyn Store,
+    allocated: Option<u64>,
+) -> Result<Inspection, CliError> {
+    let extents = extents(store)
+        .map_err(|e| CliError::failed(format!("reading the extents of {name}"), e))?;
     let bytes_of = |kind: &str| -> u64 {
         extents
             .iter()
@@ -94,9 +115,9 @@ pub fn inspect(path: &Path) -> Result<Inspection, CliError> {
             .sum()
     };
     Ok(Inspection {
-        path: path.display().to_string(),
+        path: name.to_string(),
         size_bytes: store.len(),
-        allocated_bytes: meta.blocks() * 512,
+        allocated_bytes: allocated.unwrap_or_else(|| bytes_of("data")),
         data_bytes: bytes_of("data"),
         hole_bytes: bytes_of("hole"),
         extent_count: extents.len(),

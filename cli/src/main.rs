@@ -13,7 +13,8 @@
 //! workload does), `engine` (what a workload runs on), `udax_engine` and `kernel` (the two
 //! engines), `store_file` (the benchmark's store file), `smaps` (Rss of a range),
 //! `warmup`, `prng`, `bench` (the driver), `report` (table and JSON), `plot`, `machine`,
-//! `inspect`.
+//! `inspect`, `nbd` (NBD URIs and copies between stores), `nbd_bench` (the workloads over
+//! an NBD export), `lazy_restore` (udax over NBD against copy-then-mmap).
 
 mod args;
 mod bench;
@@ -21,7 +22,10 @@ mod engine;
 mod error;
 mod inspect;
 mod kernel;
+mod lazy_restore;
 mod machine;
+mod nbd;
+mod nbd_bench;
 mod plot;
 mod prng;
 mod report;

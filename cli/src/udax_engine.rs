@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use udax::{FileStore, Mapping, Options, Stats};
+use udax::{FileStore, Mapping, Options, Stats, Store};
 
 use crate::args::Variant;
 
@@ -25,6 +25,16 @@ impl UdaxMap {
     ) -> Result<UdaxMap, CliError> {
         let store = FileStore::open(path)
             .map_err(|e| CliError::failed(format!("opening store {}", path.display()), e))?;
+        UdaxMap::over(Arc::new(store), len, variant, budget)
+    }
+
+    /// Maps `len` bytes of `store`.
+    pub fn over(
+        store: Arc<dyn Store>,
+        len: u64,
+        variant: &Variant,
+        budget: Option<u64>,
+    ) -> Result<UdaxMap, CliError> {
         let mut options = Options::default()
             .len(len)
             .granularity(variant.granularity.value)
@@ -33,7 +43,7 @@ impl UdaxMap {
         if let Some(budget) = budget {
             options = options.budget(budget);
         }
-        let mapping = Mapping::new(Arc::new(store), options).map_err(map_error)?;
+        let mapping = Mapping::new(store, options).map_err(map_error)?;
         Ok(UdaxMap { mapping })
     }
 

@@ -9,11 +9,21 @@
 //! rather than panicking.
 
 mod extent_cache;
+#[cfg(feature = "nbd")]
+mod extent_runs;
 mod file;
 mod mem;
+#[cfg(feature = "nbd")]
+mod nbd;
+#[cfg(feature = "nbd")]
+mod nbd_ffi;
+#[cfg(feature = "nbd")]
+mod read_ahead;
 
 pub use file::FileStore;
 pub use mem::MemStore;
+#[cfg(feature = "nbd")]
+pub use nbd::{NbdConfig, NbdStats, NbdStore};
 
 use std::io;
 
@@ -64,6 +74,21 @@ pub enum StoreError {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// A network store could not be reached: a malformed URI, no server, a failed or
+    /// timed-out handshake.
+    #[error("cannot connect to {uri}: {reason}: check that the server runs and the URI")]
+    Connect {
+        /// The URI given.
+        uri: String,
+        /// What the client library said.
+        reason: String,
+    },
+    /// A read-only export or image opened for writing (mappings are writable).
+    #[error("{uri} is read-only: serve it writable (e.g. qemu-nbd without -r) or map a copy")]
+    ReadOnly {
+        /// The store's URI or path.
+        uri: String,
     },
     /// The underlying I/O failed.
     #[error("store {op} at offset {offset} failed: {source}")]
