@@ -50,7 +50,7 @@ pub use error::Error;
 pub use mapping::Mapping;
 pub use options::Options;
 pub use resolve::Resolution;
-pub use store::{Extent, ExtentKind, FileStore, MemStore, Store, StoreError};
+pub use store::{Extent, ExtentKind, FileStore, LayeredStore, MemStore, Store, StoreError};
 pub use sys::uffd::UffdError;
 
 /// The base page size udax tracks (x86-64 and arm64 4 KiB kernels).

@@ -4,6 +4,8 @@
 //!   same file, side by side, and reports times, memory, allocation, counters and ratios
 //!   (table, `--json`, `--plot`).
 //! - `udax inspect PATH`: a store file's size, allocated bytes and extents.
+//! - `udax firecracker`: a Firecracker snapshot restore's page-fault handler.
+//! - `udax dig FILE`: punch a file's zero pages into holes.
 //!
 //! Exit codes: 0 on success; 2 on bad input (a wrong argument, a missing directory, a store
 //! too small, no userfaultfd permission), with one line `udax: <cause>: <fix>` on stderr;
@@ -13,12 +15,14 @@
 //! workload does), `engine` (what a workload runs on), `udax_engine` and `kernel` (the two
 //! engines), `store_file` (the benchmark's store file), `smaps` (Rss of a range),
 //! `warmup`, `prng`, `bench` (the driver), `report` (table and JSON), `plot`, `machine`,
-//! `inspect`.
+//! `inspect`, `firecracker` (the handler) over `uffd_socket` (its socket), `dig`.
 
 mod args;
 mod bench;
+mod dig;
 mod engine;
 mod error;
+mod firecracker;
 mod inspect;
 mod kernel;
 mod machine;
@@ -29,6 +33,7 @@ mod size;
 mod smaps;
 mod store_file;
 mod udax_engine;
+mod uffd_socket;
 mod warmup;
 mod workload;
 
@@ -43,6 +48,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Firecracker(args) => firecracker::run(args),
+        Command::Dig(args) => dig::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,11 @@
 //! Handler threads (the fault context): read a userfaultfd's events and hand each fault
 //! to the engine, for the region holding its address; stop cleanly on request.
 //!
-//! Each thread polls the uffd and a stop eventfd. Several threads may read the same uffd;
-//! each message goes to one of them, and two faults on one page serialize on the entry
-//! lock inside `fault::resolve`.
+//! Each thread polls the uffd and a stop eventfd. Several threads may read the same uffd,
+//! through one shared `events::Reader` (which applies the events in order); each message
+//! goes to one of them, and two faults on one page serialize on the entry lock inside
+//! `fault::resolve`. A fault that finds the mm changing (EAGAIN: an event is queued) is
+//! retried after the events are read.
 //!
 //! With more than one thread, thread `i` is pinned to the `i`-th CPU the process may run
 //! on. A fault wakes every thread polling the uffd; the one on the faulting thread's CPU
@@ -12,20 +14,29 @@
 //! machine that is 3.7x cheaper than one unpinned thread: a wake across vCPUs costs
 //! ~55 µs, and `udax bench` measured sparse reads at 18.7 µs a fault against 69.9 µs.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::HUGE_PAGE_SIZE;
-use crate::engine::fault;
+use crate::engine::fault::{self, Outcome};
 use crate::engine::region::{Region, region_of};
 use crate::error::Error;
+use crate::resolve::events::Reader;
 use crate::sys::cpu::{allowed_cpus, pin_to};
-use crate::sys::uffd::{Fault, Uffd, UffdMsg};
+use crate::sys::uffd::{Uffd, UffdMsg};
 
 /// Messages read per `read(2)` of the uffd.
 const BATCH: usize = 64;
+
+/// How long a fault is retried after EAGAINs before it fails. Each retry reads the queued
+/// events first; the EAGAIN ends once the thread that raised the event (the VMM's, in
+/// `madvise`) has run again after its event was read, which on a busy machine can take a
+/// while: the retries back off from 10 µs to 1 ms.
+const RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// The default number of handler threads: one per CPU the process may use, at most 4
 /// (every fault wakes them all, so more would cost more wasted wakes than they save).
@@ -41,11 +52,12 @@ pub(crate) struct Handlers {
 
 impl Handlers {
     /// Starts `count` threads serving the faults `uffd` reports in `regions` (sorted by
-    /// address), pinned one per CPU if several.
+    /// address), pinned one per CPU if several, reading through `reader`.
     pub(crate) fn start(
         uffd: &Arc<Uffd>,
         regions: &Arc<[Arc<Region>]>,
         count: usize,
+        reader: &Arc<Reader>,
     ) -> Result<Handlers, Error> {
         let cpus = if count > 1 {
             allowed_cpus()
@@ -69,6 +81,7 @@ impl Handlers {
         };
         for number in 0..count.max(1) {
             let (uffd, regions) = (Arc::clone(uffd), Arc::clone(regions));
+            let reader = Arc::clone(reader);
             let stop_fd = handlers.stop.as_raw_fd();
             let cpu = (!cpus.is_empty()).then(|| cpus[number % cpus.len()]);
             let thread = std::thread::Builder::new()
@@ -77,7 +90,7 @@ impl Handlers {
                     if let Some(cpu) = cpu {
                         pin_to(cpu);
                     }
-                    serve(&uffd, &regions, stop_fd)
+                    serve(&uffd, &regions, &reader, stop_fd)
                 })
                 .map_err(|source| Error::Os {
                     op: "spawn handler thread",
@@ -123,8 +136,9 @@ fn refuse(uffd: &Uffd, address: usize) {
 
 /// One handler thread's loop. `stop_fd` outlives the thread: `Handlers` joins before
 /// closing it.
-fn serve(uffd: &Uffd, regions: &[Arc<Region>], stop_fd: libc::c_int) {
+fn serve(uffd: &Uffd, regions: &[Arc<Region>], reader: &Reader, stop_fd: libc::c_int) {
     let mut messages = [UffdMsg::default(); BATCH];
+    let mut faults = VecDeque::with_capacity(BATCH);
     // Room for a 2 MiB fill (touched only by wide faults, so it costs no memory else).
     let mut scratch = vec![0u8; HUGE_PAGE_SIZE];
     let mut fds = [
@@ -151,22 +165,26 @@ fn serve(uffd: &Uffd, regions: &[Arc<Region>], stop_fd: libc::c_int) {
         if fds[1].revents != 0 {
             return;
         }
-        let count = match uffd.read_events(&mut messages) {
-            Ok(count) => count,
-            Err(error) => {
-                if let Some(region) = regions.first() {
-                    region.record_error(0, &error.into());
-                }
-                return;
+        if let Err(error) = reader.read(uffd, regions, &mut messages, &mut faults) {
+            if let Some(region) = regions.first() {
+                region.record_error(0, &error.into());
             }
-        };
-        for message in &messages[..count] {
-            let Some(fault) = Fault::from_msg(message) else {
+            return;
+        }
+        while let Some(fault) = faults.pop_front() {
+            let Some(region) = region_of(regions, fault.address) else {
+                refuse(uffd, fault.address);
                 continue;
             };
-            match region_of(regions, fault.address) {
-                Some(region) => fault::resolve(region, &fault, &mut scratch),
-                None => refuse(uffd, fault.address),
+            let (deadline, mut pause) = (Instant::now() + RETRY_FOR, Duration::from_micros(10));
+            while fault::resolve(region, &fault, &mut scratch, Instant::now() < deadline)
+                == Outcome::Again
+            {
+                // Read the queued events (faults read meanwhile wait their turn here).
+                if let Ok(0) = reader.read(uffd, regions, &mut messages, &mut faults) {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(1));
+                }
             }
         }
     }

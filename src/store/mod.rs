@@ -10,9 +10,12 @@
 
 mod extent_cache;
 mod file;
+mod layered;
 mod mem;
+pub(crate) mod private_view;
 
 pub use file::FileStore;
+pub use layered::LayeredStore;
 pub use mem::MemStore;
 
 use std::io;
@@ -182,4 +185,10 @@ pub(crate) fn check_range(offset: u64, len: u64, store_len: u64) -> Result<(), S
             store_len,
         }),
     }
+}
+
+/// The error of writing (`op`) a read-only store at `offset`: EROFS.
+pub(crate) fn read_only(op: &'static str, offset: u64) -> StoreError {
+    let source = io::Error::from_raw_os_error(libc::EROFS);
+    StoreError::Io { op, offset, source }
 }
