@@ -51,6 +51,7 @@ struct GuestRegion {
     base_host_virt_addr: u64,
     size: usize,
     offset: u64,
+    /// Bytes; absent from older Firecrackers' messages (4 KiB then).
     page_size: Option<usize>,
     /// Deprecated, and despite its name in bytes (as `page_size`).
     page_size_kib: Option<usize>,
@@ -261,9 +262,8 @@ fn ranges_of(regions: &[GuestRegion]) -> Result<Vec<AdoptedRange>, CliError> {
         return Err(bad_message("lists no region".into()));
     }
     let range = |(i, region): (usize, &GuestRegion)| {
-        let page_size = region.page_size.or(region.page_size_kib).ok_or_else(|| {
-            bad_message(format!("gives region {i} no page_size (nor page_size_kib)"))
-        })?;
+        // Firecracker before hugetlbfs support sent neither: its pages were 4 KiB.
+        let page_size = region.page_size.or(region.page_size_kib).unwrap_or(4096);
         if page_size != 4096 && page_size != 2 << 20 {
             return Err(bad_message(format!(
                 "gives region {i} a page size of {page_size} bytes (4096 or 2097152 are served)"

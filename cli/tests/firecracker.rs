@@ -614,11 +614,15 @@ fn bad_arguments_exit_2_with_one_line() {
         ),
     ];
     for (args, cause) in cases {
-        let output = Command::new(UDAX)
+        let udax = Command::new(UDAX)
             .args(["firecracker", "--socket", socket])
             .args(&args)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("udax");
+        // Bounded: a refusal that did not happen would listen for a VMM forever.
+        let output = wait(udax, Instant::now() + Duration::from_secs(30));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
