@@ -151,7 +151,7 @@ impl Adopted {
             regions.push(Arc::new(region));
         }
         let threads = options.handler_threads;
-        let reader = Arc::new(Reader::new(true));
+        let reader = Arc::new(Reader::ordered(true));
         let resolver = Resolver::handler_threads(&uffd, regions.clone(), threads, &reader)?;
         Ok(Adopted {
             regions,

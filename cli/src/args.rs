@@ -67,9 +67,10 @@ pub struct FirecrackerArgs {
     /// Install the pages a --record FILE lists right after the handshake, in batches.
     #[arg(long, value_name = "FILE")]
     pub prefetch: Option<PathBuf>,
-    /// Fault-around window for 4 KiB regions: 4KiB (none) up to 2MiB.
-    #[arg(long, value_name = "SIZE", default_value = "64KiB")]
-    pub fault_around: String,
+    /// Fault-around window for 4 KiB regions: 4KiB (none) up to 2MiB (default 64KiB;
+    /// 4KiB with --record, so that every page of the working set faults and is recorded).
+    #[arg(long, value_name = "SIZE")]
+    pub fault_around: Option<String>,
     /// Handler threads (default: one per CPU, at most 4).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

@@ -136,18 +136,21 @@ fn open_store(mem_file: &Path, diffs: &[std::path::PathBuf]) -> Result<Arc<dyn S
 
 /// The library options: the fault-around window and the handler threads.
 fn options(args: &FirecrackerArgs) -> Result<Options, CliError> {
-    let window = parse_size(&args.fault_around).map_err(|e| {
+    let default = if args.record.is_some() {
+        "4KiB"
+    } else {
+        "64KiB"
+    };
+    let around = args.fault_around.as_deref().unwrap_or(default);
+    let window = parse_size(around).map_err(|e| {
         CliError::bad(
-            format!("--fault-around {}: {e}", args.fault_around),
+            format!("--fault-around {around}: {e}"),
             "give a size such as 4KiB (none) or 64KiB",
         )
     })?;
     if window % 4096 != 0 || window == 0 || window > 2 << 20 {
         return Err(CliError::bad(
-            format!(
-                "--fault-around {} is not a multiple of 4KiB up to 2MiB",
-                args.fault_around
-            ),
+            format!("--fault-around {around} is not a multiple of 4KiB up to 2MiB"),
             "give a size such as 4KiB (none) or 64KiB",
         ));
     }

@@ -6,6 +6,7 @@
 //!
 //! Without userfaultfd the tests print "SKIPPED" and pass, except under CI=true.
 
+mod copy_all;
 mod fake_vmm;
 
 use std::fs::File;
@@ -178,17 +179,38 @@ fn run(dir: &Path, test: &str, args: &[&str], mut plan: Plan) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn udax");
-    let vmm = Command::new(std::env::current_exe().expect("the test binary"))
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(PLAN_ENV, serde_json::to_string(&plan).expect("plan"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the fake VMM");
+    let vmm = spawn_vmm(test, &plan);
     let deadline = Instant::now() + PATIENCE;
     let vmm = wait(vmm, deadline);
     let udax = wait(udax, deadline);
     Run { udax, vmm }
+}
+
+/// Starts the fake VMM (this test binary, running `test` as the VMM) with `plan`.
+fn spawn_vmm(test: &str, plan: &Plan) -> Child {
+    Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            test,
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
+        .env(PLAN_ENV, serde_json::to_string(plan).expect("plan"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the fake VMM")
+}
+
+/// The fake VMM's FIGURES line.
+fn figures_of(vmm: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&vmm.stdout);
+    // The harness's "test figures ... " may precede it on its line.
+    let line = stdout
+        .lines()
+        .find_map(|l| l.find("FIGURES").map(|at| &l[at..]));
+    line.unwrap_or("").to_string()
 }
 
 fn path(p: &Path) -> &str {
@@ -650,20 +672,42 @@ fn figures() {
         touch: Touch::AllTimed,
         ..plan(&mem)
     };
-    for around in ["4KiB", "64KiB"] {
-        let run = run(
-            &dir,
-            "figures",
-            &["--mem-file", path(&mem), "--fault-around", around],
-            touch_all.clone(),
+    for round in 0..2 {
+        for around in ["4KiB", "64KiB"] {
+            let run = run(
+                &dir,
+                "figures",
+                &["--mem-file", path(&mem), "--fault-around", around],
+                touch_all.clone(),
+            );
+            run.assert_served();
+            let counters = run.counters();
+            println!(
+                "[{round}] udax fault-around {around}: {} | {counters:?}",
+                figures_of(&run.vmm)
+            );
+        }
+        // The copy-everything handler, in this process, against the same VMM.
+        let socket = dir.join("copy-all.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        let plan = Plan {
+            socket: path(&socket).into(),
+            ..touch_all.clone()
+        };
+        let vmm = spawn_vmm("figures", &plan);
+        let handler = std::thread::spawn({
+            let mem = mem.clone();
+            move || copy_all::serve(listener, &mem)
+        });
+        let vmm = wait(vmm, Instant::now() + PATIENCE);
+        let served = handler.join().expect("the copy-all handler");
+        assert!(
+            figures_of(&vmm).contains("touch_all"),
+            "{}",
+            describe("vmm", &vmm)
         );
-        run.assert_served();
-        let vmm = String::from_utf8_lossy(&run.vmm.stdout);
-        let figures = vmm.lines().find(|l| l.starts_with("FIGURES")).unwrap_or("");
-        println!(
-            "udax fault-around {around}: {figures} | {:?}",
-            run.counters()
-        );
+        println!("[{round}] copy-all: {} | {served:?}", figures_of(&vmm));
     }
     let record = dir.join("udax-figures.record");
     let set: Vec<u64> = (0..(len / PAGE) as u64)
@@ -690,7 +734,11 @@ fn figures() {
         touch_set.clone(),
     );
     recorded.assert_served();
-    println!("on demand, 10% working set: {:?}", recorded.counters());
+    let counters = recorded.counters();
+    println!(
+        "on demand, 10% working set: {} | {counters:?}",
+        figures_of(&recorded.vmm)
+    );
     let prefetched = run(
         &dir,
         "figures",
@@ -698,5 +746,9 @@ fn figures() {
         touch_set,
     );
     prefetched.assert_served();
-    println!("prefetched, 10% working set: {:?}", prefetched.counters());
+    let counters = prefetched.counters();
+    println!(
+        "prefetched, 10% working set: {} | {counters:?}",
+        figures_of(&prefetched.vmm)
+    );
 }

@@ -19,9 +19,13 @@ use crate::engine::region::{Region, region_of};
 use crate::engine::remove;
 use crate::sys::uffd::{Fault, Uffd, UffdError, UffdMsg, removed_range};
 
-/// The shared reader of one uffd (see the module doc).
+/// The shared reader of one uffd (see the module doc). The default one (a `Mapping`'s,
+/// whose uffd reports no events) reads without the lock: a contended lock would park
+/// the handler thread on the faulting CPU behind one elsewhere, a wake across CPUs.
 #[derive(Default)]
 pub(crate) struct Reader {
+    /// Whether reads take `record`'s lock (a uffd with events, another process's).
+    ordered: bool,
     /// Held while reading and applying; holds the first-fault record, if one is kept.
     record: Mutex<Option<Record>>,
     /// Fault messages read.
@@ -38,9 +42,11 @@ struct Record {
 }
 
 impl Reader {
-    /// A reader that keeps the first-fault record when `record`.
-    pub(crate) fn new(record: bool) -> Reader {
+    /// A reader that applies events in order, and keeps the first-fault record when
+    /// `record`.
+    pub(crate) fn ordered(record: bool) -> Reader {
         Reader {
+            ordered: true,
             record: Mutex::new(record.then(Record::default)),
             faults: AtomicU64::new(0),
             first: OnceLock::new(),
@@ -57,17 +63,18 @@ impl Reader {
         messages: &mut [UffdMsg],
         faults: &mut VecDeque<Fault>,
     ) -> Result<usize, UffdError> {
-        let mut record = match self.record.lock() {
+        let mut guard = self.ordered.then(|| match self.record.lock() {
             Ok(record) => record,
             Err(poisoned) => poisoned.into_inner(),
-        };
+        });
+        let mut record = guard.as_deref_mut().and_then(Option::as_mut);
         let count = uffd.read_events(messages)?;
         for message in &messages[..count] {
             if let Some(fault) = Fault::from_msg(message) {
                 self.faults.fetch_add(1, Ordering::Relaxed);
                 self.first.get_or_init(Instant::now);
                 let region = region_of(regions, fault.address);
-                if let (Some(record), Some(region)) = (record.as_mut(), region) {
+                if let (Some(record), Some(region)) = (record.as_deref_mut(), region) {
                     record.note(region, fault.address);
                 }
                 faults.push_back(fault);
