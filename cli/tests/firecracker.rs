@@ -31,8 +31,9 @@ fn in_ci() -> bool {
 
 /// If this process is the fake VMM, runs it (never returns).
 fn be_the_vmm() {
-    if let Ok(plan) = std::env::var(PLAN_ENV) {
-        fake_vmm::run(serde_json::from_str(&plan).expect("the plan"));
+    if let Ok(path) = std::env::var(PLAN_ENV) {
+        let plan = std::fs::read(&path).expect("the plan file");
+        fake_vmm::run(serde_json::from_slice(&plan).expect("the plan"));
     }
 }
 
@@ -188,6 +189,9 @@ fn run(dir: &Path, test: &str, args: &[&str], mut plan: Plan) -> Run {
 
 /// Starts the fake VMM (this test binary, running `test` as the VMM) with `plan`.
 fn spawn_vmm(test: &str, plan: &Plan) -> Child {
+    // In a file: a working set of many offsets is too long for the environment.
+    let plan_path = format!("{}.plan", plan.socket);
+    std::fs::write(&plan_path, serde_json::to_vec(plan).expect("plan")).expect("write the plan");
     Command::new(std::env::current_exe().expect("the test binary"))
         .args([
             "--exact",
@@ -196,7 +200,7 @@ fn spawn_vmm(test: &str, plan: &Plan) -> Child {
             "--test-threads=1",
             "--include-ignored",
         ])
-        .env(PLAN_ENV, serde_json::to_string(plan).expect("plan"))
+        .env(PLAN_ENV, &plan_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,13 +1,14 @@
 //! A fake Firecracker VMM, run as a child process (the test binary re-executed with
-//! `UDAX_FC_PLAN` set), doing what Firecracker does on a snapshot restore with a Uffd
-//! memory backend: guest memory as private anonymous `MAP_NORESERVE` mappings (one per
-//! region; `MAP_HUGETLB|MAP_HUGE_2MB` for 2 MiB pages), a userfaultfd opened
-//! `O_NONBLOCK|O_CLOEXEC` with `UFFD_FEATURE_EVENT_REMOVE` only, every region registered
-//! for missing faults only, then ONE `sendmsg` of the JSON region list with the uffd
-//! attached (SCM_RIGHTS). Then it plays a guest: touches pages from several threads,
-//! including kernel-side accesses (`write(2)` from guest memory, `read(2)` into it),
-//! checks every byte against the expected image, inflates a balloon (`MADV_DONTNEED`,
-//! also while other threads fault) and checks those pages read zeros, and exits.
+//! `UDAX_FC_PLAN` naming its plan), doing what Firecracker does on a snapshot restore
+//! with a Uffd memory backend: guest memory as private anonymous `MAP_NORESERVE`
+//! mappings (one per region; `MAP_HUGETLB|MAP_HUGE_2MB` for 2 MiB pages), a userfaultfd
+//! opened `O_NONBLOCK|O_CLOEXEC` with `UFFD_FEATURE_EVENT_REMOVE` only, every region
+//! registered for missing faults only, then ONE `sendmsg` of the JSON region list with
+//! the uffd attached (SCM_RIGHTS). Then it plays a guest: touches pages from several
+//! threads, including kernel-side accesses (`write(2)` from guest memory, `read(2)` into
+//! it), checks every byte against the expected image, inflates a balloon
+//! (`MADV_DONTNEED`, also while other threads fault) and checks those pages read zeros,
+//! and exits.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// The environment variable carrying the child's [`Plan`] (JSON).
+/// The environment variable naming the file of the child's [`Plan`] (JSON).
 pub const PLAN_ENV: &str = "UDAX_FC_PLAN";
 /// What the child prints when every check passed.
 pub const PASSED: &str = "VMM CHECKS PASSED";
