@@ -317,6 +317,23 @@ fn run_once(dir: &Path, test: &str, mem: &Path, expected: &Path) -> Run {
 }
 
 #[test]
+fn a_second_uffd_on_the_stream_is_served() {
+    let test = "a_second_uffd_on_the_stream_is_served";
+    let Some(dir) = start(test) else {
+        return;
+    };
+    let mem = dir.path().join("mem");
+    let later = 4 << 20;
+    write_full(&mem, pages() * PAGE + later, 1);
+    let plan = Plan {
+        later: Some(later),
+        ..plan(&mem)
+    };
+    let run = run(dir.path(), test, &["--mem-file", path(&mem)], plan);
+    run.assert_served();
+}
+
+#[test]
 fn a_dug_snapshot_reads_only_its_data() {
     let Some(dir) = start("a_dug_snapshot_reads_only_its_data") else {
         return;

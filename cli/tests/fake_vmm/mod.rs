@@ -45,6 +45,9 @@ pub struct Plan {
     /// Store offsets that must become resident without faulting (a prefetch) before
     /// anything is touched.
     pub wait_resident: Vec<u64>,
+    /// One more region of this length, after the others in the file, sent with a uffd of
+    /// its own in a second message on the same stream once the rest is checked.
+    pub later: Option<usize>,
 }
 
 /// What the guest touches.
@@ -289,6 +292,21 @@ pub fn run(plan: Plan) -> ! {
             let elapsed = begin.elapsed().as_secs_f64() * 1e3;
             println!("FIGURES touch_pages_ms={elapsed:.1}");
         }
+    }
+    if let Some(len) = plan.later {
+        let region = Region {
+            base: map(len, plan.huge),
+            len,
+            offset,
+        };
+        let uffd = open_uffd().expect("a second userfaultfd");
+        register(&uffd, region.base, region.len);
+        send(
+            &stream,
+            &message(&[region], page_size, None, file_len),
+            Some(&uffd),
+        );
+        guest.check_units(&region, &|_| true, &|_| false);
     }
     println!("{PASSED}");
     let _ = std::io::stdout().flush();
