@@ -54,7 +54,7 @@ pub use options::Options;
 pub use resolve::Resolution;
 #[doc(hidden)]
 pub use resolve::failure::inject_serve_failures;
-pub use store::{Extent, ExtentKind, FileStore, MemStore, Store, StoreError};
+pub use store::{Extent, ExtentKind, FileStore, LayeredStore, MemStore, Store, StoreError};
 #[cfg(feature = "nbd")]
 pub use store::{NbdConfig, NbdStats, NbdStore};
 pub use sys::uffd::UffdError;

@@ -125,6 +125,7 @@ fn adopting_something_that_cannot_be_served_is_a_clear_error() {
         address,
         len,
         offset,
+        page_size: PAGE,
     };
     let adopt = |fd: OwnedFd, ranges: &[AdoptedRange], options: Options| {
         // SAFETY: nothing is ever served: each call fails before a region exists (asserted).
@@ -342,6 +343,7 @@ fn receive(stream: &UnixStream) -> (OwnedFd, Vec<AdoptedRange>) {
                 address: fields[0] as usize,
                 len: fields[1] as usize,
                 offset: fields[2],
+                page_size: PAGE,
             }
         })
         .collect();

@@ -30,6 +30,58 @@ pub enum Command {
     /// Show a store file's or an NBD export's size, allocated bytes and extents (data and
     /// holes).
     Inspect(InspectArgs),
+    /// Serve a Firecracker microVM's snapshot restore (its page-fault handler socket).
+    #[command(after_long_help = FIRECRACKER_HELP)]
+    Firecracker(FirecrackerArgs),
+    /// Punch a file's all-zero 4 KiB pages into holes (like fallocate --dig-holes).
+    Dig(DigArgs),
+}
+
+const FIRECRACKER_HELP: &str = "\
+Start it before the VMM loads the snapshot, and give Firecracker the socket:
+  PUT /snapshot/load {\"snapshot_path\": ..., \"mem_backend\": {\"backend_type\": \"Uffd\",
+  \"backend_path\": \"PATH\"}, \"resume_vm\": true}
+udax serves the guest memory's faults from --mem-file (with --diff layers on top: the
+top-most data wins, a hole looks below): holes and all-zero pages get the zero page (no
+memory), data is copied; 2 MiB (hugetlbfs) regions are filled in 2 MiB units. Balloon
+removes come back as zeros. When the VMM closes the socket (or exits), udax prints its
+counters on stdout and exits 0 (1 if some fault could not be served: its page was
+poisoned, the VMM got SIGBUS). Bad input (a malformed message, no uffd, a region outside
+the file, overlapping regions) exits 2 and kills the VMM, which would otherwise hang.";
+
+/// `udax firecracker` arguments.
+#[derive(Debug, Args)]
+pub struct FirecrackerArgs {
+    /// The Unix socket to listen on (the snapshot load's mem_backend.backend_path).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The snapshot's memory file (a Full snapshot, or the base of the --diff files).
+    #[arg(long, value_name = "FILE")]
+    pub mem_file: PathBuf,
+    /// A Diff snapshot's memory file, layered over the ones before (repeatable; the last
+    /// is top-most).
+    #[arg(long, value_name = "FILE")]
+    pub diff: Vec<PathBuf>,
+    /// Write the memory-file offsets of this restore's first faults, in order, to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Install the pages a --record FILE lists right after the handshake, in batches.
+    #[arg(long, value_name = "FILE")]
+    pub prefetch: Option<PathBuf>,
+    /// Fault-around window for 4 KiB regions: 4KiB (none) up to 2MiB (default 64KiB;
+    /// 4KiB with --record, so that every page of the working set faults and is recorded).
+    #[arg(long, value_name = "SIZE")]
+    pub fault_around: Option<String>,
+    /// Handler threads (default: one per CPU, at most 4).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// `udax dig` arguments.
+#[derive(Debug, Args)]
+pub struct DigArgs {
+    /// The file (a snapshot's memory file, say).
+    pub path: PathBuf,
 }
 
 /// The long help of `udax bench`: the workloads (from [`Workload::about`]) and the rest.
@@ -508,7 +560,7 @@ mod tests {
         let cli = Cli::try_parse_from([&["udax", "bench"], args].concat()).expect("clap");
         match cli.command {
             Command::Bench(b) => b.plan(),
-            Command::Inspect(_) => unreachable!(),
+            _ => unreachable!("parsed as bench"),
         }
     }
 

@@ -4,6 +4,8 @@
 //!   same file, side by side, and reports times, memory, allocation, counters and ratios
 //!   (table, `--json`, `--plot`).
 //! - `udax inspect PATH`: a store file's size, allocated bytes and extents.
+//! - `udax firecracker`: a Firecracker snapshot restore's page-fault handler.
+//! - `udax dig FILE`: punch a file's zero pages into holes.
 //!
 //! Exit codes: 0 on success; 2 on bad input (a wrong argument, a missing directory, a store
 //! too small, no userfaultfd permission), with one line `udax: <cause>: <fix>` on stderr;
@@ -14,12 +16,15 @@
 //! engines), `store_file` (the benchmark's store file), `smaps` (Rss of a range),
 //! `warmup`, `prng`, `bench` (the driver), `report` (table and JSON), `plot`, `machine`,
 //! `inspect`, `nbd` (NBD URIs and copies between stores), `nbd_bench` (the workloads over
-//! an NBD export), `lazy_restore` (udax over NBD against copy-then-mmap).
+//! an NBD export), `lazy_restore` (udax over NBD against copy-then-mmap), `firecracker`
+//! (the handler) over `uffd_socket` (its socket), `dig`.
 
 mod args;
 mod bench;
+mod dig;
 mod engine;
 mod error;
+mod firecracker;
 mod inspect;
 mod kernel;
 mod lazy_restore;
@@ -33,6 +38,7 @@ mod size;
 mod smaps;
 mod store_file;
 mod udax_engine;
+mod uffd_socket;
 mod warmup;
 mod workload;
 
@@ -47,6 +53,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Firecracker(args) => firecracker::run(args),
+        Command::Dig(args) => dig::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,34 +13,64 @@ use crate::engine::entries::{EntryGuard, State};
 use crate::engine::evict;
 use crate::engine::fill::{self, Width, extent_run};
 use crate::engine::huge;
+use crate::engine::hugetlb;
 use crate::engine::policy::{Access, Decision, decide};
 use crate::engine::region::Region;
 use crate::engine::stats::Counters;
 use crate::error::Error;
-use crate::sys::uffd::Fault;
+use crate::sys::uffd::{Fault, UffdError};
+
+/// What became of a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Served: the page is in, or poisoned (the access gets SIGBUS), or none of ours.
+    Served,
+    /// Not served, nothing changed: the mm of the faulting process is changing (an
+    /// ioctl got EAGAIN: an event such as a balloon's REMOVE is queued, and every ioctl
+    /// fails so until it is read). Read the events, then serve the fault again.
+    Again,
+}
 
 /// Serves one fault. `scratch` is the caller's buffer for store reads, at least a page
 /// (a handler thread's heap buffer, or a signal handler's stack array: nothing here
-/// allocates). Faults outside the region are ignored.
-pub(crate) fn resolve(region: &Region, fault: &Fault, scratch: &mut [u8]) {
+/// allocates); 2 MiB for hugetlbfs memory. Faults outside the region are ignored. With
+/// `retry`, an EAGAIN (see [`Outcome::Again`]) is returned to the caller; without, it
+/// fails the fault like any error.
+pub(crate) fn resolve(region: &Region, fault: &Fault, scratch: &mut [u8], retry: bool) -> Outcome {
     let Some(index) = region.page_index(fault.address) else {
-        return;
+        return Outcome::Served;
     };
-    let mut guard = region.entries.lock(index);
-    let access = Access::of(fault, region.tracks_writes());
-    let result = match decide(access, guard.state()) {
-        Decision::Fill { mkwrite } => fill_wide(region, &mut guard, mkwrite, scratch)
-            .unwrap_or_else(|| fill_page(region, &mut guard, mkwrite, scratch)),
-        Decision::Upgrade { allocate } => huge::upgrade(region, &mut guard)
-            .unwrap_or_else(|| fill::upgrade(region, &mut [&mut guard], allocate)),
-        Decision::Wake => region.wake(index, 1).map_err(Into::into),
+    let mut guard = region.entries.lock(region.unit_of(index));
+    let result = if region.is_hugetlb() {
+        hugetlb::fill(region, &mut guard, scratch)
+    } else {
+        let access = Access::of(fault, region.tracks_writes());
+        match decide(access, guard.state()) {
+            Decision::Fill { mkwrite } => fill_wide(region, &mut guard, mkwrite, scratch)
+                .unwrap_or_else(|| fill_page(region, &mut guard, mkwrite, scratch)),
+            Decision::Upgrade { allocate } => huge::upgrade(region, &mut guard)
+                .unwrap_or_else(|| fill::upgrade(region, &mut [&mut guard], allocate)),
+            Decision::Wake => region.wake(index, 1).map_err(Into::into),
+        }
     };
-    if let Err(error) = result {
-        fail(region, &mut guard, error);
+    match result {
+        Ok(()) => {}
+        Err(Error::Uffd(UffdError::Again { done: 0, .. }))
+            if retry && guard.state() == State::Empty =>
+        {
+            return Outcome::Again;
+        }
+        // Another process's page went in behind our back (its fill raced a balloon
+        // remove): it is there, which is all the fault needs.
+        Err(Error::Uffd(UffdError::Exists { .. })) if region.is_foreign() => {
+            let _ = region.wake(guard.index(), 1);
+        }
+        Err(error) => fail(region, &mut guard, error),
     }
     // Eviction locks other entries (with try_lock only): never while holding this one.
     drop(guard);
     evict::after_fault(region);
+    Outcome::Served
 }
 
 /// A missing fault served wider than its page (2 MiB, or a fault-around window), as the

@@ -20,6 +20,7 @@ use crate::engine::entries::EntryGuard;
 use crate::engine::install::{Source, insert};
 use crate::engine::region::Region;
 use crate::engine::stats::Counters;
+use crate::engine::zero::is_zero;
 use crate::error::Error;
 use crate::store::{Extent, ExtentKind, Store, StoreError};
 
@@ -63,7 +64,14 @@ pub(crate) fn fill(
             })?;
             region.store.read_at(offset, buf)?;
             Counters::add(&region.counters.bytes_read, len as u64);
-            Source::Data(buf)
+            // A dense snapshot stores its zeros as data. In memory that only fills (another
+            // process's), a run that reads as zeros gets the zero page: read once, never
+            // copied, no memory.
+            if region.is_foreign() && !mkwrite && is_zero(buf) {
+                Source::Hole
+            } else {
+                Source::Data(buf)
+            }
         }
     };
     counted(region, run, held, width, |run| {

@@ -188,7 +188,10 @@ fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<
             .for_each(|guard| guard.set(State::Zero));
     }
     drop(window);
-    Counters::add(&region.counters.zero_faults, 1);
+    // Nothing mapped (the mm is changing: EAGAIN) is no fault served; the caller retries.
+    if zeroed > 0 {
+        Counters::add(&region.counters.zero_faults, 1);
+    }
     region.wake(first, pages)?;
     match stopped {
         Some(error) => Err(error.into()),
@@ -345,4 +348,4 @@ fn take_over_strays(
 
 /// Zeros for installing writable pages over a hole (up to a 2 MiB range; never written,
 /// so it costs no memory beyond the zero pages it reads as).
-static ZEROS: [u8; HUGE_PAGE_SIZE] = [0; HUGE_PAGE_SIZE];
+pub(crate) static ZEROS: [u8; HUGE_PAGE_SIZE] = [0; HUGE_PAGE_SIZE];

@@ -7,6 +7,7 @@
 //!
 //! - `shared_budget`: a budget several regions hold (below `config`, which carries it);
 //! - `config`: what a region's faults do (granularity, dirty tracking, 2 MiB choices);
+//! - `zero`: telling zero bytes;
 //! - `stats`, `error_slot`, `unsynced`, `window`, `entries`, `budget`, `huge_slots`: the
 //!   state a region holds (counters, the first fault-time error, the pages written since
 //!   the last good sync, zero-page windows, the entry table, the resident budget,
@@ -17,6 +18,8 @@
 //! - `install`: the one insert routine, and the windows it closes;
 //! - `fill`: the one fill routine (allocate, read, count, insert);
 //! - `around`, `huge`: which run a wide fault fills (fault-around window, 2 MiB range);
+//! - `hugetlb`: filling another process's hugetlbfs memory in 2 MiB units;
+//! - `prefetch`: installing pages before they fault; `remove`: a balloon's removes;
 //! - `writeback`: flush; `evict`: the budget's clock;
 //! - `fault`: serving one fault, from decision to eviction;
 //! - `abandon`: a region whose faults can no longer be read answers every access without them.
@@ -32,12 +35,16 @@ pub(crate) mod fault;
 pub(crate) mod fill;
 pub(crate) mod huge;
 pub(crate) mod huge_slots;
+pub(crate) mod hugetlb;
 pub(crate) mod install;
 pub(crate) mod policy;
+pub(crate) mod prefetch;
 pub(crate) mod region;
+pub(crate) mod remove;
 pub(crate) mod run;
 pub(crate) mod shared_budget;
 pub(crate) mod stats;
 pub(crate) mod unsynced;
 pub(crate) mod window;
 pub(crate) mod writeback;
+pub(crate) mod zero;

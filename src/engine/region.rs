@@ -14,7 +14,6 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::PAGE_SIZE;
 use crate::engine::budget::Budget;
 use crate::engine::config::Config;
 use crate::engine::entries::Entries;
@@ -28,6 +27,7 @@ use crate::store::Store;
 use crate::sys::memory::Reservation;
 use crate::sys::pagemap::{MAX_REGIONS, PageRegion, Pagemap, Query, category};
 use crate::sys::uffd::{Uffd, UffdError};
+use crate::{HUGE_PAGES, PAGE_SIZE};
 
 /// What [`Region::for_each_run`] looks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +49,9 @@ pub(crate) enum Memory {
         base: usize,
         /// Length in bytes.
         len: usize,
+        /// Backed by 2 MiB hugetlbfs pages there: filled in whole, aligned 2 MiB units
+        /// (`engine::hugetlb`), never with the zero page.
+        hugetlb: bool,
     },
 }
 
@@ -56,7 +59,7 @@ impl Memory {
     fn range(&self) -> (usize, usize) {
         match self {
             Memory::Reserved(reservation) => (reservation.base(), reservation.len()),
-            Memory::Foreign { base, len } => (*base, *len),
+            Memory::Foreign { base, len, .. } => (*base, *len),
         }
     }
 }
@@ -267,9 +270,31 @@ impl Region {
         self.uffd.wake(address, len)
     }
 
-    /// Poisons the missing page `index`: its accesses get SIGBUS (EFAULT in the kernel).
+    /// Whether the region is another process's memory (an adopted range).
+    pub(crate) fn is_foreign(&self) -> bool {
+        matches!(self.memory, Memory::Foreign { .. })
+    }
+
+    /// Whether the region is another process's hugetlbfs memory (2 MiB units).
+    pub(crate) fn is_hugetlb(&self) -> bool {
+        matches!(self.memory, Memory::Foreign { hugetlb: true, .. })
+    }
+
+    /// The first page of the unit the kernel fills at once that holds page `index`: the
+    /// page itself, or its 2 MiB unit in hugetlbfs memory.
+    pub(crate) fn unit_of(&self, index: usize) -> usize {
+        if self.is_hugetlb() {
+            index & !(HUGE_PAGES - 1)
+        } else {
+            index
+        }
+    }
+
+    /// Poisons the missing page `index` (its whole unit: see [`Region::unit_of`]): its
+    /// accesses get SIGBUS (EFAULT in the kernel).
     pub(crate) fn poison(&self, index: usize) -> Result<(), UffdError> {
-        self.poison_run(index, 1)
+        let pages = if self.is_hugetlb() { HUGE_PAGES } else { 1 };
+        self.poison_run(self.unit_of(index), pages)
     }
 
     /// Poisons `pages` missing pages from `first` in one ioctl.

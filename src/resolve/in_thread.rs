@@ -172,7 +172,8 @@ fn serve_in(region: &Region, address: usize, write: bool, present: bool) -> bool
         write_protect: present && write,
     };
     let mut scratch = [0u8; PAGE_SIZE];
-    fault::resolve(region, &fault, &mut scratch);
+    // No events are read in-thread: an EAGAIN fails the fault (nothing retries it).
+    let _ = fault::resolve(region, &fault, &mut scratch, false);
     true
 }
 

@@ -3,6 +3,7 @@
 //! (`in_thread`). Both call the same `engine::fault::resolve`; the engine does not know
 //! which one called. This floor knows nothing of the store's kind or of the front-ends.
 
+pub(crate) mod events;
 pub(crate) mod failure;
 mod in_thread;
 pub(crate) mod pool;
@@ -79,8 +80,7 @@ impl Resolver {
     ) -> Result<Resolver, Error> {
         match resolution {
             Resolution::HandlerThreads => {
-                let table = threads::Table::new(regions, threads::Unknown::Poison);
-                threads::Handlers::start(uffd, &Arc::new(table), threads).map(Resolver::Threads)
+                Resolver::handler_threads(uffd, regions, threads, &Arc::default())
             }
             Resolution::InThread => {
                 let mut registrations = Vec::with_capacity(regions.len());
@@ -97,6 +97,21 @@ impl Resolver {
                 Ok(Resolver::InThread(registrations))
             }
         }
+    }
+
+    /// Starts `threads` handler threads serving `regions` (sorted by address) of `uffd`,
+    /// reading its messages through `reader`.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if a thread or the eventfd cannot be had.
+    pub(crate) fn handler_threads(
+        uffd: &Arc<Uffd>,
+        regions: Vec<Arc<Region>>,
+        threads: usize,
+        reader: &Arc<events::Reader>,
+    ) -> Result<Resolver, Error> {
+        let table = Arc::new(threads::Table::new(regions, threads::Unknown::Poison));
+        threads::Handlers::start(uffd, &table, threads, reader).map(Resolver::Threads)
     }
 
     /// Stops serving: joins the handler threads, or leaves the SIGBUS table (waiting out

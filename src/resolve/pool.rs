@@ -68,7 +68,8 @@ impl Pool {
         let uffd = Uffd::open(features, user_mode_only).map_err(Error::uffd_open)?;
         let uffd = Arc::new(uffd);
         let table = Arc::new(Table::new(Vec::new(), Unknown::Wake));
-        let handlers = Handlers::start(&uffd, &table, threads)?;
+        // A mapping's uffd reports no events: the default reader, which takes no lock.
+        let handlers = Handlers::start(&uffd, &table, threads, &Arc::default())?;
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             owner,
             features,

@@ -1,9 +1,11 @@
 //! Handler threads (the fault context): read a userfaultfd's events and hand each fault
 //! to the engine, for the region holding its address; stop cleanly on request.
 //!
-//! Each thread polls the uffd and a stop eventfd. Several threads may read the same uffd;
-//! each message goes to one of them, and two faults on one page serialize on the entry
-//! lock inside `fault::resolve`.
+//! Each thread polls the uffd and a stop eventfd. Several threads may read the same uffd,
+//! through one shared `events::Reader` (which applies the events in order); each message
+//! goes to one of them, and two faults on one page serialize on the entry lock inside
+//! `fault::resolve`. A fault that finds the mm changing (EAGAIN: an event is queued) is
+//! retried after the events are read.
 //!
 //! With more than one thread, thread `i` is pinned to the `i`-th CPU the process may run
 //! on. A fault wakes every thread polling the uffd; the one on the faulting thread's CPU
@@ -12,22 +14,31 @@
 //! machine that is 3.7x cheaper than one unpinned thread: a wake across vCPUs costs
 //! ~55 µs, and `udax bench` measured sparse reads at 18.7 µs a fault against 69.9 µs.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::HUGE_PAGE_SIZE;
-use crate::engine::fault;
+use crate::engine::fault::{self, Outcome};
 use crate::engine::region::{Region, region_of};
 use crate::error::Error;
+use crate::resolve::events::Reader;
 use crate::resolve::failure::{self, Next};
 use crate::sys::cpu::{allowed_cpus, pin_to};
 use crate::sys::uffd::{Fault, Uffd, UffdMsg};
 
 /// Messages read per `read(2)` of the uffd.
 const BATCH: usize = 64;
+
+/// How long a fault is retried after EAGAINs before it fails. Each retry reads the queued
+/// events first; the EAGAIN ends once the thread that raised the event (the VMM's, in
+/// `madvise`) has run again after its event was read, which on a busy machine can take a
+/// while: the retries back off from 10 µs to 1 ms.
+const RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// The default number of handler threads: one per CPU the process may use, at most 4
 /// (every fault wakes them all, so more would cost more wasted wakes than they save).
@@ -108,14 +119,9 @@ impl Table {
         regions.retain(|r| !Arc::ptr_eq(r, region));
     }
 
-    /// The region holding `address`, kept alive for the fault even if it is removed
-    /// meanwhile.
-    fn find(&self, address: usize) -> Option<Arc<Region>> {
-        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let after = regions.partition_point(|region| region.base() <= address);
-        let region = regions.get(after.checked_sub(1)?)?;
-        region_of(std::slice::from_ref(region), address)?;
-        Some(Arc::clone(region))
+    /// The regions, read-locked (see `serve`).
+    fn read(&self) -> RwLockReadGuard<'_, Vec<Arc<Region>>> {
+        self.regions.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -130,11 +136,12 @@ pub(crate) struct Handlers {
 
 impl Handlers {
     /// Starts `count` threads serving the faults `uffd` reports in the regions of
-    /// `table`, pinned one per CPU if several.
+    /// `table`, pinned one per CPU if several, reading through `reader`.
     pub(crate) fn start(
         uffd: &Arc<Uffd>,
         table: &Arc<Table>,
         count: usize,
+        reader: &Arc<Reader>,
     ) -> Result<Handlers, Error> {
         let cpus = if count > 1 {
             allowed_cpus()
@@ -159,6 +166,7 @@ impl Handlers {
         };
         for number in 0..count.max(1) {
             let (uffd, table) = (Arc::clone(uffd), Arc::clone(table));
+            let reader = Arc::clone(reader);
             let stop_fd = handlers.stop.as_raw_fd();
             let cpu = (!cpus.is_empty()).then(|| cpus[number % cpus.len()]);
             let thread = std::thread::Builder::new()
@@ -167,7 +175,7 @@ impl Handlers {
                     if let Some(cpu) = cpu {
                         pin_to(cpu);
                     }
-                    serve(&uffd, &table, stop_fd)
+                    serve(&uffd, &table, &reader, stop_fd)
                 })
                 .map_err(Error::thread_spawn)?;
             handlers.threads.push(thread);
@@ -217,52 +225,85 @@ fn refuse(uffd: &Uffd, address: usize, unknown: Unknown) {
 /// One handler thread's loop. `stop_fd` outlives the thread: `Handlers` joins before
 /// closing it. A failure of the loop itself is handled by `failure::on_serve_error`: the
 /// thread retries, or gives up on the uffd so that no access waits for it.
-fn serve(uffd: &Uffd, table: &Table, stop_fd: libc::c_int) {
+fn serve(uffd: &Uffd, table: &Table, reader: &Reader, stop_fd: libc::c_int) {
     let mut messages = [UffdMsg::default(); BATCH];
+    let mut faults = VecDeque::with_capacity(BATCH);
     // Room for a 2 MiB fill (touched only by wide faults, so it costs no memory else).
     let mut scratch = vec![0u8; HUGE_PAGE_SIZE];
     let mut failures = 0;
     loop {
-        let count = match next_events(uffd, stop_fd, &mut messages) {
-            Ok(Some(count)) => {
-                failures = 0;
-                count
+        let read = match wait_for_events(uffd, stop_fd) {
+            Ok(false) => return,
+            // The table is read-locked while its faults are served: a region stays in it
+            // (and alive) for its faults, and joining or leaving waits for them, not the
+            // other way round (serving a fault never takes the table's lock).
+            Ok(true) => {
+                let regions = table.read();
+                serve_batch(
+                    uffd,
+                    &regions,
+                    table.unknown,
+                    reader,
+                    &mut messages,
+                    &mut faults,
+                    &mut scratch,
+                )
             }
-            Ok(None) => return,
-            Err(error) => {
-                failures += 1;
-                match failure::on_serve_error(&table.snapshot(), &error, failures) {
-                    Next::Retry(delay) if !failure::wait_for_stop(stop_fd, Some(delay)) => {
-                        continue;
-                    }
-                    Next::Retry(_) => return,
-                    Next::GiveUp => {
-                        failure::give_up(&table.close(), &error);
-                        failure::wait_for_stop(stop_fd, None);
-                        return;
-                    }
-                }
-            }
+            Err(error) => Err(error),
         };
-        for message in &messages[..count] {
-            let Some(fault) = Fault::from_msg(message) else {
-                continue;
-            };
-            match table.find(fault.address) {
-                Some(region) => fault::resolve(&region, &fault, &mut scratch),
-                None => refuse(uffd, fault.address, table.unknown),
+        let Err(error) = read else {
+            failures = 0;
+            continue;
+        };
+        failures += 1;
+        match failure::on_serve_error(&table.snapshot(), &error, failures) {
+            Next::Retry(delay) if !failure::wait_for_stop(stop_fd, Some(delay)) => {}
+            Next::Retry(_) => return,
+            Next::GiveUp => {
+                failure::give_up(&table.close(), &error);
+                failure::wait_for_stop(stop_fd, None);
+                return;
             }
         }
     }
 }
 
-/// Waits for events on `uffd` and reads them into `messages`: `Ok(Some(count))` (0 when
-/// interrupted), `Ok(None)` once `stop_fd` is readable, or the failure.
-fn next_events(
+/// Reads the pending messages through `reader` (which applies the events among them) and
+/// serves the faults, retrying one that finds the memory changing (EAGAIN: an event is
+/// queued) after reading the events again.
+fn serve_batch(
     uffd: &Uffd,
-    stop_fd: libc::c_int,
+    regions: &[Arc<Region>],
+    unknown: Unknown,
+    reader: &Reader,
     messages: &mut [UffdMsg],
-) -> Result<Option<usize>, Error> {
+    faults: &mut VecDeque<Fault>,
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    if let Some(error) = failure::injected() {
+        return Err(error);
+    }
+    reader.read(uffd, regions, messages, faults)?;
+    while let Some(fault) = faults.pop_front() {
+        let Some(region) = region_of(regions, fault.address) else {
+            refuse(uffd, fault.address, unknown);
+            continue;
+        };
+        let (deadline, mut pause) = (Instant::now() + RETRY_FOR, Duration::from_micros(10));
+        while fault::resolve(region, &fault, scratch, Instant::now() < deadline) == Outcome::Again {
+            // Read the queued events (faults read meanwhile wait their turn here).
+            if let Ok(0) = reader.read(uffd, regions, messages, faults) {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(1));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `uffd` has events (true; also when interrupted, to read nothing) or
+/// `stop_fd` is readable (false), or poll fails.
+fn wait_for_events(uffd: &Uffd, stop_fd: libc::c_int) -> Result<bool, Error> {
     let mut fds = [
         libc::pollfd {
             fd: uffd.as_fd().as_raw_fd(),
@@ -280,18 +321,12 @@ fn next_events(
     if ready < 0 {
         let source = io::Error::last_os_error();
         if source.raw_os_error() == Some(libc::EINTR) {
-            return Ok(Some(0));
+            return Ok(true);
         }
         return Err(Error::Os {
             op: "poll(userfaultfd)",
             source,
         });
     }
-    if fds[1].revents != 0 {
-        return Ok(None);
-    }
-    if let Some(error) = failure::injected() {
-        return Err(error);
-    }
-    Ok(Some(uffd.read_events(messages)?))
+    Ok(fds[1].revents == 0)
 }

@@ -12,15 +12,18 @@ mod extent_cache;
 #[cfg(feature = "nbd")]
 mod extent_runs;
 mod file;
+mod layered;
 mod mem;
 #[cfg(feature = "nbd")]
 mod nbd;
 #[cfg(feature = "nbd")]
 mod nbd_ffi;
+pub(crate) mod private_view;
 #[cfg(feature = "nbd")]
 mod read_ahead;
 
 pub use file::FileStore;
+pub use layered::LayeredStore;
 pub use mem::MemStore;
 #[cfg(feature = "nbd")]
 pub use nbd::{NbdConfig, NbdStats, NbdStore};
@@ -236,4 +239,10 @@ pub(crate) fn check_range(offset: u64, len: u64, store_len: u64) -> Result<(), S
             store_len,
         }),
     }
+}
+
+/// The error of writing (`op`) a read-only store at `offset`: EROFS.
+pub(crate) fn read_only(op: &'static str, offset: u64) -> StoreError {
+    let source = io::Error::from_raw_os_error(libc::EROFS);
+    StoreError::Io { op, offset, source }
 }

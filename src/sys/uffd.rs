@@ -171,6 +171,12 @@ impl Fault {
     }
 }
 
+/// The range a `UFFD_EVENT_REMOVE` message reports (`start..end`, the remover's
+/// addresses: `MADV_DONTNEED` and the like dropped those pages); `None` for other messages.
+pub(crate) fn removed_range(msg: &UffdMsg) -> Option<(usize, usize)> {
+    (msg.event == abi::UFFD_EVENT_REMOVE).then_some((msg.flags as usize, msg.address as usize))
+}
+
 /// An open userfaultfd with its API handshake done.
 #[derive(Debug)]
 pub(crate) struct Uffd {

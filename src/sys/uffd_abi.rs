@@ -45,6 +45,8 @@ pub const UFFDIO_WRITEPROTECT_MODE_DONTWAKE: u64 = 1 << 1;
 pub const UFFDIO_MOVE_MODE_DONTWAKE: u64 = 1 << 0;
 
 pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+/// `arg.remove.start` and `.end` are the `flags` and `address` fields of [`UffdMsg`].
+pub const UFFD_EVENT_REMOVE: u8 = 0x15;
 pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
 pub const UFFD_PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 
