@@ -164,9 +164,13 @@ impl Handlers {
             stop,
             owner: std::process::id(),
         };
+        // Each thread says when it runs: std sets a new thread up (its signal stack) only
+        // once it is scheduled, so returning before that would leave the setup, and its
+        // failure, to some later moment, under whatever limits the program set by then.
+        let (started, running) = std::sync::mpsc::channel();
         for number in 0..count.max(1) {
             let (uffd, table) = (Arc::clone(uffd), Arc::clone(table));
-            let reader = Arc::clone(reader);
+            let (reader, started) = (Arc::clone(reader), started.clone());
             let stop_fd = handlers.stop.as_raw_fd();
             let cpu = (!cpus.is_empty()).then(|| cpus[number % cpus.len()]);
             let thread = std::thread::Builder::new()
@@ -175,10 +179,16 @@ impl Handlers {
                     if let Some(cpu) = cpu {
                         pin_to(cpu);
                     }
+                    let _ = started.send(());
                     serve(&uffd, &table, &reader, stop_fd)
                 })
                 .map_err(Error::thread_spawn)?;
             handlers.threads.push(thread);
+        }
+        drop(started);
+        for _ in 0..handlers.threads.len() {
+            // An error means a thread ended before saying so (it cannot: it would abort).
+            let _ = running.recv();
         }
         Ok(handlers)
     }
