@@ -53,6 +53,8 @@ pub use resolve::Resolution;
 pub use store::{Extent, ExtentKind, FileStore, MemStore, Store, StoreError};
 #[cfg(feature = "nbd")]
 pub use store::{NbdConfig, NbdStats, NbdStore};
+#[cfg(feature = "rbd")]
+pub use store::{RbdConfig, RbdStats, RbdStore, RbdTarget};
 pub use sys::uffd::UffdError;
 
 /// The base page size udax tracks (x86-64 and arm64 4 KiB kernels).

@@ -9,7 +9,7 @@
 //! rather than panicking.
 
 mod extent_cache;
-#[cfg(feature = "nbd")]
+#[cfg(any(feature = "nbd", feature = "rbd"))]
 mod extent_runs;
 mod file;
 mod mem;
@@ -17,6 +17,10 @@ mod mem;
 mod nbd;
 #[cfg(feature = "nbd")]
 mod nbd_ffi;
+#[cfg(feature = "rbd")]
+mod rbd;
+#[cfg(feature = "rbd")]
+mod rbd_ffi;
 #[cfg(feature = "nbd")]
 mod read_ahead;
 
@@ -24,6 +28,8 @@ pub use file::FileStore;
 pub use mem::MemStore;
 #[cfg(feature = "nbd")]
 pub use nbd::{NbdConfig, NbdStats, NbdStore};
+#[cfg(feature = "rbd")]
+pub use rbd::{RbdConfig, RbdStats, RbdStore, RbdTarget};
 
 use std::io;
 
