@@ -137,6 +137,8 @@ pub struct RbdStats {
     pub failures: u64,
     /// Of those, deadlines that passed.
     pub timeouts: u64,
+    /// The most requests in flight at once.
+    pub in_flight_peak: u64,
 }
 
 /// The counters behind [`RbdStats`] (relaxed atomics: a report, not a synchronization).
@@ -151,6 +153,8 @@ struct Counters {
     extent_queries: AtomicU64,
     failures: AtomicU64,
     timeouts: AtomicU64,
+    in_flight: AtomicU64,
+    in_flight_peak: AtomicU64,
 }
 
 /// A store on a Ceph RBD image.
@@ -247,6 +251,7 @@ impl RbdStore {
             extent_queries: c.extent_queries.load(Relaxed),
             failures: c.failures.load(Relaxed),
             timeouts: c.timeouts.load(Relaxed),
+            in_flight_peak: c.in_flight_peak.load(Relaxed),
         }
     }
 
@@ -258,7 +263,11 @@ impl RbdStore {
         issue: impl FnOnce(&Image) -> RbdResult<Op>,
     ) -> Result<Op, StoreError> {
         let deadline = Instant::now() + self.config.timeout;
+        let c = &self.counters;
+        let now = c.in_flight.fetch_add(1, Relaxed) + 1;
+        c.in_flight_peak.fetch_max(now, Relaxed);
         let done = issue(&self.image).and_then(|pending| pending.wait(deadline).map(|_| pending));
+        c.in_flight.fetch_sub(1, Relaxed);
         done.map_err(|(errno, _)| self.failed(op, offset, errno))
     }
 
@@ -271,19 +280,22 @@ impl RbdStore {
         StoreError::from_io(op, offset, io::Error::from_raw_os_error(errno))
     }
 
-    /// Asks the cluster for the layout of one window from `offset` and remembers it. The
-    /// query runs on its own thread (it holds the image, so a late one is harmless) and is
-    /// waited for within the timeout.
+    /// Asks the cluster for the layout of the window holding `offset` and remembers it.
+    /// Windows are aligned to their size, so that random faults over an image of one
+    /// window cost one query. The query runs on its own thread (it holds the image, so a
+    /// late one is harmless) and is waited for within the timeout.
     fn query_extent(&self, offset: u64) -> Result<Extent, StoreError> {
         self.counters.extent_queries.fetch_add(1, Relaxed);
         let generation = self.extents.generation();
-        let count = self.config.extent_window.clamp(1, self.len - offset);
+        let window = self.config.extent_window.max(1);
+        let start = offset - offset % window;
+        let count = window.min(self.len - start);
         let (send, answer) = std::sync::mpsc::channel();
         let image = Arc::clone(&self.image);
         std::thread::Builder::new()
             .name("udax-rbd-extents".into())
             .spawn(move || {
-                let _ = send.send(image.allocated(offset, count));
+                let _ = send.send(image.allocated(start, count));
             })
             .map_err(|e| StoreError::from_io("extent query", offset, e))?;
         let allocated = match answer.recv_timeout(self.config.timeout) {
@@ -291,12 +303,9 @@ impl RbdStore {
             Ok(Err((errno, _))) => return Err(self.failed("extent query", offset, errno)),
             Err(_) => return Err(self.failed("extent query", offset, libc::ETIMEDOUT)),
         };
-        let runs = runs(offset, offset + count, &allocated);
-        self.extents.remember(generation, offset, &runs);
-        let &(len, kind) = runs
-            .first()
-            .expect("a window of at least one byte has a run");
-        Ok(Extent { kind, len })
+        let runs = runs(start, start + count, &allocated);
+        self.extents.remember(generation, start, &runs);
+        Ok(extent_at(start, &runs, offset))
     }
 
     /// Zeroes `offset..offset + len` (`zero_flags`: THICK_PROVISION to allocate, or 0), in
@@ -349,6 +358,26 @@ fn runs(start: u64, end: u64, allocated: &[(u64, u64)]) -> Vec<(u64, ExtentKind)
         runs.push((end - at, ExtentKind::Hole));
     }
     runs
+}
+
+/// The run of `runs` (laid end to end from `start`, covering `offset`) at `offset`, from
+/// `offset` to its end.
+fn extent_at(start: u64, runs: &[(u64, ExtentKind)], offset: u64) -> Extent {
+    let mut end = start;
+    for &(len, kind) in runs {
+        end += len;
+        if offset < end {
+            return Extent {
+                kind,
+                len: end - offset,
+            };
+        }
+    }
+    // Not reached (the window holds the offset); data is always a safe answer.
+    Extent {
+        kind: ExtentKind::Data,
+        len: 1,
+    }
 }
 
 impl Store for RbdStore {
@@ -466,9 +495,18 @@ mod tests {
     #[test]
     fn allocated_extents_become_runs_clipped_to_the_window() {
         assert_eq!(runs(100, 200, &[]), vec![(100, Hole)]);
+        let window = runs(100, 200, &[(50, 60), (120, 10), (190, 100)]);
         assert_eq!(
-            runs(100, 200, &[(50, 60), (120, 10), (190, 100)]),
+            window,
             vec![(10, Data), (10, Hole), (10, Data), (60, Hole), (10, Data)]
+        );
+        let at = |offset| {
+            let e = extent_at(100, &window, offset);
+            (e.kind, e.len)
+        };
+        assert_eq!(
+            (at(100), at(115), at(139), at(199)),
+            ((Data, 10), (Hole, 5), (Hole, 51), (Data, 1))
         );
     }
 
