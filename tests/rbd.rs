@@ -8,7 +8,7 @@
 //!
 //! ```sh
 //! scripts/ceph-one-node.sh start /tmp/ceph
-//! UDAX_CEPH_CONF=/tmp/ceph/ceph.conf cargo test --release --features rbd --test rbd
+//! UDAX_CEPH_CONF=/tmp/ceph/ceph.conf cargo test --release -p udax --features rbd --test rbd
 //! scripts/ceph-one-node.sh stop /tmp/ceph
 //! ```
 //!

@@ -226,7 +226,7 @@ fn open_rbd(uri: &str, _read_only: bool) -> Result<Remote, CliError> {
 fn no_rbd(uri: &str) -> CliError {
     CliError::bad(
         format!("{uri}: this udax was built without RBD support"),
-        "build it with `cargo build --release --features rbd` (needs librbd-dev)",
+        "build it with `cargo build --release -p udax-cli --features rbd` (needs librbd-dev)",
     )
 }
 
