@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 
 const UDAX: &str = env!("CARGO_BIN_EXE_udax");
 
+#[cfg(feature = "rbd")]
 fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
 }
