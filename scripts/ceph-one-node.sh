@@ -7,8 +7,8 @@
 # Everything lives in DIR (config, monitor store, logs, sockets, PID files); nothing is
 # installed or started outside it. The client config is DIR/ceph.conf: point udax at it
 # with `rbd:rbd/IMAGE?conf=DIR/ceph.conf` or UDAX_CEPH_CONF=DIR/ceph.conf for the tests.
-# The OSD keeps its objects in memory (memstore): UDAX_CEPH_MEMSTORE_BYTES (default 6 GiB)
-# caps them. Authentication is off; the daemons listen on 127.0.0.1 only, the monitor on
+# The OSD keeps its objects in memory (memstore; UDAX_CEPH_MEMSTORE_BYTES, default 6 GiB,
+# caps them), or with UDAX_CEPH_OBJECTSTORE=bluestore in a sparse file in DIR. Authentication is off; the daemons listen on 127.0.0.1 only, the monitor on
 # UDAX_CEPH_PORT (default 10930), the others on 10931-10999.
 #
 # Needs (Debian): ceph-mon ceph-osd ceph-mgr ceph-common uuid-runtime.
@@ -23,6 +23,10 @@ action=$1
 dir=$2
 port=${UDAX_CEPH_PORT:-10930}
 memstore_bytes=${UDAX_CEPH_MEMSTORE_BYTES:-$((6 << 30))}
+# memstore (default) keeps objects in the OSD's memory: fast, but an OSD killed with
+# SIGKILL comes back without them. bluestore keeps them in a sparse file DIR/osd.0/block
+# (8 GiB apparent), so the OSD can be killed and restarted.
+objectstore=${UDAX_CEPH_OBJECTSTORE:-memstore}
 
 # Stops every daemon whose PID file is in DIR/run, then waits (bounded) for them to go.
 stop() {
@@ -105,8 +109,12 @@ pid file = $dir/run/\$name.pid
 mon data = $dir/\$name
 mgr data = $dir/\$name
 osd data = $dir/\$name
-osd objectstore = memstore
+osd objectstore = $objectstore
 memstore device bytes = $memstore_bytes
+bluestore block create = true
+bluestore block size = $((8 << 30))
+bluestore cache size = $((256 << 20))
+bluestore fsck on mount = false
 osd pool default size = 1
 osd pool default min size = 1
 osd pool default pg autoscale mode = off

@@ -4,7 +4,9 @@
 //! Checked: extents equal `rbd diff`; a sparse read of an empty image sends no read;
 //! bytes after flush equal `rbd export`; a stopped OSD (SIGSTOP) gives SIGBUS at the
 //! access within the timeout, EFAULT to the kernel, a flush error and no hang, and once
-//! the OSD runs again (SIGCONT) a new access works.
+//! the OSD runs again (SIGCONT) a new access works; the same with the OSD killed (SIGKILL)
+//! and started again, on a cluster whose OSD keeps its objects on disk
+//! (`UDAX_CEPH_OBJECTSTORE=bluestore`, what CI starts; memstore would lose them).
 //!
 //! ```sh
 //! scripts/ceph-one-node.sh start /tmp/ceph
@@ -377,12 +379,112 @@ mod rbd {
 
     #[test]
     fn a_stopped_osd_is_efault_and_a_flush_error_then_works_again() {
+        osd_loss_then_back(Loss::Stop);
+    }
+
+    #[test]
+    fn a_killed_osd_is_efault_and_a_flush_error_then_works_after_a_restart() {
+        osd_loss_then_back(Loss::Kill);
+    }
+
+    /// How the OSD goes away.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Loss {
+        /// SIGSTOP, then SIGCONT.
+        Stop,
+        /// SIGKILL, then a new `ceph-osd` (needs an OSD that keeps its objects on disk).
+        Kill,
+    }
+
+    /// Whether the cluster's OSD keeps its objects on disk (bluestore), so that a killed
+    /// one comes back with them; memstore loses them. Skips loudly (fails under CI=true).
+    fn osd_survives_a_kill(conf: &std::path::Path) -> bool {
+        let text = std::fs::read_to_string(conf).expect("reading the ceph.conf");
+        if text
+            .lines()
+            .any(|l| l.trim() == "osd objectstore = bluestore")
+        {
+            return true;
+        }
+        assert!(
+            !common::in_ci(),
+            "the CI cluster must keep its objects on disk (UDAX_CEPH_OBJECTSTORE=bluestore)"
+        );
+        eprintln!(
+            "SKIPPED {}: the OSD keeps its objects in memory and would lose them when killed \
+             (start the cluster with UDAX_CEPH_OBJECTSTORE=bluestore); this test did not run",
+            std::thread::current().name().unwrap_or("?")
+        );
+        false
+    }
+
+    /// Starts the killed OSD again and waits (at most 120 s) until its placement groups
+    /// are active again.
+    fn restart_osd(conf: &std::path::Path) {
+        let started = Instant::now();
+        let status = Command::new("ceph-osd")
+            .arg("-c")
+            .arg(conf)
+            .args(["-i", "0"])
+            .status()
+            .expect("starting ceph-osd");
+        assert!(status.success(), "ceph-osd: {status}");
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            let out = Command::new("timeout")
+                .args(["30", "ceph", "-c"])
+                .arg(conf)
+                .args(["pg", "stat"])
+                .output()
+                .expect("ceph pg stat");
+            let stat = String::from_utf8_lossy(&out.stdout).into_owned();
+            if stat.contains("active+clean") && !stat.contains("peering") && !stat.contains("down")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the OSD is not back after 120 s: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!(
+            "killed OSD: restarted and active in {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Waits (at most 10 tries) until a read through `store` works: a client that sent a
+    /// request to the killed OSD learns of the new one within one timeout.
+    fn wait_until_the_store_reads(store: &RbdStore) {
+        let started = Instant::now();
+        let mut page = vec![0u8; PAGE];
+        for attempt in 1..=10 {
+            match store.read_at(1022 * PAGE as u64, &mut page) {
+                Ok(()) => {
+                    eprintln!(
+                        "OSD back: a store read works after {attempt} tries, {:?}",
+                        started.elapsed()
+                    );
+                    return;
+                }
+                Err(e) => eprintln!("OSD back: try {attempt}: {e}"),
+            }
+        }
+        panic!("no read works 10 tries after the OSD is back");
+    }
+
+    /// Maps an image, takes the OSD away (`loss`) while a fault needs it: the access fails
+    /// (EFAULT to the kernel; SIGBUS to a program, see the test above) within the timeout,
+    /// flush fails, nothing hangs; once the OSD is back the mapping works again, reports
+    /// the failed fault once, and the page left dirty reaches the image.
+    fn osd_loss_then_back(loss: Loss) {
         let Some(conf) = ceph_conf() else { return };
-        if !common::require_uffd() {
+        if !common::require_uffd() || (loss == Loss::Kill && !osd_survives_a_kill(&conf)) {
             return;
         }
         let _cluster = exclusive();
-        let image = TestImage::create(conf.clone(), "stopped", SIZE);
+        let image = TestImage::create(conf.clone(), &format!("{loss:?}"), SIZE);
         write_data(&image.open(Duration::from_secs(30)));
         let store = Arc::new(image.open(TIMEOUT));
         let mapping = map(&store);
@@ -393,7 +495,10 @@ mod rbd {
             .expect("write_at page 2, left dirty");
         let osd = osd_pid(&conf);
         let resume = Resume(osd);
-        signal(osd, libc::SIGSTOP);
+        match loss {
+            Loss::Stop => signal(osd, libc::SIGSTOP),
+            Loss::Kill => signal(osd, libc::SIGKILL),
+        }
         let page = 301; // data, not resident: its fault needs the OSD
         // SAFETY: `page` lies inside the mapping.
         let ptr = unsafe { mapping.as_ptr().add(page * PAGE) };
@@ -401,7 +506,7 @@ mod rbd {
         assert_eq!(
             kernel_read(ptr, PAGE),
             Err(libc::EFAULT),
-            "a kernel read of a page the stopped OSD holds"
+            "a kernel read of a page the lost OSD holds"
         );
         let fault_took = started.elapsed();
         let started = Instant::now();
@@ -409,27 +514,31 @@ mod rbd {
         let flush_took = started.elapsed();
         assert!(
             matches!(flushed, Err(Error::Store(StoreError::Io { .. }))),
-            "flush of a dirty page with the OSD stopped: {flushed:?}"
+            "flush of a dirty page with the OSD lost: {flushed:?}"
         );
         eprintln!(
-            "stopped OSD: fault failed after {fault_took:?}, flush after {flush_took:?} \
+            "{loss:?} OSD: fault failed after {fault_took:?}, flush after {flush_took:?} \
              (timeout {TIMEOUT:?}); {:?}",
             store.stats()
         );
-        drop(resume); // SIGCONT
+        match loss {
+            Loss::Stop => drop(resume), // SIGCONT
+            Loss::Kill => restart_osd(&conf),
+        }
+        wait_until_the_store_reads(&store);
         let started = Instant::now();
         let mut bytes = [0u8; 4];
         mapping
             .read_at(500 * PAGE, &mut bytes)
-            .expect("a read after the OSD runs again");
+            .expect("a read once the OSD is back");
         eprintln!(
-            "stopped OSD: the first read after SIGCONT took {:?}",
+            "{loss:?} OSD: the first read once back took {:?}",
             started.elapsed()
         );
         assert_eq!(bytes, [0; 4], "page 500 is a hole");
         mapping
             .read_at(1021 * PAGE, &mut bytes)
-            .expect("a data read after the OSD runs again");
+            .expect("a data read once the OSD is back");
         assert_eq!(bytes, [pattern(1021 * PAGE as u64); 4]);
         match mapping.flush() {
             Err(Error::FaultFailed {

@@ -175,6 +175,13 @@ impl Image {
             let rc = unsafe { rados_conf_set(image.cluster, option.as_ptr(), seconds.as_ptr()) };
             check(rc, "setting a librados timeout")?;
         }
+        // librbd's own cache off: the mapping is the cache, and a write that returned must
+        // be at the OSD. With the writeback cache on, a write returns once cached and a
+        // failed flush drops the cached data, while the engine has already counted those
+        // pages clean: a lost write after an OSD restart (tests/rbd.rs, the killed OSD).
+        // SAFETY: a live, unconnected handle and NUL-terminated strings (copied).
+        let rc = unsafe { rados_conf_set(image.cluster, c"rbd_cache".as_ptr(), c"false".as_ptr()) };
+        check(rc, "turning librbd's cache off")?;
         // SAFETY: a live, configured handle; the connect is bounded by client_mount_timeout.
         let rc = unsafe { rados_connect(image.cluster) };
         check(rc, "connecting to the monitors")?;
