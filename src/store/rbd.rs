@@ -1,7 +1,9 @@
 //! [`RbdStore`]: a Ceph RBD image (a block image striped over a cluster's objects), through
 //! librbd, Ceph's own client, by a small FFI (`rbd_ffi.rs`). crates.io's `ceph` crate wraps
-//! librados only, and librbd is where striping, the object map, the exclusive lock and the
-//! client cache live.
+//! librados only, and librbd is where striping, the object map and the exclusive lock
+//! live. librbd's own cache is turned off (`rbd_cache = false`): the mapping is the cache,
+//! and a write that returned is at the OSD, so a failed flush loses nothing the engine
+//! has counted clean (with librbd's writeback cache it dropped the cached writes).
 //!
 //! | store operation | librbd call |
 //! |---|---|
