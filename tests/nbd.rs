@@ -770,4 +770,28 @@ mod nbd {
         let stats = store.stats();
         assert_eq!((stats.connects, stats.failures), (2, 0), "{stats:?}");
     }
+
+    #[test]
+    fn sequential_faults_read_ahead_in_few_large_reads() {
+        if !require_tools() || !common::require_uffd() {
+            return;
+        }
+        let (_dir, raw) = raw_image();
+        let server = Server::qemu("raw", &raw, &[]);
+        let store = Arc::new(open(&server.uri()));
+        let mapping = map(&store);
+        let (first, count) = DATA_PAGES[2];
+        let mut byte = [0u8];
+        for page in first..first + count {
+            mapping.read_at(page * PAGE, &mut byte).expect("read_at");
+            assert_eq!(byte[0], pattern(page * PAGE), "page {page}");
+        }
+        let nbd = store.stats();
+        assert_eq!(mapping.stats().read_faults as usize, count);
+        assert!(
+            nbd.reads <= 3 && nbd.read_ahead_hits as usize >= count - 3,
+            "{nbd:?}"
+        );
+        mapping.close().expect("close");
+    }
 }
