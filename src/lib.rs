@@ -57,6 +57,8 @@ pub use resolve::failure::inject_serve_failures;
 pub use store::{Extent, ExtentKind, FileStore, LayeredStore, MemStore, Store, StoreError};
 #[cfg(feature = "nbd")]
 pub use store::{NbdConfig, NbdStats, NbdStore};
+#[cfg(feature = "rbd")]
+pub use store::{RbdConfig, RbdStats, RbdStore, RbdTarget};
 pub use sys::uffd::UffdError;
 
 /// The base page size udax tracks (x86-64 and arm64 4 KiB kernels).

@@ -127,11 +127,14 @@ With --store nbd://host[:port]/export (or nbd+unix:///export?socket=PATH), udax 
 NBD export and the kernel maps the temporary file: before each udax run the file's state
 is copied into the export, and after a writing run copied back (untimed), so THE EXPORT'S
 FIRST SIZE BYTES ARE OVERWRITTEN. The NBD requests of each workload follow the table.
+With --store rbd:POOL/IMAGE[?conf=PATH] (a build with --features rbd) the same holds for
+the Ceph RBD image.
 
-lazy-restore (only with --store nbd://..., not part of all): the export becomes a sparse
+lazy-restore (only with --store nbd://... or rbd:..., not part of all): the export becomes a sparse
 image of SIZE with --data of it written (1 MiB runs at random places); then --touch of its
 pages, at random, are read (a restored VM's first accesses), on udax over NBD, and on the
-kernel's mmap of a local copy made first with nbdcopy (libnbd-bin), the copy included in
+kernel's mmap of a local copy made first with nbdcopy (libnbd-bin; rbd export for an RBD
+image), the copy included in
 its time. Reported: both times, bytes moved over the network, READ requests, the peak of
 requests in flight.";
 
@@ -142,7 +145,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "SIZE", default_value = "1GiB")]
     pub size: String,
     /// Store file to use and keep (default: a temporary sparse file, removed afterwards),
-    /// or an NBD URI. Writing workloads overwrite its data; see --help.
+    /// or an NBD or RBD URI. Writing workloads overwrite its data; see --help.
     #[arg(long, value_name = "PATH|URI")]
     pub store: Option<PathBuf>,
     /// lazy-restore: the fraction of pages touched, 0 to 1.
@@ -196,8 +199,9 @@ pub struct BenchArgs {
 /// `udax inspect` arguments.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The store file, or an NBD URI (nbd://host[:port]/export,
-    /// nbd+unix:///export?socket=PATH).
+    /// The store file, an NBD URI (nbd://host[:port]/export,
+    /// nbd+unix:///export?socket=PATH) or an RBD image (rbd:POOL/IMAGE[?conf=PATH], in a
+    /// build with --features rbd).
     pub path: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -311,10 +315,10 @@ pub const LAZY_RESTORE: &str = "lazy-restore";
 pub struct Plan {
     /// Bytes mapped (a page multiple, > 0).
     pub size: u64,
-    /// The `--store` path, if given (and not an NBD URI).
+    /// The `--store` path, if given (and not a URI).
     pub store: Option<PathBuf>,
-    /// The `--store` NBD URI, if given.
-    pub nbd: Option<String>,
+    /// The `--store` URI of an NBD export or RBD image, if given.
+    pub remote: Option<String>,
     /// lazy-restore, if asked for.
     pub lazy_restore: Option<LazyRestore>,
     /// Workloads, in the order given.
@@ -381,18 +385,18 @@ impl BenchArgs {
                 "drop one of them (async tracking finds written pages only at flush)",
             ));
         }
-        let nbd = self
+        let remote = self
             .store
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned())
-            .filter(|text| crate::nbd::is_uri(text));
+            .filter(|text| crate::remote::is_uri(text));
         let is_lazy = |name: &String| name.trim() == LAZY_RESTORE;
         let lazy_restore = match self.workload.iter().any(is_lazy) {
             false => None,
-            true if nbd.is_none() => {
+            true if remote.is_none() => {
                 return Err(CliError::bad(
-                    "lazy-restore maps an NBD export",
-                    "pass --store nbd://host[:port]/export or nbd+unix:///export?socket=PATH",
+                    "lazy-restore maps an NBD export or an RBD image",
+                    "pass --store nbd://host[:port]/export, nbd+unix:///export?socket=PATH or rbd:POOL/IMAGE[?conf=PATH]",
                 ));
             }
             true => Some(LazyRestore {
@@ -424,8 +428,8 @@ impl BenchArgs {
         }
         Ok(Plan {
             size,
-            store: self.store.clone().filter(|_| nbd.is_none()),
-            nbd,
+            store: self.store.clone().filter(|_| remote.is_none()),
+            remote,
             lazy_restore,
             workloads,
             variants,
@@ -576,7 +580,7 @@ mod tests {
             "0.2",
         ])
         .expect("valid");
-        assert_eq!((plan.nbd.as_deref(), plan.store), (Some(uri), None));
+        assert_eq!((plan.remote.as_deref(), plan.store), (Some(uri), None));
         assert!(plan.workloads.is_empty());
         assert_eq!(plan.lazy_restore.map(|l| l.touch), Some(0.2));
         let error = bench(&["--workload", "lazy-restore"]).expect_err("needs NBD");

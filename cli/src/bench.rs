@@ -36,7 +36,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         Some(path) => BenchStore::given(path, plan.size)?,
         None => BenchStore::temporary(&std::env::temp_dir(), plan.size)?,
     };
-    let mut nbd = match &plan.nbd {
+    let mut nbd = match &plan.remote {
         Some(uri) if !plan.workloads.is_empty() => Some(NbdBench::new(uri, plan.size)?),
         _ => None,
     };
@@ -118,7 +118,7 @@ fn run_pair(
 }
 
 /// One run: prepare the store, map it, run the workload, flush and unmap, measure. With
-/// an NBD export, udax maps the export (the file's state copied in first).
+/// a remote store (NBD or RBD), udax maps it (the file's state copied in first).
 fn run_once(
     store: &mut BenchStore,
     nbd: &mut Option<NbdBench>,
@@ -134,7 +134,7 @@ fn run_once(
                 None => None,
             };
             let map = match &export {
-                Some(export) => UdaxMap::over(export.clone(), plan.size, variant, budget)?,
+                Some(export) => UdaxMap::over(export.store(), plan.size, variant, budget)?,
                 None => UdaxMap::new(store.path(), plan.size, variant, budget)?,
             };
             let outcome = workload.run(&map, plan.threads, seed)?;

@@ -49,9 +49,9 @@ pub struct Inspection {
 /// Runs `udax inspect`.
 pub fn run(args: &InspectArgs) -> Result<(), CliError> {
     let target = args.path.to_string_lossy();
-    let inspection = if crate::nbd::is_uri(&target) {
-        let store = crate::nbd::open(&target, true)?;
-        inspection(&target, &store, None)?
+    let inspection = if crate::remote::is_uri(&target) {
+        let remote = crate::remote::Remote::open(&target, true)?;
+        inspection(&target, remote.store().as_ref(), None)?
     } else {
         inspect(&args.path)?
     };

@@ -1,28 +1,28 @@
-//! The lazy-restore workload: a sparse disk image (or a VM snapshot) on an NBD server, of
-//! which a program touches a small random part first. With udax the export is mapped and
-//! only the touched pages cross the network (holes cost nothing); without it, a user copies
-//! the image to a local file first (`nbdcopy`, which skips holes) and mmaps the copy.
+//! The lazy-restore workload: a sparse disk image (or a VM snapshot) on an NBD server or in
+//! a Ceph cluster (RBD), of which a program touches a small random part first. With udax
+//! the image is mapped and only the touched pages cross the network (holes cost nothing);
+//! without it, a user copies the image to a local file first (`nbdcopy` or `rbd export`,
+//! which skip holes) and mmaps the copy.
 //!
 //! The export is prepared once (untimed): holes over SIZE, then `--data` of it written as
 //! 1 MiB runs at random places. Each repeat runs udax (a fresh store: no cached layout) and
 //! copy-then-mmap (copy into a fresh sparse file, mmap, touch the same pages), alternating
 //! which goes first. Reported: times, bytes moved over the network (udax: the store's READ
-//! bytes; the copy: the image's data bytes, which is what nbdcopy reads), READ requests and
+//! bytes; the copy: the image's data bytes, which is what the copy reads), READ requests and
 //! the peak of requests in flight.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use udax::{ExtentKind, NbdStats, Store};
+use udax::{ExtentKind, Store};
 
 use crate::args::{LazyRestore, Plan, Variant};
 use crate::engine::{Engine, Region};
 use crate::error::CliError;
 use crate::kernel::KernelMap;
 use crate::prng::permutation;
+use crate::remote::{Remote, RemoteStats};
 use crate::size::format_bytes;
 use crate::udax_engine::UdaxMap;
 
@@ -36,14 +36,17 @@ struct Sample {
     took: Duration,
     /// Of it, the copy (zero for udax).
     copy: Duration,
-    /// The NBD store's requests (udax only).
-    nbd: Option<NbdStats>,
+    /// The remote store's requests (udax only).
+    nbd: Option<RemoteStats>,
 }
 
 /// Runs lazy-restore on `plan`'s export and prints its table.
 pub fn run(plan: &Plan, lazy: LazyRestore) -> Result<(), CliError> {
-    let uri = plan.nbd.as_deref().ok_or_else(|| {
-        CliError::bad("lazy-restore maps an NBD export", "pass --store nbd://...")
+    let uri = plan.remote.as_deref().ok_or_else(|| {
+        CliError::bad(
+            "lazy-restore maps an NBD export or an RBD image",
+            "pass --store nbd://... or rbd:POOL/IMAGE",
+        )
     })?;
     let data = prepare_image(uri, plan.size, lazy.data)?;
     let all = u32::try_from(plan.pages()).unwrap_or(u32::MAX);
@@ -76,7 +79,8 @@ pub fn run(plan: &Plan, lazy: LazyRestore) -> Result<(), CliError> {
 /// Makes the export's first `size` bytes a sparse image with `fraction` of it data;
 /// returns the data bytes of the whole export afterwards.
 fn prepare_image(uri: &str, size: u64, fraction: f64) -> Result<u64, CliError> {
-    let store = crate::nbd::open(uri, false)?;
+    let remote = Remote::open(uri, false)?;
+    let store = remote.store();
     if store.len() < size {
         return Err(CliError::bad(
             format!(
@@ -101,8 +105,9 @@ fn prepare_image(uri: &str, size: u64, fraction: f64) -> Result<u64, CliError> {
     }
     store.sync().map_err(failed)?;
     drop(store);
-    let fresh = crate::nbd::open(uri, true)?;
-    data_bytes(&fresh).map_err(|e| CliError::failed(format!("reading the extents of {uri}"), e))
+    let fresh = Remote::open(uri, true)?;
+    data_bytes(fresh.store().as_ref())
+        .map_err(|e| CliError::failed(format!("reading the extents of {uri}"), e))
 }
 
 /// The bytes in data extents of `store`.
@@ -118,7 +123,7 @@ fn data_bytes(store: &dyn Store) -> Result<u64, udax::StoreError> {
     Ok(data)
 }
 
-/// udax over NBD: a fresh store and mapping, then the touches.
+/// udax over the remote store: a fresh store and mapping, then the touches.
 fn run_udax(
     uri: &str,
     size: u64,
@@ -126,20 +131,20 @@ fn run_udax(
     pages: &[u32],
     threads: usize,
 ) -> Result<Sample, CliError> {
-    let store = Arc::new(crate::nbd::open(uri, false)?);
+    let remote = Remote::open(uri, false)?;
     let start = Instant::now();
-    let map = UdaxMap::over(store.clone(), size, variant, None)?;
+    let map = UdaxMap::over(remote.store(), size, variant, None)?;
     touch(map.region(), pages, threads);
     let took = start.elapsed();
     map.close()?;
     Ok(Sample {
         took,
         copy: Duration::ZERO,
-        nbd: Some(store.stats()),
+        nbd: Some(remote.stats()),
     })
 }
 
-/// Copy-then-mmap: nbdcopy into a fresh sparse file, mmap it, touch.
+/// Copy-then-mmap: `nbdcopy` or `rbd export` into a fresh sparse file, mmap it, touch.
 fn run_copy(
     uri: &str,
     local: &Path,
@@ -147,14 +152,15 @@ fn run_copy(
     pages: &[u32],
     threads: usize,
 ) -> Result<Sample, CliError> {
-    let _ = std::fs::remove_file(local);
-    let export_len = crate::nbd::open(uri, true)?.len();
-    let file = std::fs::File::create_new(local)
-        .and_then(|f| f.set_len(export_len).map(|()| f))
-        .map_err(|e| CliError::failed(format!("creating {}", local.display()), e))?;
+    let image_len = Remote::open(uri, true)?.store().len();
     let start = Instant::now();
-    nbdcopy(uri, local)?;
+    crate::remote::copy_to_file(uri, local, image_len)?;
     let copy = start.elapsed();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(local)
+        .map_err(|e| CliError::failed(format!("opening {}", local.display()), e))?;
     let map = KernelMap::new(&file, size as usize)
         .map_err(|e| CliError::failed("mmap of the local copy", e))?;
     touch(map.region(), pages, threads);
@@ -166,28 +172,6 @@ fn run_copy(
         copy,
         nbd: None,
     })
-}
-
-/// `nbdcopy --destination-is-zero URI FILE` (the file is fresh and sparse).
-fn nbdcopy(uri: &str, local: &Path) -> Result<(), CliError> {
-    let output = Command::new("nbdcopy")
-        .arg("--destination-is-zero")
-        .arg(uri)
-        .arg(PathBuf::from(local))
-        .output()
-        .map_err(|e| {
-            CliError::bad(
-                format!("cannot run nbdcopy: {e}"),
-                "install it (Debian: apt-get install libnbd-bin)",
-            )
-        })?;
-    if !output.status.success() {
-        return Err(CliError::failed(
-            "nbdcopy",
-            String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
 }
 
 /// Reads the first byte of each of `pages`, split in `threads` contiguous shares.
@@ -217,7 +201,7 @@ fn seconds(samples: &[Sample], of: fn(&Sample) -> Duration) -> (f64, f64, f64) {
     (median, min, max)
 }
 
-/// The table: per variant, udax over NBD beside copy-then-mmap.
+/// The table: per variant, udax over the remote store beside copy-then-mmap.
 fn write_table(
     out: &mut dyn Write,
     plan: &Plan,
@@ -226,6 +210,8 @@ fn write_table(
     touched: usize,
     rows: &[(String, Vec<Sample>, Vec<Sample>)],
 ) -> io::Result<()> {
+    let uri = plan.remote.as_deref().unwrap_or_default();
+    let protocol = crate::remote::protocol_of(uri);
     writeln!(
         out,
         "\nlazy-restore: {} image ({} data, {:.0}%), {touched} pages touched ({:.0}%), {} thread(s), {} run(s)",
@@ -238,8 +224,8 @@ fn write_table(
     )?;
     writeln!(
         out,
-        "  {:<16} {:<8} {:>22} {:>10} {:>8} {:>9} {:>6}",
-        "engine", "variant", "seconds (median, range)", "moved", "READs", "blk-stat", "peak"
+        "  {:<18} {:<8} {:>22} {:>10} {:>8} {:>9} {:>6}",
+        "engine", "variant", "seconds (median, range)", "moved", "READs", "layout", "peak"
     )?;
     for (label, udax, copy) in rows {
         let (u, u_min, u_max) = seconds(udax, |s| s.took);
@@ -250,23 +236,23 @@ fn write_table(
             .unwrap_or_default();
         writeln!(
             out,
-            "  {:<16} {:<8} {:>8.3} ({:.3}-{:.3}) {:>10} {:>8} {:>9} {:>6}",
-            "udax over NBD",
+            "  {:<18} {:<8} {:>8.3} ({:.3}-{:.3}) {:>10} {:>8} {:>9} {:>6}",
+            format!("udax over {protocol}"),
             label,
             u,
             u_min,
             u_max,
             format_bytes(nbd.bytes_read),
             nbd.reads,
-            nbd.block_status,
+            nbd.layout_queries,
             nbd.in_flight_peak
         )?;
         let (c, c_min, c_max) = seconds(copy, |s| s.took);
         let (copy_only, _, _) = seconds(copy, |s| s.copy);
         writeln!(
             out,
-            "  {:<16} {:<8} {:>8.3} ({:.3}-{:.3}) {:>10} {:>8} {:>9} {:>6}",
-            "nbdcopy + mmap",
+            "  {:<18} {:<8} {:>8.3} ({:.3}-{:.3}) {:>10} {:>8} {:>9} {:>6}",
+            format!("{} + mmap", crate::remote::copy_tool(uri)),
             "-",
             c,
             c_min,

@@ -15,9 +15,10 @@
 //! workload does), `engine` (what a workload runs on), `udax_engine` and `kernel` (the two
 //! engines), `store_file` (the benchmark's store file), `smaps` (Rss of a range),
 //! `warmup`, `prng`, `bench` (the driver), `report` (table and JSON), `plot`, `machine`,
-//! `inspect`, `nbd` (NBD URIs and copies between stores), `nbd_bench` (the workloads over
-//! an NBD export), `lazy_restore` (udax over NBD against copy-then-mmap), `firecracker`
-//! (the handler) over `uffd_socket` (its socket), `dig`.
+//! `inspect`, `nbd` (NBD URIs and copies between stores), `remote` (NBD exports and RBD
+//! images behind one type), `nbd_bench` (the workloads over a remote store),
+//! `lazy_restore` (udax over NBD or RBD against copy-then-mmap), `firecracker` (the
+//! handler) over `uffd_socket` (its socket), `dig`.
 
 mod args;
 mod bench;
@@ -33,6 +34,7 @@ mod nbd;
 mod nbd_bench;
 mod plot;
 mod prng;
+mod remote;
 mod report;
 mod size;
 mod smaps;

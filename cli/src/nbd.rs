@@ -1,13 +1,9 @@
-//! NBD exports where the command takes a store: telling a URI from a path, opening an
-//! [`NbdStore`] with a one-line error, and copying a store's layout and bytes into another
+//! NBD exports where the command takes a store: telling a URI from a path (opening one is
+//! `remote.rs`'s), and copying a store's layout and bytes into another
 //! (the benchmark mirrors its local file into the export before a udax run and back after
 //! it, untimed, so both engines start from and are checked on the same bytes).
 
-use std::time::Duration;
-
-use udax::{ExtentKind, NbdConfig, NbdStore, Store, StoreError};
-
-use crate::error::CliError;
+use udax::{ExtentKind, Store, StoreError};
 
 /// The URI schemes of the NBD URI format (libnbd accepts these).
 const SCHEMES: [&str; 6] = [
@@ -22,19 +18,6 @@ const SCHEMES: [&str; 6] = [
 /// Whether `text` names an NBD export rather than a file.
 pub fn is_uri(text: &str) -> bool {
     SCHEMES.iter().any(|scheme| text.starts_with(scheme))
-}
-
-/// Connects to the export at `uri` (read-only if `read_only`).
-pub fn open(uri: &str, read_only: bool) -> Result<NbdStore, CliError> {
-    let config = NbdConfig {
-        read_only,
-        timeout: Duration::from_secs(30),
-        ..NbdConfig::default()
-    };
-    NbdStore::open_with(uri, &config).map_err(|e| match e {
-        StoreError::Connect { .. } | StoreError::ReadOnly { .. } => CliError::bad_as_is(e),
-        other => CliError::failed(format!("opening {uri}"), other),
-    })
 }
 
 /// Copies `from`'s first `size` bytes into `to`: holes punched, data written in 1 MiB

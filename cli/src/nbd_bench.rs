@@ -1,32 +1,35 @@
-//! `udax bench --store nbd://...`: udax maps the NBD export while the kernel baseline maps
-//! the benchmark's local file. Before each udax run the file's prepared state is copied into
+//! `udax bench --store URI` (an NBD export or an RBD image, see `remote.rs`): udax maps the
+//! remote store while the kernel baseline maps the benchmark's local file. Before each udax run the file's prepared state is copied into
 //! the export, and after a writing run the export is copied back into the file (both
 //! untimed), so both engines start from the same bytes and the workload's check reads the
 //! udax result. Each step opens its own connection (a store's extent cache assumes it is
 //! the only writer), and each run's store starts cold: no cached layout, no connection.
-//! The NBD requests of every workload and variant are summed and printed after the table.
+//! The requests of every workload and variant are summed and printed after the table.
 
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::Arc;
 
-use udax::{FileStore, NbdStats, NbdStore, Store};
+use udax::FileStore;
 
 use crate::error::CliError;
+use crate::remote::{Remote, RemoteStats};
 use crate::size::format_bytes;
 
-/// The export and the requests each workload sent to it.
+/// The remote store and the requests each workload sent to it.
 pub struct NbdBench {
     uri: String,
     size: u64,
     /// (workload, variant label, summed requests of its runs), in run order.
-    totals: Vec<(String, String, NbdStats)>,
+    totals: Vec<(String, String, RemoteStats)>,
+    /// "NBD" or "RBD".
+    protocol: &'static str,
 }
 
 impl NbdBench {
     /// Checks that the export at `uri` is writable and holds at least `size` bytes.
     pub fn new(uri: &str, size: u64) -> Result<NbdBench, CliError> {
-        let store = crate::nbd::open(uri, false)?;
+        let remote = Remote::open(uri, false)?;
+        let store = remote.store();
         if store.len() < size {
             return Err(CliError::bad(
                 format!(
@@ -45,25 +48,26 @@ impl NbdBench {
             uri: uri.to_string(),
             size,
             totals: Vec::new(),
+            protocol: remote.protocol(),
         })
     }
 
     /// Copies the local file at `local` into the export and opens a fresh store on it.
-    pub fn before_run(&self, local: &Path) -> Result<Arc<NbdStore>, CliError> {
+    pub fn before_run(&self, local: &Path) -> Result<Remote, CliError> {
         let file = open_local(local)?;
-        let export = crate::nbd::open(&self.uri, false)?;
-        crate::nbd::copy(&file, &export, self.size).map_err(|e| {
+        let export = Remote::open(&self.uri, false)?;
+        crate::nbd::copy(&file, export.store().as_ref(), self.size).map_err(|e| {
             CliError::failed(format!("copying the prepared store into {}", self.uri), e)
         })?;
         drop(export);
-        Ok(Arc::new(crate::nbd::open(&self.uri, false)?))
+        Remote::open(&self.uri, false)
     }
 
     /// Records the run's requests; after a writing run copies the export back into `local`.
     pub fn after_run(
         &mut self,
         local: &Path,
-        store: &NbdStore,
+        store: &Remote,
         writes: bool,
         workload: &str,
         variant: &str,
@@ -71,61 +75,37 @@ impl NbdBench {
         self.add(workload, variant, store.stats());
         if writes {
             let file = open_local(local)?;
-            let export = crate::nbd::open(&self.uri, true)?;
-            crate::nbd::copy(&export, &file, self.size)
+            let export = Remote::open(&self.uri, true)?;
+            crate::nbd::copy(export.store().as_ref(), &file, self.size)
                 .map_err(|e| CliError::failed(format!("copying {} back", self.uri), e))?;
         }
         Ok(())
     }
 
-    fn add(&mut self, workload: &str, variant: &str, run: NbdStats) {
-        let index = match self
+    fn add(&mut self, workload: &str, variant: &str, run: RemoteStats) {
+        match self
             .totals
-            .iter()
-            .position(|(w, v, _)| w == workload && v == variant)
+            .iter_mut()
+            .find(|(w, v, _)| w == workload && v == variant)
         {
-            Some(index) => index,
-            None => {
-                let row = (
-                    workload.to_string(),
-                    variant.to_string(),
-                    NbdStats::default(),
-                );
-                self.totals.push(row);
-                self.totals.len() - 1
-            }
-        };
-        let sum = &mut self.totals[index].2;
-        sum.reads += run.reads;
-        sum.bytes_read += run.bytes_read;
-        sum.writes += run.writes;
-        sum.bytes_written += run.bytes_written;
-        sum.zeroes += run.zeroes;
-        sum.flushes += run.flushes;
-        sum.block_status += run.block_status;
-        sum.failures += run.failures;
-        sum.in_flight_peak = sum.in_flight_peak.max(run.in_flight_peak);
+            Some((_, _, sum)) => sum.add(run),
+            None => self
+                .totals
+                .push((workload.to_string(), variant.to_string(), run)),
+        }
     }
 
     /// The requests table: one row per workload and variant, summed over its runs.
     pub fn write_summary(&self, out: &mut dyn Write) -> io::Result<()> {
         writeln!(
             out,
-            "\nNBD requests of the udax runs ({}), summed over the repeats:",
-            self.uri
+            "\n{} requests of the udax runs ({}), summed over the repeats:",
+            self.protocol, self.uri
         )?;
         writeln!(
             out,
             "  {:<17} {:<8} {:>8} {:>10} {:>8} {:>10} {:>7} {:>8} {:>7}",
-            "workload",
-            "variant",
-            "READs",
-            "read",
-            "WRITEs",
-            "written",
-            "zeroes",
-            "blk-stat",
-            "peak"
+            "workload", "variant", "READs", "read", "WRITEs", "written", "zeroes", "layout", "peak"
         )?;
         for (workload, variant, s) in &self.totals {
             writeln!(
@@ -138,7 +118,7 @@ impl NbdBench {
                 s.writes,
                 format_bytes(s.bytes_written),
                 s.zeroes,
-                s.block_status,
+                s.layout_queries,
                 s.in_flight_peak
             )?;
         }

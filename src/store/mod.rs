@@ -9,7 +9,7 @@
 //! rather than panicking.
 
 mod extent_cache;
-#[cfg(feature = "nbd")]
+#[cfg(any(feature = "nbd", feature = "rbd"))]
 mod extent_runs;
 mod file;
 mod layered;
@@ -19,6 +19,10 @@ mod nbd;
 #[cfg(feature = "nbd")]
 mod nbd_ffi;
 pub(crate) mod private_view;
+#[cfg(feature = "rbd")]
+mod rbd;
+#[cfg(feature = "rbd")]
+mod rbd_ffi;
 #[cfg(feature = "nbd")]
 mod read_ahead;
 
@@ -27,6 +31,8 @@ pub use layered::LayeredStore;
 pub use mem::MemStore;
 #[cfg(feature = "nbd")]
 pub use nbd::{NbdConfig, NbdStats, NbdStore};
+#[cfg(feature = "rbd")]
+pub use rbd::{RbdConfig, RbdStats, RbdStore, RbdTarget};
 
 use std::io;
 

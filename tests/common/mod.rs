@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -566,5 +567,24 @@ impl TempStore {
         let dir = tempfile::tempdir().expect("creating a temporary directory");
         let path = dir.path().join(name);
         TempStore { dir, path }
+    }
+}
+
+/// write(2) of `len` bytes at `ptr` into a pipe: the kernel reads the mapping.
+pub fn kernel_read(ptr: *const u8, len: usize) -> Result<usize, i32> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two fds, owned right after.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both fds are fresh and ours.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the kernel reads `ptr..ptr+len` (inside the live mapping) and fails with
+    // EFAULT rather than touching anything else.
+    let rc = unsafe { libc::write(write_end.as_raw_fd(), ptr.cast(), len) };
+    drop(read_end);
+    if rc < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(rc as usize)
     }
 }
