@@ -122,20 +122,7 @@ fn out_of_memory_maps() {
 }
 
 fn run(case: &str, test_name: &str, body: fn()) {
-    if !require_uffd() {
-        return;
-    }
-    match child_case().as_deref() {
-        Some(c) if c == case => {
-            body();
-            say("CASE DONE");
-        }
-        Some(_) => {}
-        None => {
-            let output = run_child_within(test_name, case, &[], Duration::from_secs(120));
-            assert_child_passed(&output, "CASE DONE");
-        }
-    }
+    run_case(case, test_name, Duration::from_secs(120), body);
 }
 
 /// Out of fds (RLIMIT_NOFILE) when a uffd must be opened.

@@ -61,21 +61,7 @@ fn map_sparse(size: u64) -> Result<(Duration, u64), Error> {
 }
 
 fn child(case: &str, test_name: &str, body: fn()) {
-    if !require_uffd() {
-        return;
-    }
-    match child_case().as_deref() {
-        Some(c) if c == case => {
-            body();
-            say("CASE DONE");
-        }
-        Some(_) => {}
-        None => {
-            let output = run_child_within(test_name, case, &[], Duration::from_secs(180));
-            assert_child_passed(&output, "CASE DONE");
-            print!("{}", String::from_utf8_lossy(&output.stdout));
-        }
-    }
+    run_case(case, test_name, Duration::from_secs(180), body);
 }
 
 /// 1 TiB maps with under 4 MiB of Rss growth; 16 and 64 TiB map too, or fail with a

@@ -448,6 +448,27 @@ pub fn run_child_within(
     }
 }
 
+/// Runs `body` as the child case `case` of the test `test_name`: in the parent, re-executes
+/// the test binary for it (killed after `limit`), asserts it passed and echoes what it
+/// printed; in the child, runs it. Skips (loudly) without userfaultfd, outside CI.
+pub fn run_case(case: &str, test_name: &str, limit: std::time::Duration, body: fn()) {
+    if !require_uffd() {
+        return;
+    }
+    match child_case().as_deref() {
+        Some(c) if c == case => {
+            body();
+            say("CASE DONE");
+        }
+        Some(_) => {}
+        None => {
+            let output = run_child_within(test_name, case, &[], limit);
+            assert_child_passed(&output, "CASE DONE");
+            print!("{}", String::from_utf8_lossy(&output.stdout));
+        }
+    }
+}
+
 /// A child's stdout, stderr and status, for assertion messages.
 pub fn describe(output: &Output) -> String {
     format!(
