@@ -37,12 +37,26 @@ fn a_mapping_goes_where_it_is_asked_and_not_over_another() {
     if !require_uffd() {
         return;
     }
-    let at = free_address(2 * MIB);
     let store = || Arc::new(MemStore::new(MIB as u64));
-    let first = Mapping::new(store(), Options::default().address(at)).expect("map at");
+    let fixed = |address| Options::default().address(address);
+    // Back to back: the second right after the first. Another test thread may take the
+    // free range between `free_address` and the maps (EEXIST): then try another one.
+    let taken = |result: &Result<Mapping, Error>| matches!(result, Err(Error::Os { source, .. }) if source.raw_os_error() == Some(libc::EEXIST));
+    let (at, first, second) = (0..10)
+        .find_map(|_| {
+            let at = free_address(2 * MIB);
+            let first = Mapping::new(store(), fixed(at));
+            if taken(&first) {
+                return None;
+            }
+            let second = Mapping::new(store(), fixed(at + MIB));
+            if taken(&second) {
+                return None;
+            }
+            Some((at, first.expect("map at"), second.expect("next")))
+        })
+        .expect("a free 2 MiB range within 10 tries");
     assert_eq!(first.as_ptr() as usize, at);
-    // Back to back: the next one right after it.
-    let second = Mapping::new(store(), Options::default().address(at + MIB)).expect("next");
     assert_eq!(second.as_ptr() as usize, at + MIB);
     first.write_at(0, b"one").expect("write first");
     second.write_at(0, b"two").expect("write second");
