@@ -421,7 +421,7 @@ fn check_placement(options: &Options) -> Result<(), Error> {
         Placement::Any => return Ok(()),
         Placement::At(address) | Placement::Replace(address) => address,
     };
-    if options.granularity == Granularity::Huge && address % HUGE_PAGE_SIZE != 0 {
+    if options.granularity == Some(Granularity::Huge) && address % HUGE_PAGE_SIZE != 0 {
         return Err(Error::IncompatibleOptions {
             reason: "2 MiB faults need a 2 MiB-aligned address",
         });

@@ -25,7 +25,8 @@ use crate::sys::memory::Placement;
 #[derive(Clone, Debug)]
 pub struct Options {
     pub(crate) len: Option<u64>,
-    pub(crate) granularity: Granularity,
+    /// `None`: chosen per mapping by [`Options::granularity_for`].
+    pub(crate) granularity: Option<Granularity>,
     pub(crate) handler_threads: usize,
     pub(crate) budget: Option<u64>,
     pub(crate) resolution: Resolution,
@@ -44,7 +45,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             len: None,
-            granularity: Granularity::Page,
+            granularity: None,
             handler_threads: threads::default_count(),
             budget: None,
             resolution: Resolution::HandlerThreads,
@@ -68,11 +69,40 @@ impl Options {
         self
     }
 
-    /// Sets the fault granularity (default [`Granularity::Page`]). A fault-around window
-    /// is at most 2 MiB (wider ones are served as 2 MiB).
+    /// Sets the fault granularity. A fault-around window is at most 2 MiB (wider ones are
+    /// served as 2 MiB).
+    ///
+    /// The default fits file mappings, as the kernel's own mmap does with fault-around and
+    /// read-ahead: [`Granularity::Huge`] (a 2 MiB hole is one huge zero page, 2 MiB of data
+    /// one read; dirty tracking stays exact at 4 KiB, a write still makes only its own
+    /// page Dirty) for a mapping of this process's memory at an address the kernel
+    /// chooses or at a 2 MiB-aligned one, without a budget; [`Granularity::Page`] under a
+    /// budget (so the documented Rss bound is one page per serving thread), at an address
+    /// off a 2 MiB boundary, and for another process's memory ([`Adopted`](crate::Adopted)).
     pub fn granularity(mut self, granularity: Granularity) -> Self {
-        self.granularity = granularity;
+        self.granularity = Some(granularity);
         self
+    }
+
+    /// The granularity a mapping with these options gets: the one set, or the default
+    /// described at [`Options::granularity`]. `own_memory`: a [`Mapping`](crate::Mapping)
+    /// (not an adopted region).
+    pub fn granularity_for(&self, own_memory: bool) -> Granularity {
+        if let Some(granularity) = self.granularity {
+            return granularity;
+        }
+        let aligned = match self.placement {
+            Placement::Any => true,
+            Placement::At(address) | Placement::Replace(address) => {
+                address % crate::HUGE_PAGE_SIZE == 0
+            }
+        };
+        let budgeted = self.budget.is_some() || self.shared_budget.is_some();
+        if own_memory && aligned && !budgeted {
+            Granularity::Huge
+        } else {
+            Granularity::Page
+        }
     }
 
     /// Sets how many handler threads serve faults (at least 1; default: one per CPU the
@@ -248,8 +278,9 @@ impl Options {
     /// faults install holes and fall back to 4 KiB for data), and where the kernel can.
     pub(crate) fn config(&self, resolution: Resolution, own_memory: bool) -> Config {
         let in_thread = resolution == Resolution::InThread;
+        let granularity = self.granularity_for(own_memory);
         let huge_move = own_memory
-            && self.granularity == Granularity::Huge
+            && granularity == Granularity::Huge
             && self.huge_move
             && !in_thread
             // UFFDIO_MOVE wants source and destination of the same protection.
@@ -257,7 +288,7 @@ impl Options {
             && HugeSlots::usable();
         Config {
             tracking: own_memory.then_some(self.tracking),
-            granularity: self.granularity,
+            granularity,
             huge_dirty: self.huge_dirty,
             huge_move,
             wakes: !in_thread,

@@ -157,8 +157,14 @@ pub struct BenchArgs {
     /// Workloads to run, comma-separated (default: all).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub workload: Vec<String>,
-    /// udax fault granularities, comma-separated: 4k, 64k (fault-around), 2m (huge).
-    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "4k")]
+    /// udax fault granularities, comma-separated: default (the library's choice: 2m, or
+    /// 4k under a budget), 4k, 64k (fault-around), 2m (huge).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
     pub granularity: Vec<String>,
     /// Who serves udax faults, comma-separated: handler (handler threads), in-thread
     /// (the faulting thread, through SIGBUS).
@@ -230,18 +236,24 @@ pub struct Choice<T> {
 }
 
 /// The granularities `--granularity` accepts.
-pub const GRANULARITIES: [Choice<Granularity>; 3] = [
+/// `default`: whatever the library chooses for the mapping (`Options::granularity_for`:
+/// 2 MiB, or 4 KiB under a budget).
+pub const GRANULARITIES: [Choice<Option<Granularity>>; 4] = [
+    Choice {
+        name: "default",
+        value: None,
+    },
     Choice {
         name: "4k",
-        value: Granularity::Page,
+        value: Some(Granularity::Page),
     },
     Choice {
         name: "64k",
-        value: Granularity::FaultAround(64 << 10),
+        value: Some(Granularity::FaultAround(64 << 10)),
     },
     Choice {
         name: "2m",
-        value: Granularity::Huge,
+        value: Some(Granularity::Huge),
     },
 ];
 
@@ -273,7 +285,7 @@ pub const TRACKINGS: [Choice<DirtyTracking>; 2] = [
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Variant {
     /// Fault granularity.
-    pub granularity: Choice<Granularity>,
+    pub granularity: Choice<Option<Granularity>>,
     /// Who serves faults.
     pub resolution: Choice<Resolution>,
     /// How first writes are noticed.
@@ -600,7 +612,7 @@ mod tests {
         assert_eq!(plan.size, 1 << 30);
         assert_eq!(plan.workloads, Workload::ALL.to_vec());
         assert_eq!(plan.variants.len(), 1);
-        assert_eq!(plan.variants[0].label(), "4k");
+        assert_eq!(plan.variants[0].label(), "default");
         assert_eq!((plan.threads, plan.repeat), (1, 3));
         assert_eq!(plan.json, None);
     }
@@ -623,7 +635,7 @@ mod tests {
         assert_eq!(plan.size, 16 << 20);
         assert_eq!(plan.workloads, vec![Workload::SeqRead, Workload::Flush]);
         assert_eq!(plan.variants.len(), 2);
-        assert_eq!(plan.variants[1].granularity.value, Granularity::Huge);
+        assert_eq!(plan.variants[1].granularity.value, Some(Granularity::Huge));
         assert_eq!(plan.json, Some(JsonOut::Stdout));
         assert_eq!(plan.budget, Some(1 << 20));
     }

@@ -37,9 +37,11 @@ impl UdaxMap {
     ) -> Result<UdaxMap, CliError> {
         let mut options = Options::default()
             .len(len)
-            .granularity(variant.granularity.value)
             .resolution(variant.resolution.value)
             .dirty_tracking(variant.tracking.value);
+        if let Some(granularity) = variant.granularity.value {
+            options = options.granularity(granularity);
+        }
         if let Some(budget) = budget {
             options = options.budget(budget);
         }

@@ -6,6 +6,7 @@
 //! Invariant 1: a free slot maps nothing (a claim's drop empties it).
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::HUGE_PAGE_SIZE;
 use crate::error::Error;
@@ -13,14 +14,15 @@ use crate::sys::memory::Reservation;
 use crate::sys::pagemap::Pagemap;
 use crate::sys::uffd::{Uffd, available_features, features};
 
-/// Slots a region keeps (address space only, until used).
+/// Slots the process keeps (address space only, until used): more than the threads that
+/// fill 2 MiB ranges at once (at most 4 handler threads a pool, plus in-thread faults).
 const SLOTS: usize = 16;
 
-/// The staging slots of one region.
+/// The staging slots, one set for the whole process (see [`HugeSlots::shared`]).
 pub(crate) struct HugeSlots {
     memory: Reservation,
     /// Tells whether a filled slot is one huge page.
-    pagemap: Pagemap,
+    pagemap: Arc<Pagemap>,
     /// Bit `i`: slot `i` is claimed.
     busy: AtomicU32,
 }
@@ -40,8 +42,28 @@ impl HugeSlots {
         thp && available_features().is_ok_and(|available| available & features::MOVE != 0)
     }
 
+    /// The process's slots, reserved by the first region that moves huge pages in: one
+    /// set for every region, so that a process with many mappings holds 32 MiB of address
+    /// space and one pagemap descriptor for them, not per mapping. A child of `fork`
+    /// reserves its own (the parent's claims were copied mid-flight, and its pagemap
+    /// descriptor reads the parent's page tables).
+    pub(crate) fn shared() -> Result<Arc<HugeSlots>, Error> {
+        static SHARED: Mutex<Option<(u32, Arc<HugeSlots>)>> = Mutex::new(None);
+        let pid = std::process::id();
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((owner, slots)) = &*shared
+            && *owner == pid
+        {
+            return Ok(Arc::clone(slots));
+        }
+        let slots = Arc::new(HugeSlots::reserve()?);
+        // A parent's set is forgotten, not unmapped: the child touches nothing of it.
+        std::mem::forget(shared.replace((pid, Arc::clone(&slots))));
+        Ok(slots)
+    }
+
     /// Reserves the slots' address space, asking for huge pages there (MADV_HUGEPAGE).
-    pub(crate) fn reserve() -> Result<HugeSlots, Error> {
+    fn reserve() -> Result<HugeSlots, Error> {
         let memory =
             Reservation::new(SLOTS * HUGE_PAGE_SIZE, true).map_err(|source| Error::Os {
                 op: "mmap (huge-page slots)",
@@ -49,7 +71,7 @@ impl HugeSlots {
             })?;
         Ok(HugeSlots {
             memory,
-            pagemap: Pagemap::open()?,
+            pagemap: Pagemap::shared()?,
             busy: AtomicU32::new(0),
         })
     }

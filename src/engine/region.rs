@@ -86,7 +86,7 @@ pub(crate) struct Region {
     /// The resident budget and its eviction clock, if the region has one.
     pub(crate) budget: Option<Budget>,
     /// Buffers for filling huge pages to move in; `None` unless `config.huge_move`.
-    pub(crate) huge_slots: Option<HugeSlots>,
+    pub(crate) huge_slots: Option<Arc<HugeSlots>>,
     /// Pages ever poisoned; while zero, no SIGBUS can come from a poison marker.
     poisoned: AtomicU64,
     /// Serializes flushes: one flush takes the dirty index, and a second must not return
@@ -154,7 +154,7 @@ impl Region {
             zero_windows: Windows::new(),
             budget: budget.transpose()?,
             huge_slots: if config.huge_move {
-                Some(HugeSlots::reserve()?)
+                Some(HugeSlots::shared()?)
             } else {
                 None
             },
