@@ -302,3 +302,37 @@ impl Options {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_granularity_follows_budget_placement_and_owner() {
+        let default = Options::default();
+        assert_eq!(default.granularity_for(true), Granularity::Huge);
+        assert_eq!(default.granularity_for(false), Granularity::Page, "adopted");
+        assert_eq!(
+            default.clone().budget(1 << 20).granularity_for(true),
+            Granularity::Page
+        );
+        assert_eq!(
+            default.clone().address(4 << 20).granularity_for(true),
+            Granularity::Huge
+        );
+        assert_eq!(
+            default
+                .clone()
+                .address(4 << 20 | 4096)
+                .granularity_for(true),
+            Granularity::Page,
+            "off a 2 MiB boundary"
+        );
+        let set = default.granularity(Granularity::FaultAround(64 << 10));
+        assert_eq!(
+            set.budget(1 << 20).granularity_for(true),
+            Granularity::FaultAround(64 << 10),
+            "a granularity set is kept"
+        );
+    }
+}

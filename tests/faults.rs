@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{PAGE, TempStore, assert_bytes_eq, mapping_rss_kib, peek, poke};
-use udax::{FileStore, Mapping, Options, Stats, Store};
+use udax::{FileStore, Granularity, Mapping, Options, Stats, Store};
 
 /// 512-byte blocks the file occupies on disk.
 fn blocks(path: &Path) -> u64 {
@@ -49,9 +49,12 @@ fn hole_store(name: &str, len: usize) -> (TempStore, Arc<FileStore>) {
     (tmp, Arc::new(store))
 }
 
+/// The 4 KiB fault table: one page a fault (the default granularity is 2 MiB; tests/huge.rs
+/// has that path and the default's choice).
 fn map(store: &Arc<FileStore>) -> Mapping {
     let store: Arc<dyn Store> = store.clone();
-    Mapping::new(store, Options::default()).expect("Mapping::new")
+    let options = Options::default().granularity(Granularity::Page);
+    Mapping::new(store, options).expect("Mapping::new")
 }
 
 /// Test 2. Reading every page of a 256 MiB all-hole file maps the shared zero page: one

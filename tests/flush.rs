@@ -7,11 +7,14 @@ mod common;
 use std::sync::Arc;
 
 use common::{Model, PAGE, TempStore, poke, read_file};
-use udax::{FileStore, Mapping, Options, Stats, Store};
+use udax::{FileStore, Granularity, Mapping, Options, Stats, Store};
 
+/// The 4 KiB fault table: one page a fault (the default granularity is 2 MiB; tests/huge.rs
+/// has that path and the default's choice).
 fn map(store: &Arc<FileStore>) -> Mapping {
     let store: Arc<dyn Store> = store.clone();
-    Mapping::new(store, Options::default()).expect("Mapping::new")
+    let options = Options::default().granularity(Granularity::Page);
+    Mapping::new(store, options).expect("Mapping::new")
 }
 
 /// Writes one byte in each page of `pages` (twice, at two places: the second write must

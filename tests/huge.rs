@@ -156,6 +156,41 @@ fn reading_a_hole_store_takes_one_fault_per_2mib_and_no_memory() {
     mapping.close().expect("close");
 }
 
+/// The default granularity (DESIGN.md, section 4): 2 MiB for a mapping without a budget,
+/// 4 KiB under one (own or shared), whatever else the options say; set, it is kept.
+#[test]
+fn the_default_granularity_is_2mib_without_a_budget_and_4k_under_one() {
+    if !common::require_uffd() {
+        return;
+    }
+    let len = 4 << 20;
+    let huge_faults = |options: Options| {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new(len as u64));
+        let mapping = Mapping::new(store, options).expect("map");
+        touch_every_page(&mapping);
+        let stats = mapping.stats();
+        mapping.close().expect("close");
+        (stats.huge_faults, stats.zero_faults)
+    };
+    let ranges = (len / udax::HUGE_PAGE_SIZE) as u64;
+    assert_eq!(huge_faults(Options::default()), (ranges, ranges), "default");
+    let budget = Options::default().budget(1 << 20);
+    assert_eq!(
+        huge_faults(budget),
+        (0, (len / PAGE) as u64),
+        "under a budget"
+    );
+    let shared = udax::SharedBudget::new(1 << 20).expect("budget");
+    let shared = Options::default().shared_budget(&shared);
+    assert_eq!(
+        huge_faults(shared),
+        (0, (len / PAGE) as u64),
+        "shared budget"
+    );
+    let set = Options::default().granularity(Granularity::Page);
+    assert_eq!(huge_faults(set), (0, (len / PAGE) as u64), "set to 4 KiB");
+}
+
 /// Reads a written 64 MiB store at 2 MiB; returns the AnonHugePages (KiB) afterwards.
 fn read_written_store(options: Options) -> u64 {
     let dir = tempfile::tempdir().expect("tempdir");

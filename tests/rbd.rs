@@ -241,9 +241,11 @@ mod rbd {
             assert_eq!(byte, [0]);
         }
         let (stats, rbd) = (mapping.stats(), store.stats());
+        // The default granularity: one huge zero fault per 2 MiB.
+        let ranges = mapping.len() / udax::HUGE_PAGE_SIZE;
         assert_eq!(
-            stats.zero_faults as usize,
-            mapping.len() / PAGE,
+            (stats.zero_faults as usize, stats.huge_faults as usize),
+            (ranges, ranges),
             "{stats:?}"
         );
         assert_eq!(

@@ -27,8 +27,10 @@ struct udax_budget;  /* a resident budget several mappings share (opaque) */
 /* How to map. All zero (struct udax_options o = {0};) is the default; NULL too. */
 struct udax_options {
     uint64_t len;          /* bytes from the start of the file; 0: all (a multiple of 4096) */
-    uint64_t granularity;  /* bytes per read fault: 0/4096 one page, 2097152 huge pages,
-                              other multiples of 4096: a fault-around window */
+    uint64_t granularity;  /* bytes per read fault: 0 the library's default (2 MiB, but
+                              one page under a budget or at an address off a 2 MiB
+                              boundary), 4096 one page, 2097152 huge pages, other
+                              multiples of 4096: a fault-around window */
     uint64_t budget;       /* resident bytes at most (0: no limit; at least 65536) */
     const struct udax_budget *shared_budget; /* NULL, or a budget shared with other maps */
     void *address;         /* NULL: anywhere; else exactly there (EEXIST if taken,

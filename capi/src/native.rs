@@ -123,13 +123,14 @@ pub struct UdaxBudget {
     budget: SharedBudget,
 }
 
-/// The granularity `bytes` asks for.
-pub fn granularity_of(bytes: u64) -> Result<Granularity, Failure> {
+/// The granularity `bytes` asks for (`None`: 0, the library's default).
+pub fn granularity_of(bytes: u64) -> Result<Option<Granularity>, Failure> {
     match bytes {
-        0 | 4096 => Ok(Granularity::Page),
-        b if b == HUGE_PAGE_SIZE as u64 => Ok(Granularity::Huge),
+        0 => Ok(None),
+        4096 => Ok(Some(Granularity::Page)),
+        b if b == HUGE_PAGE_SIZE as u64 => Ok(Some(Granularity::Huge)),
         b if b % PAGE_SIZE as u64 == 0 && b <= HUGE_PAGE_SIZE as u64 => {
-            Ok(Granularity::FaultAround(b as usize))
+            Ok(Some(Granularity::FaultAround(b as usize)))
         }
         b => Err(Failure::new(
             libc::EINVAL,
@@ -156,9 +157,11 @@ unsafe fn options_from(options: *const UdaxOptions) -> Result<(Options, bool), F
     }
     let flag = |f: u32| o.flags & f != 0;
     let mut opts = Options::default()
-        .granularity(granularity_of(o.granularity)?)
         .read_only(flag(UDAX_READ_ONLY))
         .huge_dirty(flag(UDAX_HUGE_DIRTY));
+    if let Some(granularity) = granularity_of(o.granularity)? {
+        opts = opts.granularity(granularity);
+    }
     if o.len != 0 {
         opts = opts.len(o.len);
     }

@@ -128,7 +128,7 @@ fn u64_of(result: &Value, field: &str) -> u64 {
 /// Runs one workload at 4 KiB granularity and checks the report's shape; returns the udax
 /// and kernel results.
 fn bench_workload(workload: &str) -> Option<(Value, Value)> {
-    let report = bench_json(&["--workload", workload])?;
+    let report = bench_json(&["--workload", workload, "--granularity", "4k"])?;
     for key in ["kernel_release", "cpus", "memory_bytes", "cpu_model"] {
         assert!(
             !report["machine"][key].is_null(),
@@ -369,6 +369,8 @@ fn bench_modes() {
         "handler,in-thread",
         "--dirty-tracking",
         "sync,async",
+        "--granularity",
+        "4k",
     ]) else {
         return;
     };
