@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use udax::{DirtyTracking, Granularity, Resolution};
 
+use crate::engine::EngineKind;
 use crate::error::CliError;
 use crate::size::parse_size;
 use crate::workload::Workload;
@@ -108,13 +109,21 @@ they need and OVERWRITE ITS DATA.
 Every run starts cold: the store is put back in the state its workload starts from
 (holes punched, or filled with data and fdatasync'ed) and the file's page cache is dropped
 with posix_fadvise(DONTNEED); after the timed phases each run is flushed (msync for the
-kernel) and unmapped, untimed. 2 GiB (at most twice SIZE) of memory is touched and freed
-first, so first-touch costs of the virtual machine do not land in the timings.
+kernel) and unmapped, untimed. Right before every run, twice SIZE (at most 2 GiB) of
+anonymous MADV_HUGEPAGE memory is touched (a byte every 4 KiB) and freed, so first-touch
+costs of the virtual machine (memory its host took back) do not land in the timings. The
+engines alternate: in repeat r udax runs first if r is even, the kernel first if odd.
 
-Measured: ns per 4 KiB page of the timed phases (median, min-max over --repeat runs),
-peak Rss of the mapping (sampled from /proc/self/smaps at the end of each phase),
-store bytes allocated afterwards (st_blocks*512), and the udax counters. The kernel
-baseline ignores --granularity and --budget; its rows are paired with each granularity.
+Measured: ns per 4 KiB page of the timed phases (median, min-max over --repeat runs; a
+`!` marks a row whose spread (max-min)/median exceeds 30%), peak Rss of the mapping
+(sampled from /proc/self/smaps at the end of each phase), rss+cache: the peak of that Rss
+plus the store file's page cache (cachestat(2), else mincore(2)), what the mapping costs
+the machine (the kernel's Rss is its page cache, counted once), store bytes allocated
+afterwards (st_blocks*512), and the udax counters. udax/kernel is udax's median time over
+the kernel's: below 1, udax is faster. The kernel baseline ignores --granularity and
+--budget; its rows are paired with each granularity. --engine udax (or kernel) runs one
+engine only, e.g. under strace. Progress, with an ETA, goes to stderr when it is a
+terminal.
 
 The resident budget: --budget caps the udax mapping's resident memory in every workload.
 sort and rand-read-budget run under a budget even without it, a quarter of SIZE (the
@@ -194,10 +203,14 @@ pub struct BenchArgs {
     /// Runs of each workload on each engine.
     #[arg(long, value_name = "N", default_value = "3")]
     pub repeat: String,
+    /// Which engines run: udax, kernel or both (one engine: no ratios; e.g. to count
+    /// udax's syscalls alone with strace).
+    #[arg(long, value_name = "udax|kernel|both", default_value = "both")]
+    pub engine: String,
     /// Write the results as JSON to FILE, or to stdout with "-" (then no table).
     #[arg(long, value_name = "FILE|-")]
     pub json: Option<String>,
-    /// Draw the udax/kernel ratios per workload as an SVG bar chart.
+    /// Draw the udax/kernel ratios per workload as an SVG bar chart, min-max as error bars.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
 }
@@ -343,6 +356,8 @@ pub struct Plan {
     pub budget: Option<u64>,
     /// Runs per workload, engine and granularity (>= 1).
     pub repeat: usize,
+    /// The engines that run (one or both, udax first in this list).
+    pub engines: Vec<EngineKind>,
     /// Where to write JSON.
     pub json: Option<JsonOut>,
     /// Where to draw the chart.
@@ -448,6 +463,7 @@ impl BenchArgs {
             threads: parse_count("--threads", &self.threads)?,
             budget,
             repeat: parse_count("--repeat", &self.repeat)?,
+            engines: parse_engines(&self.engine)?,
             json,
             plot: self.plot.clone(),
         })
@@ -471,6 +487,19 @@ fn parse_page_size(flag: &str, text: &str) -> Result<u64, CliError> {
         ));
     }
     Ok(size)
+}
+
+/// `--engine`: udax, kernel or both.
+fn parse_engines(text: &str) -> Result<Vec<EngineKind>, CliError> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "udax" => Ok(vec![EngineKind::Udax]),
+        "kernel" => Ok(vec![EngineKind::Kernel]),
+        "both" => Ok(vec![EngineKind::Udax, EngineKind::Kernel]),
+        _ => Err(CliError::bad(
+            format!("unknown engine {text:?}"),
+            "pick from udax, kernel, both",
+        )),
+    }
 }
 
 /// A fraction from 0 to 1 (`0.1`).
@@ -614,6 +643,7 @@ mod tests {
         assert_eq!(plan.variants.len(), 1);
         assert_eq!(plan.variants[0].label(), "default");
         assert_eq!((plan.threads, plan.repeat), (1, 3));
+        assert_eq!(plan.engines, [EngineKind::Udax, EngineKind::Kernel]);
         assert_eq!(plan.json, None);
     }
 
@@ -653,6 +683,11 @@ mod tests {
         assert!(msg(&["--resolution", "psychic"]).contains("unknown resolution"));
         assert!(msg(&["--dirty-tracking", "async", "--budget", "1MiB"]).contains("--budget"));
         assert!(msg(&["--budget", "32KiB"]).contains("below udax's minimum"));
+        assert!(msg(&["--engine", "both2"]).contains("unknown engine"));
+        assert_eq!(
+            bench(&["--engine", "udax"]).expect("valid").engines,
+            [EngineKind::Udax]
+        );
     }
 
     #[test]

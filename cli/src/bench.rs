@@ -1,10 +1,13 @@
 //! `udax bench`: the driver. For each workload and granularity, `--repeat` times, it runs
-//! the workload on udax and then on the kernel baseline, on the same store file, prepared
-//! afresh before each run; then it prints the table, the JSON and the chart.
+//! the workload on udax and on the kernel baseline, on the same store file, prepared
+//! afresh before each run; the order alternates (repeat r: udax first if r is even, the
+//! kernel first if odd), so neither engine always inherits the other's leftovers. Then it
+//! prints the table, the JSON and the chart. One progress bar with an ETA goes to stderr
+//! when stderr is a terminal.
 //!
 //! Untimed around every run: preparing the store (holes or data, page cache dropped),
-//! mapping, and afterwards a flush/msync and unmap, so no dirty page of one run is written
-//! back during the next.
+//! touching and freeing the memory the run will use (the warm-up), mapping, and afterwards
+//! a flush/msync and unmap, so no dirty page of one run is written back during the next.
 
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
@@ -24,9 +27,15 @@ use crate::udax_engine::{self, UdaxMap};
 use crate::warmup;
 use crate::workload::Workload;
 
-/// The most memory touched and freed before the runs (2 GiB cleared the effect on this
+/// The most memory touched and freed before a run (2 GiB cleared the effect on this
 /// project's VMs).
 const WARM_UP_MAX: u64 = 2 << 30;
+
+/// The memory a run over `size` bytes may take, warmed before it: the store's page cache
+/// plus, for udax, the mapping's own pages beside it.
+fn warm_up_bytes(size: u64) -> usize {
+    WARM_UP_MAX.min(size.saturating_mul(2)) as usize
+}
 
 /// Runs `udax bench`.
 pub fn run(args: &BenchArgs) -> Result<(), CliError> {
@@ -41,24 +50,27 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         _ => None,
     };
     let machine = Machine::collect(store.path());
-    let warm = WARM_UP_MAX.min(plan.size.saturating_mul(2));
-    warmup::touch_and_free(warm as usize)
-        .map_err(|e| CliError::failed("touching memory before the runs", e))?;
 
-    let show = io::stderr().is_terminal() && plan.json != Some(JsonOut::Stdout);
+    // Progress goes to stderr only, so `--json -` keeps stdout to the JSON.
+    let bar = progress_bar(io::stderr().is_terminal(), &plan);
     let mut results = Vec::new();
     for (index, &workload) in plan.workloads.iter().enumerate() {
-        let bar = progress_bar(show, workload, &plan);
         for variant in &plan.variants {
-            let [udax, kernel] =
-                run_pair(&mut store, &mut nbd, &plan, workload, variant, index, &bar)?;
-            let row = |engine, budget, samples: &[Sample]| {
+            let samples = run_pair(&mut store, &mut nbd, &plan, workload, variant, index, &bar)?;
+            for (&engine, samples) in plan.engines.iter().zip(&samples) {
+                let budget = match engine {
+                    EngineKind::Udax => workload.budget(plan.size, plan.budget, variant),
+                    EngineKind::Kernel => None,
+                };
                 let run = (plan.size, plan.threads, budget);
-                ResultRow::new(workload.name(), engine, variant, run, samples)
-            };
-            let budget = workload.budget(plan.size, plan.budget, variant);
-            results.push(row(EngineKind::Udax, budget, &udax));
-            results.push(row(EngineKind::Kernel, None, &kernel));
+                results.push(ResultRow::new(
+                    workload.name(),
+                    engine,
+                    variant,
+                    run,
+                    samples,
+                ));
+            }
         }
         let summary = report::ratios(&results)
             .iter()
@@ -66,8 +78,11 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
             .map(|r| format!("{} {:.2}x", r.mode, r.udax_over_kernel))
             .collect::<Vec<_>>()
             .join(", ");
-        bar.finish_with_message(format!("udax/kernel {summary}"));
+        if !summary.is_empty() {
+            bar.println(format!("{:>16} udax/kernel {summary}", workload.name()));
+        }
     }
+    bar.finish_and_clear();
     if let Some(lazy) = plan.lazy_restore {
         crate::lazy_restore::run(&plan, lazy)?;
     }
@@ -84,7 +99,18 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     }
 }
 
-/// Runs one workload at one granularity `--repeat` times on each engine, alternating.
+/// The order of `engines` in repeat `repeat`: as given when `repeat` is even, reversed
+/// when odd (with both engines: udax first, then the kernel first, and so on).
+pub fn engine_order(engines: &[EngineKind], repeat: usize) -> Vec<(usize, EngineKind)> {
+    let mut order: Vec<(usize, EngineKind)> = engines.iter().copied().enumerate().collect();
+    if repeat % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// Runs one workload at one granularity `--repeat` times on each of `plan.engines`,
+/// alternating which goes first; the samples of each engine, in `plan.engines` order.
 fn run_pair(
     store: &mut BenchStore,
     nbd: &mut Option<NbdBench>,
@@ -93,24 +119,24 @@ fn run_pair(
     variant: &Variant,
     index: usize,
     bar: &ProgressBar,
-) -> Result<[Vec<Sample>; 2], CliError> {
-    let mut samples = [Vec::new(), Vec::new()];
+) -> Result<Vec<Vec<Sample>>, CliError> {
+    let mut samples = vec![Vec::new(); plan.engines.len()];
     for repeat in 0..plan.repeat {
         // The same random orders for both engines within a repeat.
         let seed = SplitMix64::new(((index as u64) << 32) | repeat as u64).next_u64();
-        for (slot, engine) in [EngineKind::Udax, EngineKind::Kernel]
-            .into_iter()
-            .enumerate()
-        {
+        for (place, (slot, engine)) in engine_order(&plan.engines, repeat).into_iter().enumerate() {
             bar.set_message(format!(
-                "{} {} run {}/{}",
+                "{} {} {} run {}/{}",
+                workload.name(),
                 engine.name(),
                 variant.label(),
                 repeat + 1,
                 plan.repeat
             ));
             let run = (workload, variant, engine, seed);
-            samples[slot].push(run_once(store, nbd, plan, run)?);
+            let mut sample = run_once(store, nbd, plan, run)?;
+            sample.ran_first = place == 0;
+            samples[slot].push(sample);
             bar.inc(1);
         }
     }
@@ -126,6 +152,9 @@ fn run_once(
     (workload, variant, engine, seed): (Workload, &Variant, EngineKind, u64),
 ) -> Result<Sample, CliError> {
     store.prepare(workload, seed)?;
+    // Last before the mapping: memory the host took back goes cold again within seconds.
+    warmup::touch_and_free(warm_up_bytes(plan.size))
+        .map_err(|e| CliError::failed("touching memory before the run", e))?;
     let (outcome, counters) = match engine {
         EngineKind::Udax => {
             let budget = workload.budget(plan.size, plan.budget, variant);
@@ -137,7 +166,9 @@ fn run_once(
                 Some(export) => UdaxMap::over(export.store(), plan.size, variant, budget)?,
                 None => UdaxMap::new(store.path(), plan.size, variant, budget)?,
             };
-            let outcome = workload.run(&map, plan.threads, seed)?;
+            // Over a remote store the local file's page cache is not the mapping's.
+            let cache_of = export.is_none().then(|| store.file());
+            let outcome = workload.run(&map, plan.threads, seed, cache_of)?;
             let counters = map.counters();
             map.close()?;
             if let (Some(nbd), Some(export)) = (nbd.as_mut(), export) {
@@ -155,7 +186,7 @@ fn run_once(
         EngineKind::Kernel => {
             let map = KernelMap::new(store.file(), plan.size as usize)
                 .map_err(|e| CliError::failed("mmap of the store (kernel baseline)", e))?;
-            let outcome = workload.run(&map, plan.threads, seed)?;
+            let outcome = workload.run(&map, plan.threads, seed, Some(store.file()))?;
             map.flush()?;
             (outcome, None)
         }
@@ -171,25 +202,30 @@ fn run_once(
             .map(|&(name, took, timed)| (name, per_page(took), timed))
             .collect(),
         rss_peak: outcome.rss_peak,
+        cache_peak: outcome.cache_peak,
+        cost_peak: outcome.cost_peak,
+        ran_first: false,
         allocated: store.allocated_bytes()?,
         counters,
     })
 }
 
-fn progress_bar(show: bool, workload: Workload, plan: &Plan) -> ProgressBar {
-    let runs = (plan.variants.len() * plan.repeat * 2) as u64;
+/// One bar over every run of the bench (workloads x modes x repeats x engines), with the
+/// elapsed time and an ETA; drawn on stderr when `show`, else hidden.
+fn progress_bar(show: bool, plan: &Plan) -> ProgressBar {
+    let runs = plan.workloads.len() * plan.variants.len() * plan.repeat * plan.engines.len();
     let target = if show {
         ProgressDrawTarget::stderr()
     } else {
         ProgressDrawTarget::hidden()
     };
-    let bar = ProgressBar::with_draw_target(Some(runs), target);
-    let style =
-        ProgressStyle::with_template("{prefix:>16} [{bar:24}] {pos}/{len} {elapsed:>4} {msg}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let bar = ProgressBar::with_draw_target(Some(runs as u64), target);
+    let style = ProgressStyle::with_template(
+        "[{bar:24}] {pos}/{len} runs, {elapsed} elapsed, ETA {eta} {msg}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
-    bar.set_prefix(workload.name());
     if show {
         // Keeps the elapsed time moving during long runs; hidden bars need no ticker thread.
         bar.enable_steady_tick(Duration::from_millis(500));
@@ -227,6 +263,7 @@ fn output(plan: &Plan, machine: Machine, results: Vec<ResultRow>) -> Result<(), 
             size_bytes: plan.size,
             repeat: plan.repeat,
             threads: plan.threads,
+            engines: plan.engines.iter().map(|e| e.name()).collect(),
             budget_bytes: plan.budget,
             store: plan.store.as_ref().map(|p| p.display().to_string()),
         },
@@ -243,5 +280,21 @@ fn output(plan: &Plan, machine: Machine, results: Vec<ResultRow>) -> Result<(), 
         }
         JsonOut::File(path) => std::fs::write(path, text + "\n")
             .map_err(|e| CliError::failed(format!("writing {}", path.display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_engine_alternates() {
+        let both = [EngineKind::Udax, EngineKind::Kernel];
+        let firsts: Vec<EngineKind> = (0..4).map(|r| engine_order(&both, r)[0].1).collect();
+        use EngineKind::{Kernel, Udax};
+        assert_eq!(firsts, [Udax, Kernel, Udax, Kernel]);
+        // Slots stay the engines' places in the plan, whatever the order.
+        assert_eq!(engine_order(&both, 1), [(1, Kernel), (0, Udax)]);
+        assert_eq!(engine_order(&[Kernel], 1), [(0, Kernel)]);
     }
 }

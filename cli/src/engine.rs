@@ -117,4 +117,8 @@ pub trait Engine {
 
     /// The udax counters so far (None for the kernel).
     fn counters(&self) -> Option<Stats>;
+
+    /// Whether the mapping's resident pages are the store file's page cache itself (the
+    /// kernel's MAP_SHARED), rather than memory of its own beside it (udax).
+    fn maps_page_cache(&self) -> bool;
 }

@@ -66,6 +66,10 @@ impl Engine for KernelMap {
     fn counters(&self) -> Option<Stats> {
         None
     }
+
+    fn maps_page_cache(&self) -> bool {
+        true
+    }
 }
 
 impl Drop for KernelMap {

@@ -14,6 +14,7 @@
 //! One concept a file: `args` (command line), `size` (SIZE values), `workload` (what each
 //! workload does), `engine` (what a workload runs on), `udax_engine` and `kernel` (the two
 //! engines), `store_file` (the benchmark's store file), `smaps` (Rss of a range),
+//! `page_cache` (a file's cached pages),
 //! `warmup`, `prng`, `bench` (the driver), `report` (table and JSON), `plot`, `machine`,
 //! `inspect`, `nbd` (NBD URIs and copies between stores), `remote` (NBD exports and RBD
 //! images behind one type), `nbd_bench` (the workloads over a remote store),
@@ -32,6 +33,7 @@ mod lazy_restore;
 mod machine;
 mod nbd;
 mod nbd_bench;
+mod page_cache;
 mod plot;
 mod prng;
 mod remote;

@@ -1,7 +1,8 @@
 //! `--plot`: an SVG bar chart of the udax/kernel time ratios, one group of bars per
 //! workload and one bar per udax mode (granularity, resolution, dirty tracking), on a log
-//! scale around 1 (bars go up where udax is slower, down where it is faster). Drawn with
-//! plotters.
+//! scale around 1 (bars go up where udax is slower, down where it is faster), each with an
+//! error bar from the ratio's low to its high end (fastest udax run over slowest kernel
+//! run, slowest over fastest). Drawn with plotters.
 
 use std::path::Path;
 
@@ -47,7 +48,7 @@ fn draw_chart(
     }
     let finite = ratios
         .iter()
-        .map(|r| r.udax_over_kernel)
+        .flat_map(|r| [r.udax_over_kernel, r.low, r.high])
         .filter(|v| v.is_finite() && *v > 0.0);
     let (lo, hi) = finite.fold((0.5f64, 2.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     // Headroom above the tallest bar for the value labels and the legend.
@@ -85,8 +86,8 @@ fn draw_chart(
     let slot = (UNIT - 2) / modes.len().max(1) as i32;
     for (g, mode) in modes.iter().enumerate() {
         let colour = COLOURS[g % COLOURS.len()];
-        // (left x, value) of each bar of this mode.
-        let bars: Vec<(i32, f64)> = ratios
+        // (left x, value, low, high) of each bar of this mode.
+        let bars: Vec<(i32, f64, f64, f64)> = ratios
             .iter()
             .filter(|r| r.mode == *mode && r.udax_over_kernel.is_finite())
             .filter_map(|r| {
@@ -94,20 +95,25 @@ fn draw_chart(
                 Some((
                     w * UNIT + 1 + g as i32 * slot,
                     r.udax_over_kernel.clamp(lo, hi),
+                    r.low.clamp(lo, hi),
+                    r.high.clamp(lo, hi),
                 ))
             })
             .collect();
         chart
-            .draw_series(
-                bars.iter()
-                    .map(|&(x0, v)| Rectangle::new([(x0, 1.0), (x0 + slot, v)], colour.filled())),
-            )?
+            .draw_series(bars.iter().map(|&(x0, v, _, _)| {
+                Rectangle::new([(x0, 1.0), (x0 + slot, v)], colour.filled())
+            }))?
             .label(format!("udax {mode}"))
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
         let font = ("sans-serif", 11).into_font().color(&BLACK);
         let above = font.pos(Pos::new(HPos::Center, VPos::Bottom));
         let below = font.pos(Pos::new(HPos::Center, VPos::Top));
-        chart.draw_series(bars.iter().map(|&(x0, v)| {
+        chart
+            .draw_series(bars.iter().map(|&(x0, _, low, high)| {
+                error_bar(x0 + slot / 2, (slot / 4).max(1), low, high)
+            }))?;
+        chart.draw_series(bars.iter().map(|&(x0, v, _, _)| {
             let style = if v >= 1.0 {
                 above.clone()
             } else {
@@ -121,6 +127,23 @@ fn draw_chart(
         .draw_series(std::iter::once(PathElement::new(parity, BLACK)))?
         .label("parity (1.0)")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 10, y)], BLACK));
+    // An empty series, for the error bars' legend entry.
+    chart
+        .draw_series(std::iter::empty::<PathElement<(i32, f64)>>())?
+        .label("min-max over the runs")
+        .legend(|(x, y)| {
+            PathElement::new(
+                [
+                    (x, y - 5),
+                    (x + 6, y - 5),
+                    (x + 3, y - 5),
+                    (x + 3, y + 5),
+                    (x, y + 5),
+                    (x + 6, y + 5),
+                ],
+                ERROR_BAR,
+            )
+        });
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -131,11 +154,29 @@ fn draw_chart(
     Ok(())
 }
 
+/// The error bars' colour.
+const ERROR_BAR: RGBColor = RGBColor(0, 0, 0);
+
+/// An error bar at `x` from `low` to `high` with caps `half` units wide each side: one
+/// six-point path (top cap, down the middle, bottom cap).
+fn error_bar(x: i32, half: i32, low: f64, high: f64) -> PathElement<(i32, f64)> {
+    let points = [
+        (x - half, high),
+        (x + half, high),
+        (x, high),
+        (x, low),
+        (x - half, low),
+        (x + half, low),
+    ];
+    PathElement::new(points, ERROR_BAR.stroke_width(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ratio(workload: &str, granularity: &'static str, value: f64) -> Ratio {
+        let (low, high) = (value * 0.8, value * 1.5);
         Ratio {
             workload: workload.into(),
             granularity,
@@ -143,6 +184,8 @@ mod tests {
             dirty_tracking: "sync",
             mode: granularity.into(),
             udax_over_kernel: value,
+            low,
+            high,
         }
     }
 
@@ -162,5 +205,22 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("sparse-read") && svg.contains("flush"));
         assert!(svg.matches("<rect").count() >= 3);
+        // One six-point polyline per bar (three) plus the legend's.
+        assert_eq!(error_bars(&svg), 4, "{svg}");
+        assert!(svg.contains("min-max over the runs"));
+    }
+
+    /// The six-point polylines of an SVG: the error bars.
+    pub fn error_bars(svg: &str) -> usize {
+        svg.split("<polyline")
+            .skip(1)
+            .filter(|element| {
+                let points = element
+                    .split("points=\"")
+                    .nth(1)
+                    .and_then(|p| p.split('"').next());
+                points.is_some_and(|p| p.split_whitespace().count() == 6)
+            })
+            .count()
     }
 }

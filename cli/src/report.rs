@@ -5,7 +5,11 @@
 //! the udax counters by their DESIGN.md names (`{}` for the kernel), from the last run
 //! (every run of a result does the same work), as is `store_allocated_bytes`;
 //! `rss_peak_bytes` is the highest over the runs. `phases` breaks the time down (the timed
-//! phases add up to the total; untimed ones only prepare).
+//! phases add up to the total; untimed ones only prepare). `spread` is (max - min) / median
+//! of the runs' times and `spread_flagged` says it exceeds [`SPREAD_LIMIT`] (a `!` in the
+//! table); `ran_first` says, run by run, whether this engine went first in its repeat (the
+//! order alternates). `memory_cost_peak_bytes` is what the mapping cost the machine: its
+//! Rss plus the store file's page cache, at the worst phase end.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -25,6 +29,12 @@ pub struct Sample {
     pub ns_per_page: f64,
     /// Peak Rss of the mapping over the run's phase ends.
     pub rss_peak: u64,
+    /// Peak page cache of the store file over the run's phase ends.
+    pub cache_peak: u64,
+    /// Peak of the mapping's Rss plus the store's page cache over the run's phase ends.
+    pub cost_peak: u64,
+    /// Whether this engine ran first in its repeat.
+    pub ran_first: bool,
     /// Store bytes allocated after the run.
     pub allocated: u64,
     /// udax counters after the timed phases (None for the kernel).
@@ -77,10 +87,21 @@ pub struct ResultRow {
     pub max_ns_per_page: f64,
     /// Every run, in the order run.
     pub ns_per_page_runs: Vec<f64>,
+    /// For every run, whether this engine ran first in its repeat (repeats alternate).
+    pub ran_first: Vec<bool>,
+    /// (max - min) / median of the runs.
+    pub spread: f64,
+    /// Whether `spread` exceeds [`SPREAD_LIMIT`]: the median is not to be trusted.
+    pub spread_flagged: bool,
     /// size_bytes over the median time, in GiB/s.
     pub gib_per_s: f64,
     /// Highest Rss of the mapping seen.
     pub rss_peak_bytes: u64,
+    /// Highest page cache of the store file seen (0 for a remote store, not measured).
+    pub page_cache_peak_bytes: u64,
+    /// Highest Rss plus page cache seen (what the mapping cost the machine; for the
+    /// kernel, whose resident pages are that page cache, counted once).
+    pub memory_cost_peak_bytes: u64,
     /// Store bytes allocated after the last run.
     pub store_allocated_bytes: u64,
     /// udax counters of the last run by name; empty for the kernel.
@@ -104,6 +125,33 @@ pub struct Ratio {
     pub mode: String,
     /// Median udax ns/page over median kernel ns/page (below 1: udax is faster).
     pub udax_over_kernel: f64,
+    /// The fastest udax run over the slowest kernel run: the low end of the error bar.
+    pub low: f64,
+    /// The slowest udax run over the fastest kernel run: the high end of the error bar.
+    pub high: f64,
+}
+
+/// The spread ((max - min) / median) above which a row is flagged.
+pub const SPREAD_LIMIT: f64 = 0.3;
+
+/// What the ratio column means, printed above the table.
+pub const RATIO_DEFINITION: &str = "udax/kernel = udax time / kernel time; below 1 = udax faster";
+
+/// (max - min) / median of `runs` (0 when the median is 0).
+pub fn spread(runs: &[f64]) -> f64 {
+    let median = median(runs);
+    let min = runs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = runs.iter().copied().fold(0.0, f64::max);
+    if median > 0.0 {
+        (max - min) / median
+    } else {
+        0.0
+    }
+}
+
+/// Whether runs with this spread are flagged as untrustworthy.
+pub fn spread_flagged(spread: f64) -> bool {
+    spread > SPREAD_LIMIT
 }
 
 /// The benchmark settings, echoed into the JSON.
@@ -115,6 +163,8 @@ pub struct Config {
     pub repeat: usize,
     /// Application threads.
     pub threads: usize,
+    /// The engines that ran ("udax", "kernel").
+    pub engines: Vec<&'static str>,
     /// udax resident budget, if any.
     pub budget_bytes: Option<u64>,
     /// The store path, or null for a temporary store.
@@ -145,6 +195,7 @@ impl ResultRow {
     ) -> ResultRow {
         let runs: Vec<f64> = samples.iter().map(|s| s.ns_per_page).collect();
         let median = median(&runs);
+        let spread = spread(&runs);
         let pages = size_bytes / udax::PAGE_SIZE as u64;
         let last = samples.last();
         let counters = last
@@ -167,10 +218,15 @@ impl ResultRow {
             max_ns_per_page: runs.iter().copied().fold(0.0, f64::max),
             gib_per_s: gib_per_s(size_bytes, median * pages as f64),
             rss_peak_bytes: samples.iter().map(|s| s.rss_peak).max().unwrap_or(0),
+            page_cache_peak_bytes: samples.iter().map(|s| s.cache_peak).max().unwrap_or(0),
+            memory_cost_peak_bytes: samples.iter().map(|s| s.cost_peak).max().unwrap_or(0),
             store_allocated_bytes: last.map_or(0, |s| s.allocated),
             counters,
             phases: phases(samples),
             ns_per_page_runs: runs,
+            ran_first: samples.iter().map(|s| s.ran_first).collect(),
+            spread,
+            spread_flagged: spread_flagged(spread),
         }
     }
 }
@@ -227,17 +283,16 @@ pub fn ratios(results: &[ResultRow]) -> Vec<Ratio> {
                     && k.workload == udax.workload
                     && k.mode == udax.mode
             })?;
+            let over = |u: f64, k: f64| if k > 0.0 { u / k } else { f64::INFINITY };
             Some(Ratio {
                 workload: udax.workload.clone(),
                 granularity: udax.granularity,
                 resolution: udax.resolution,
                 dirty_tracking: udax.dirty_tracking,
                 mode: udax.mode.clone(),
-                udax_over_kernel: if kernel.median_ns_per_page > 0.0 {
-                    udax.median_ns_per_page / kernel.median_ns_per_page
-                } else {
-                    f64::INFINITY
-                },
+                udax_over_kernel: over(udax.median_ns_per_page, kernel.median_ns_per_page),
+                low: over(udax.min_ns_per_page, kernel.max_ns_per_page),
+                high: over(udax.max_ns_per_page, kernel.min_ns_per_page),
             })
         })
         .collect()
@@ -286,7 +341,28 @@ fn format_ns(ns: f64) -> String {
     out
 }
 
-/// Writes the human table: one row per result, the ratio on each udax row.
+/// The table's time cell: median (min-max), and `!` when the spread is flagged.
+fn time_cell(r: &ResultRow) -> String {
+    format!(
+        "{} ({}-{}){}",
+        format_ns(r.median_ns_per_page),
+        format_ns(r.min_ns_per_page),
+        format_ns(r.max_ns_per_page),
+        if r.spread_flagged { " !" } else { "" }
+    )
+}
+
+/// The table's memory-cost cell: Rss plus page cache, with the budget beside it if any.
+fn cost_cell(r: &ResultRow) -> String {
+    let cost = format_bytes(r.memory_cost_peak_bytes);
+    match r.budget_bytes {
+        Some(budget) => format!("{cost} (budget {})", format_bytes(budget)),
+        None => cost,
+    }
+}
+
+/// Writes the human table: the ratio's definition, one row per result (the ratio on each
+/// udax row), and a legend line if some row's spread is flagged.
 pub fn write_table(out: &mut dyn Write, results: &[ResultRow], ratios: &[Ratio]) -> io::Result<()> {
     let header = [
         "workload",
@@ -295,11 +371,12 @@ pub fn write_table(out: &mut dyn Write, results: &[ResultRow], ratios: &[Ratio])
         "ns/page median (min-max)",
         "GiB/s",
         "peak rss",
+        "rss+cache",
         "allocated",
         "udax/kernel",
         "counters",
     ];
-    let mut rows: Vec<[String; 9]> = Vec::new();
+    let mut rows: Vec<[String; 10]> = Vec::new();
     for r in results {
         let ratio = ratios
             .iter()
@@ -311,21 +388,10 @@ pub fn write_table(out: &mut dyn Write, results: &[ResultRow], ratios: &[Ratio])
             r.workload.clone(),
             r.engine.to_string(),
             r.mode.clone(),
-            format!(
-                "{} ({}-{})",
-                format_ns(r.median_ns_per_page),
-                format_ns(r.min_ns_per_page),
-                format_ns(r.max_ns_per_page)
-            ),
+            time_cell(r),
             format!("{:.2}", r.gib_per_s),
-            match r.budget_bytes {
-                Some(budget) => format!(
-                    "{} (budget {})",
-                    format_bytes(r.rss_peak_bytes),
-                    format_bytes(budget)
-                ),
-                None => format_bytes(r.rss_peak_bytes),
-            },
+            format_bytes(r.rss_peak_bytes),
+            cost_cell(r),
             format_bytes(r.store_allocated_bytes),
             ratio,
             key_counters(&r.counters),
@@ -341,7 +407,7 @@ pub fn write_table(out: &mut dyn Write, results: &[ResultRow], ratios: &[Ratio])
         let mut text = String::new();
         for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
             // Numbers right-aligned, text left-aligned; the last column unpadded.
-            let numeric = (3..=7).contains(&i);
+            let numeric = (3..=8).contains(&i);
             match (i + 1 == cells.len(), numeric) {
                 (true, _) => text.push_str(cell),
                 (false, true) => text.push_str(&format!("{cell:>width$}  ")),
@@ -350,10 +416,18 @@ pub fn write_table(out: &mut dyn Write, results: &[ResultRow], ratios: &[Ratio])
         }
         text.trim_end().to_string()
     };
+    writeln!(out, "{RATIO_DEFINITION}")?;
     writeln!(out, "{}", line(&header))?;
     for row in &rows {
         let cells: Vec<&str> = row.iter().map(String::as_str).collect();
         writeln!(out, "{}", line(&cells))?;
+    }
+    if results.iter().any(|r| r.spread_flagged) {
+        writeln!(
+            out,
+            "! spread (max-min)/median above {:.0}%: the median is not to be trusted (rerun, or raise --repeat)",
+            SPREAD_LIMIT * 100.0
+        )?;
     }
     Ok(())
 }
@@ -367,6 +441,9 @@ mod tests {
         Sample {
             ns_per_page: ns,
             rss_peak: 4096,
+            cache_peak: 8192,
+            cost_peak: 12288,
+            ran_first: true,
             allocated: 0,
             counters,
             phases: vec![("read", ns, true)],
@@ -416,12 +493,49 @@ mod tests {
         let ratios = ratios(&rows);
         assert_eq!(ratios.len(), 1);
         assert_eq!(ratios[0].udax_over_kernel, 2.0);
+        // Fastest udax over slowest kernel, slowest udax over fastest kernel.
+        assert_eq!((ratios[0].low, ratios[0].high), (10.0 / 15.0, 30.0 / 5.0));
         let mut text = Vec::new();
         write_table(&mut text, &rows, &ratios).expect("write to a Vec");
         let text = String::from_utf8(text).expect("utf-8");
         assert!(text.contains("2.00x"), "{text}");
         assert!(text.contains("zero=4"), "{text}");
-        assert!(text.contains("4.0 KiB (budget 8.0 KiB)"), "{text}");
+        assert!(text.contains("12.0 KiB (budget 8.0 KiB)"), "{text}");
+        assert!(text.starts_with(RATIO_DEFINITION), "{text}");
+    }
+
+    #[test]
+    fn a_wide_spread_is_flagged_in_the_table() {
+        let row = |runs: &[f64]| {
+            let samples: Vec<Sample> = runs.iter().map(|&ns| sample(ns, None)).collect();
+            ResultRow::new(
+                "rand-read",
+                EngineKind::Kernel,
+                &four_k(),
+                (16384, 1, None),
+                &samples,
+            )
+        };
+        let table = |rows: &[ResultRow]| {
+            let mut text = Vec::new();
+            write_table(&mut text, rows, &[]).expect("write to a Vec");
+            String::from_utf8(text).expect("utf-8")
+        };
+        // (13 - 10) / 12 = 0.25: within the limit.
+        let steady = row(&[10.0, 12.0, 13.0]);
+        assert!(!steady.spread_flagged && (steady.spread - 0.25).abs() < 1e-12);
+        let text = table(std::slice::from_ref(&steady));
+        assert!(!text.contains('!'), "{text}");
+        // (36 - 10) / 12 > 0.3: flagged, in the row and in a legend line.
+        let noisy = row(&[10.0, 12.0, 36.0]);
+        assert!(noisy.spread_flagged, "{noisy:?}");
+        let text = table(&[steady, noisy]);
+        assert!(text.contains("12.0 (10.0-36.0) !"), "{text}");
+        assert!(
+            text.contains("! spread (max-min)/median above 30%"),
+            "{text}"
+        );
+        assert_eq!(text.matches(" !").count(), 1, "{text}");
     }
 
     #[test]

@@ -82,6 +82,10 @@ impl Engine for UdaxMap {
     fn counters(&self) -> Option<Stats> {
         Some(self.mapping.stats())
     }
+
+    fn maps_page_cache(&self) -> bool {
+        false
+    }
 }
 
 /// Checks that userfaultfd can be used, by mapping one page of memory, before any file is

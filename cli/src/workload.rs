@@ -25,6 +25,7 @@ use udax::DirtyTracking;
 use crate::args::Variant;
 use crate::engine::{Engine, PAGE, Region};
 use crate::error::CliError;
+use crate::page_cache;
 use crate::prng::{SplitMix64, permutation};
 use crate::smaps;
 
@@ -83,6 +84,12 @@ pub struct Outcome {
     pub phases: Vec<(&'static str, Duration, bool)>,
     /// Highest Rss of the mapping seen at the end of a phase.
     pub rss_peak: u64,
+    /// Highest page cache of the store file seen at the end of a phase (0 if not measured).
+    pub cache_peak: u64,
+    /// Highest memory the mapping cost the machine at the end of a phase: its Rss plus the
+    /// store file's page cache (for the kernel, whose Rss is that page cache, the larger
+    /// of the two).
+    pub cost_peak: u64,
 }
 
 impl Workload {
@@ -235,9 +242,16 @@ impl Workload {
     }
 
     /// Runs the workload once on `engine` with `threads` application threads; `seed` fixes
-    /// the random orders (pass the same seed to both engines).
-    pub fn run(self, engine: &dyn Engine, threads: usize, seed: u64) -> Result<Outcome, CliError> {
-        let mut run = Run::new(engine, threads, seed);
+    /// the random orders (pass the same seed to both engines). `store` is the file whose
+    /// page cache counts in the run's memory cost (None: a remote store, not measured).
+    pub fn run(
+        self,
+        engine: &dyn Engine,
+        threads: usize,
+        seed: u64,
+        store: Option<&File>,
+    ) -> Result<Outcome, CliError> {
+        let mut run = Run::new(engine, threads, seed, store);
         match self {
             Workload::SparseRead => run.read(Order::Seq, true)?,
             Workload::SeqRead => run.read(Order::Seq, true)?,
@@ -295,11 +309,12 @@ struct Run<'a> {
     region: Region,
     shares: Vec<Range<u32>>,
     seed: u64,
+    store: Option<&'a File>,
     outcome: Outcome,
 }
 
 impl<'a> Run<'a> {
-    fn new(engine: &'a dyn Engine, threads: usize, seed: u64) -> Self {
+    fn new(engine: &'a dyn Engine, threads: usize, seed: u64, store: Option<&'a File>) -> Self {
         let region = engine.region();
         let pages = u32::try_from(region.pages()).expect("page count checked by the plan");
         let threads = threads.clamp(1, pages.max(1) as usize) as u32;
@@ -314,6 +329,7 @@ impl<'a> Run<'a> {
             region,
             shares,
             seed,
+            store,
             outcome: Outcome::default(),
         }
     }
@@ -440,7 +456,8 @@ impl<'a> Run<'a> {
         self.phase("flush", timed, || engine.flush())
     }
 
-    /// Runs one phase, adds its time if `timed`, then samples the mapping's Rss.
+    /// Runs one phase, adds its time if `timed`, then samples the mapping's Rss and the
+    /// store's page cache.
     fn phase(
         &mut self,
         name: &'static str,
@@ -454,9 +471,28 @@ impl<'a> Run<'a> {
             self.outcome.timed += took;
         }
         self.outcome.phases.push((name, took, timed));
-        let rss = smaps::rss_of_range(self.region.addr(), self.region.len())
+        self.sample_memory()
+    }
+
+    /// Takes the mapping's Rss and the store's page cache into the peaks.
+    fn sample_memory(&mut self) -> Result<(), CliError> {
+        let len = self.region.len();
+        let rss = smaps::rss_of_range(self.region.addr(), len)
             .map_err(|e| CliError::failed("reading /proc/self/smaps", e))?;
-        self.outcome.rss_peak = self.outcome.rss_peak.max(rss);
+        let cache = match self.store {
+            Some(file) => page_cache::cached_bytes(file, len as u64)
+                .map_err(|e| CliError::failed("counting the store's cached pages", e))?,
+            None => 0,
+        };
+        // The kernel's resident pages are cached pages of the file: counted once.
+        let cost = match self.engine.maps_page_cache() {
+            true => rss.max(cache),
+            false => rss + cache,
+        };
+        let peaks = &mut self.outcome;
+        peaks.rss_peak = peaks.rss_peak.max(rss);
+        peaks.cache_peak = peaks.cache_peak.max(cache);
+        peaks.cost_peak = peaks.cost_peak.max(cost);
         Ok(())
     }
 }

@@ -84,11 +84,14 @@ fn skip_without_userfaultfd(output: &Output) -> bool {
     false
 }
 
-/// Runs `udax bench --size 16MiB --repeat 1 --json - <extra>` and returns the JSON, or None
-/// to skip. Checks that nothing is left in $TMPDIR.
+/// Runs `udax bench --size 16MiB --repeat 1 --json - <extra>` (`--repeat` from `extra` if
+/// there) and returns the JSON, or None to skip. Checks that nothing is left in $TMPDIR.
 fn bench_json(extra: &[&str]) -> Option<Value> {
     let scratch = Scratch::new();
-    let mut args = vec!["bench", "--size", SIZE, "--repeat", "1", "--json", "-"];
+    let mut args = vec!["bench", "--size", SIZE, "--json", "-"];
+    if !extra.contains(&"--repeat") {
+        args.extend_from_slice(&["--repeat", "1"]);
+    }
     args.extend_from_slice(extra);
     let output = scratch.udax(&args).output().expect("run udax");
     if skip_without_userfaultfd(&output) {
@@ -125,6 +128,33 @@ fn u64_of(result: &Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} missing in {result:#}"))
 }
 
+/// Checks a result's spread: (max - min) / median, flagged above 30%.
+fn check_spread(r: &Value) {
+    let f = |field: &str| {
+        r[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field}: {r:#}"))
+    };
+    let (median, min, max) = (
+        f("median_ns_per_page"),
+        f("min_ns_per_page"),
+        f("max_ns_per_page"),
+    );
+    let spread = f("spread");
+    assert!((spread - (max - min) / median).abs() < 1e-9, "{r:#}");
+    assert_eq!(r["spread_flagged"].as_bool(), Some(spread > 0.3), "{r:#}");
+}
+
+/// Whether each run of a result went first in its repeat.
+fn ran_first(r: &Value) -> Vec<bool> {
+    r["ran_first"]
+        .as_array()
+        .unwrap_or_else(|| panic!("ran_first missing in {r:#}"))
+        .iter()
+        .map(|b| b.as_bool().expect("a boolean"))
+        .collect()
+}
+
 /// Runs one workload at 4 KiB granularity and checks the report's shape; returns the udax
 /// and kernel results.
 fn bench_workload(workload: &str) -> Option<(Value, Value)> {
@@ -146,7 +176,13 @@ fn bench_workload(workload: &str) -> Option<(Value, Value)> {
         let min = r["min_ns_per_page"].as_f64().expect("min");
         let max = r["max_ns_per_page"].as_f64().expect("max");
         assert!(min > 0.0 && min <= median && median <= max, "{r:#}");
-        u64_of(r, "rss_peak_bytes");
+        check_spread(r);
+        let rss = u64_of(r, "rss_peak_bytes");
+        let cache = u64_of(r, "page_cache_peak_bytes");
+        assert!(
+            u64_of(r, "memory_cost_peak_bytes") >= rss.max(cache),
+            "{r:#}"
+        );
         u64_of(r, "store_allocated_bytes");
         assert!(r["counters"].is_object());
     }
@@ -170,6 +206,10 @@ fn bench_workload(workload: &str) -> Option<(Value, Value)> {
         "{ratio} vs {expected}"
     );
     assert_eq!(counter(&udax, "sigbus_delivered"), 0);
+    assert_eq!(
+        (ran_first(&udax), ran_first(&kernel)),
+        (vec![true], vec![false])
+    );
     Some((udax, kernel))
 }
 
@@ -295,6 +335,16 @@ fn check_under_budget(udax: &Value, kernel: &Value) {
         u64_of(kernel, "rss_peak_bytes") > DEFAULT_BUDGET,
         "the kernel has no budget: {kernel:#}"
     );
+    // What the mapping cost the machine: udax's Rss plus the store's page cache, which
+    // udax reads through (so at least the pages it holds resident).
+    let cost = u64_of(udax, "memory_cost_peak_bytes");
+    let cache = u64_of(udax, "page_cache_peak_bytes");
+    assert!(cache > 0, "{udax:#}");
+    assert!(cost >= u64_of(udax, "rss_peak_bytes") + cache, "{udax:#}");
+    assert!(
+        u64_of(kernel, "memory_cost_peak_bytes") > DEFAULT_BUDGET,
+        "{kernel:#}"
+    );
 }
 
 #[test]
@@ -394,6 +444,37 @@ fn bench_modes() {
 }
 
 #[test]
+fn bench_alternates_the_first_engine() {
+    let Some(report) = bench_json(&["--workload", "sparse-read", "--repeat", "3"]) else {
+        return;
+    };
+    let (udax, kernel) = (
+        result(&report, "udax", "4k"),
+        result(&report, "kernel", "4k"),
+    );
+    // Repeat r: udax first if r is even, the kernel first if odd.
+    assert_eq!(ran_first(udax), [true, false, true], "{udax:#}");
+    assert_eq!(ran_first(kernel), [false, true, false], "{kernel:#}");
+    for r in [udax, kernel] {
+        assert_eq!(r["ns_per_page_runs"].as_array().expect("runs").len(), 3);
+        check_spread(r);
+    }
+}
+
+#[test]
+fn bench_one_engine() {
+    let Some(report) = bench_json(&["--workload", "sparse-read", "--engine", "udax"]) else {
+        return;
+    };
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1, "{report:#}");
+    assert_eq!(results[0]["engine"], "udax");
+    assert_eq!(counter(&results[0], "zero_faults"), PAGES);
+    assert_eq!(report["ratios"], serde_json::json!([]));
+    assert_eq!(report["config"]["engines"], serde_json::json!(["udax"]));
+}
+
+#[test]
 fn bench_table_json_file_and_plot() {
     let scratch = Scratch::new();
     let out = tempfile::tempdir().expect("output directory");
@@ -420,7 +501,16 @@ fn bench_table_json_file_and_plot() {
     }
     assert!(output.status.success(), "{}", text(&output.stderr));
     let table = text(&output.stdout);
-    assert!(table.starts_with("workload"), "{table}");
+    let mut lines = table.lines();
+    assert_eq!(
+        lines.next(),
+        Some("udax/kernel = udax time / kernel time; below 1 = udax faster"),
+        "{table}"
+    );
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("workload")),
+        "{table}"
+    );
     assert!(
         table.contains("udax/kernel") && table.contains("kernel"),
         "{table}"
@@ -446,7 +536,27 @@ fn bench_table_json_file_and_plot() {
     let drawing = std::fs::read_to_string(&svg).expect("svg file");
     assert!(drawing.contains("<svg"), "not an SVG");
     assert!(drawing.contains("sparse-read") && drawing.contains("flush"));
+    // The min-max error bars: a six-point path per bar (two) and the legend's, and their
+    // legend entry.
+    assert_eq!(six_point_polylines(&drawing), 3, "{drawing}");
+    assert!(drawing.contains("min-max over the runs"), "{drawing}");
+    for r in report["ratios"].as_array().expect("ratios") {
+        let f = |field: &str| r[field].as_f64().expect("a number");
+        assert!(
+            f("low") <= f("udax_over_kernel") && f("udax_over_kernel") <= f("high"),
+            "{r:#}"
+        );
+    }
     assert_eq!(scratch.leftovers(), Vec::<String>::new());
+}
+
+/// The polylines of an SVG with six points (the plot's error bars).
+fn six_point_polylines(svg: &str) -> usize {
+    svg.split("<polyline")
+        .skip(1)
+        .filter_map(|element| element.split("points=\"").nth(1)?.split('"').next())
+        .filter(|points| points.split_whitespace().count() == 6)
+        .count()
 }
 
 /// Writes `byte` over `0..len` of a new file.
