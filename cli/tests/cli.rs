@@ -445,7 +445,14 @@ fn bench_modes() {
 
 #[test]
 fn bench_alternates_the_first_engine() {
-    let Some(report) = bench_json(&["--workload", "sparse-read", "--repeat", "3"]) else {
+    let Some(report) = bench_json(&[
+        "--workload",
+        "sparse-read",
+        "--repeat",
+        "3",
+        "--granularity",
+        "4k",
+    ]) else {
         return;
     };
     let (udax, kernel) = (
@@ -463,7 +470,14 @@ fn bench_alternates_the_first_engine() {
 
 #[test]
 fn bench_one_engine() {
-    let Some(report) = bench_json(&["--workload", "sparse-read", "--engine", "udax"]) else {
+    let Some(report) = bench_json(&[
+        "--workload",
+        "sparse-read",
+        "--engine",
+        "udax",
+        "--granularity",
+        "4k",
+    ]) else {
         return;
     };
     let results = report["results"].as_array().expect("results");
