@@ -232,6 +232,17 @@ fn reading_a_written_store_takes_one_fault_per_2mib_with_the_right_bytes() {
     );
 }
 
+/// In-thread, a 2 MiB data fault is read into the mapping's staging buffer (a signal
+/// handler has no 2 MiB of its own): one fault per range, as with handler threads.
+#[test]
+fn in_thread_2mib_data_faults_are_one_fault_per_range() {
+    if !common::require_uffd() {
+        return;
+    }
+    let anon_huge = read_written_store(huge().resolution(udax::Resolution::InThread));
+    eprintln!("in-thread 2 MiB data path: AnonHugePages {anon_huge} KiB of 65536 KiB");
+}
+
 /// Where no huge page can be had, a 2 MiB range is still one fault, copied in.
 #[test]
 fn without_huge_pages_a_range_is_copied_in_one_fault() {
@@ -661,5 +672,201 @@ fn fault_around_stops_at_present_pages() {
     assert_reads(&mapping, |i| if i == 3 * PAGE { 9 } else { 0 });
     mapping.flush().expect("flush");
     assert_eq!(mapping.stats().pages_written_back, 1);
+    mapping.close().expect("close");
+}
+
+/// PAGEMAP_SCAN (include/uapi/linux/fs.h): the regions of `address..address+len` that
+/// have every category of `required`, as (first page, pages) relative to `address`.
+fn scan(address: usize, len: usize, required: u64) -> Vec<(usize, usize)> {
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct PageRegion {
+        start: u64,
+        end: u64,
+        categories: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct PmScanArg {
+        size: u64,
+        flags: u64,
+        start: u64,
+        end: u64,
+        walk_end: u64,
+        vec: u64,
+        vec_len: u64,
+        max_pages: u64,
+        category_inverted: u64,
+        category_mask: u64,
+        category_anyof_mask: u64,
+        return_mask: u64,
+    }
+    const PAGEMAP_SCAN: u64 = 0xc060_6610;
+    let mut out = [PageRegion::default(); 512];
+    let mut arg = PmScanArg {
+        size: size_of::<PmScanArg>() as u64,
+        start: address as u64,
+        end: (address + len) as u64,
+        vec: out.as_mut_ptr() as u64,
+        vec_len: out.len() as u64,
+        category_mask: required,
+        return_mask: required,
+        ..Default::default()
+    };
+    let pagemap = File::open("/proc/self/pagemap").expect("open pagemap");
+    use std::os::fd::AsRawFd;
+    // SAFETY: PAGEMAP_SCAN reads and writes `arg` and at most `vec_len` regions of `out`.
+    let found = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+    assert!(
+        found >= 0,
+        "PAGEMAP_SCAN: {}",
+        std::io::Error::last_os_error()
+    );
+    out[..found as usize]
+        .iter()
+        .map(|r| {
+            let first = (r.start as usize - address) / PAGE;
+            (first, (r.end - r.start) as usize / PAGE)
+        })
+        .collect()
+}
+
+const PRESENT: u64 = 1 << 3;
+const PFNZERO: u64 = 1 << 5;
+const IS_HUGE: u64 = 1 << 6;
+
+/// Reads a 2 MiB hole store, writes one page of it, flushes and checks
+/// the file; `huge_zero` says whether the range must be the huge zero page (else the
+/// 512 zero pages of the fallback, counted).
+fn one_hole_range(options: Options, huge_zero: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.img");
+    drop(FileStore::create(&path, HUGE as u64).expect("create"));
+    let store = Arc::new(FileStore::open(&path).expect("open"));
+    let mapping = Mapping::new(store, options.granularity(Granularity::Huge)).expect("map");
+    let base = mapping.as_ptr() as usize;
+    for page in 0..HUGE_PAGES {
+        // SAFETY: inside the live mapping.
+        unsafe { std::ptr::read_volatile(mapping.as_ptr().add(page * PAGE)) };
+    }
+    let stats = mapping.stats();
+    assert_eq!(faults(&stats), 1, "{stats:?}");
+    assert_eq!((stats.zero_faults, stats.huge_faults), (1, 1), "{stats:?}");
+    let (expected, huge) = match huge_zero {
+        true => ((1, 0), vec![(0, HUGE_PAGES)]),
+        false => ((0, 1), vec![]),
+    };
+    assert_eq!(
+        (stats.huge_zero_faults, stats.huge_zero_fallbacks),
+        expected,
+        "{stats:?}"
+    );
+    let zero_huge = scan(base, HUGE, PRESENT | PFNZERO | IS_HUGE);
+    assert_eq!(zero_huge, huge, "huge zero PMDs of the mapping");
+    assert_eq!(scan(base, HUGE, PFNZERO), vec![(0, HUGE_PAGES)]);
+    let rss = common::mapping_rss_kib(mapping.as_ptr(), mapping.len());
+    assert_eq!(rss, 0, "Rss of a mapping holding only zero pages");
+    assert!(write_protected(base, HUGE_PAGES).iter().all(|&wp| wp));
+    // A write to page 7: a write-protect fault that splits the PMD; 511 pages stay Zero.
+    poke(&mapping, 7 * PAGE + 3, 0xa5);
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.zero_to_dirty, stats.resident_pages),
+        (1, 1),
+        "{stats:?}"
+    );
+    let open: Vec<usize> = (0..HUGE_PAGES)
+        .filter(|&p| !write_protected(base, HUGE_PAGES)[p])
+        .collect();
+    assert_eq!(open, vec![7], "unprotected pages");
+    let zero = scan(base, HUGE, PFNZERO);
+    assert_eq!(zero, vec![(0, 7), (8, HUGE_PAGES - 8)], "zero pages");
+    assert_reads(&mapping, |at| if at == 7 * PAGE + 3 { 0xa5 } else { 0 });
+    mapping.flush().expect("flush");
+    assert_eq!(mapping.stats().pages_written_back, 1);
+    let stats = mapping.stats();
+    assert_eq!(faults(&stats), 2, "no fault beyond the write: {stats:?}");
+    mapping.close().expect("close");
+    let store = FileStore::open(&path).expect("reopen");
+    let extents: Vec<(bool, u64)> = [0, 7 * PAGE, 8 * PAGE]
+        .into_iter()
+        .map(|at| {
+            let extent = store.extent(at as u64).expect("extent");
+            (extent.kind == udax::ExtentKind::Data, extent.len)
+        })
+        .collect();
+    let rest = (HUGE - 8 * PAGE) as u64;
+    assert_eq!(
+        extents,
+        vec![(false, 7 * PAGE as u64), (true, PAGE as u64), (false, rest)],
+        "the file's extents: one block allocated"
+    );
+    let mut byte = [0u8; 1];
+    store.read_at(7 * PAGE as u64 + 3, &mut byte).expect("read");
+    assert_eq!(byte[0], 0xa5);
+}
+
+/// A 2 MiB hole range is one huge zero PMD (no memory, one fault), on a kernel that moves
+/// it right; a write splits it and dirties exactly its page. On a kernel that the gate or
+/// the self-test refuses, the same holds with 512 zero pages, counted as fallbacks.
+#[test]
+fn a_hole_range_is_one_huge_zero_page_and_a_write_dirties_one_page() {
+    if !common::require_uffd() {
+        return;
+    }
+    let available = udax::huge_zero_available();
+    eprintln!("huge zero page available: {available}");
+    one_hole_range(Options::default(), available);
+    one_hole_range(
+        Options::default().resolution(udax::Resolution::InThread),
+        available,
+    );
+}
+
+/// Where the huge zero page cannot be had (here: turned off, as a refused kernel is),
+/// 2 MiB holes are 512 zero pages, each range counted in `huge_zero_fallbacks`.
+#[test]
+fn without_the_huge_zero_page_a_hole_range_is_512_zero_pages() {
+    common::run_case(
+        "no-huge-zero",
+        "without_the_huge_zero_page_a_hole_range_is_512_zero_pages",
+        std::time::Duration::from_secs(60),
+        || {
+            udax::disable_huge_zero();
+            assert!(!udax::huge_zero_available());
+            one_hole_range(Options::default(), false);
+        },
+    );
+}
+
+/// Eviction over split huge zero ranges: written pages are evicted (written back, dropped
+/// 4 KiB at a time out of split PMDs), the zero pages around them stay, and every byte
+/// reads back right, in memory and in the file.
+#[test]
+fn eviction_of_pages_written_into_huge_zero_ranges_keeps_every_byte() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let len = 8 * HUGE;
+    let store = file_store(dir.path(), len, None);
+    let options = huge().budget(64 << 10);
+    let mapping = Mapping::new(store.clone(), options).expect("map");
+    touch_every_page(&mapping);
+    let written = |at: usize| at % (HUGE / 8) == 0;
+    let value = |at: usize| (at / (HUGE / 8)) as u8 | 1;
+    for at in (0..len).filter(|&at| written(at)) {
+        poke(&mapping, at, value(at));
+    }
+    let stats = mapping.stats();
+    assert!(stats.evicted_dirty > 0, "{stats:?}");
+    assert!(stats.resident_pages <= 32, "{stats:?}");
+    assert_reads(&mapping, |at| if written(at) { value(at) } else { 0 });
+    mapping.flush().expect("flush");
+    let mut bytes = vec![0u8; len];
+    store.read_at(0, &mut bytes).expect("read");
+    if let Some(at) = (0..len).find(|&at| bytes[at] != if written(at) { value(at) } else { 0 }) {
+        panic!("store byte {at} is {:#x}", bytes[at]);
+    }
     mapping.close().expect("close");
 }

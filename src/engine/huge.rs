@@ -18,7 +18,10 @@
 //! is served page by page until all of it is Empty again.
 //!
 //! How a range is installed ([`plan`]), always through `fill::fill` with a run of 512:
-//! - holes: 512 zero-page entries in one ZEROPAGE, one write-protect and one PAGEMAP_SCAN;
+//! - holes: the kernel's huge zero page, one PMD moved in (`install::insert_zero_page`),
+//!   where the kernel can be trusted with it (`sys::huge_zero`) and the region moves huge
+//!   pages in; else 512 zero-page entries; either way one write-protect and one
+//!   PAGEMAP_SCAN. A write splits the PMD; the other 511 pages stay Zero and protected;
 //! - data: one transparent huge page filled with the range's bytes and moved in
 //!   (`install::move_in`: UFFDIO_MOVE into the range after MADV_DONTNEED freed its page
 //!   table, which maps it as one huge page), write-protected; or, where no huge page can

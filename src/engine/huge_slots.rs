@@ -125,7 +125,7 @@ impl Slot<'_> {
             // SAFETY: as above; one store faults the whole (zeroed) huge page in.
             None => unsafe { std::ptr::write_volatile(address as *mut u8, 0) },
         }
-        let huge = self.slots.pagemap.is_huge(address, HUGE_PAGE_SIZE);
+        let huge = self.slots.pagemap.is_huge(address, HUGE_PAGE_SIZE, false);
         huge.unwrap_or(false)
     }
 

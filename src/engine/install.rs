@@ -159,26 +159,38 @@ fn is_run(run: &[&mut EntryGuard<'_>], state: State) -> bool {
 
 /// Maps the zero page over a run of Empty entries: one ZEROPAGE, one write-protect and
 /// one PAGEMAP_SCAN, however long the run (no protection, no scan, in a region that only
-/// fills).
+/// fills). A whole 2 MiB range is the huge zero page where the region moves huge pages
+/// in ([`move_zero_in`]): one PMD instead of 512 PTEs, closed by the same write-protect
+/// and scan (PAGEMAP_SCAN reports PFNZERO on the huge zero PMD).
 ///
-/// UFFDIO_ZEROPAGE has no write-protect mode. If a write from another thread races the
-/// window between the zero page and the protection, either it comes after the protection
-/// (a write-protect fault, which waits for our entry lock and then upgrades), or it came
-/// before and the kernel copied the zero page into a private page that we then protected:
+/// UFFDIO_ZEROPAGE has no write-protect mode, and a moved-in PMD arrives unprotected. If
+/// a write from another thread races the window between the zero page and the
+/// protection, either it comes after the protection (a write-protect fault, which waits
+/// for our entry lock and then upgrades), or it came before and the kernel copied the
+/// zero page into a private page (splitting a huge zero PMD first) that we then protected:
 /// PAGEMAP_SCAN tells, and such a page is Dirty, not Zero. Such a write completes without
 /// any fault, so a flush racing the window could miss it: flush waits for open windows.
 fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<(), Error> {
     let first = run[0].index();
     let pages = run.len();
     let window = region.open_zero_window();
-    let (zeroed, stopped) = match region.zeropage(first, pages) {
+    let moved = move_zero_in(region, pages, first);
+    let rest = match moved {
+        moved if moved == pages => Ok(()),
+        moved => region.zeropage(first + moved, pages - moved),
+    };
+    let (zeroed, stopped) = match rest {
         Ok(()) => (pages, None),
         // Stopped at a present page: the prefix before it is mapped.
-        Err(UffdError::Again { op, done }) => (
-            done as usize / PAGE_SIZE,
-            Some(UffdError::Again { op, done }),
-        ),
-        Err(error) => return Err(error.into()),
+        Err(UffdError::Again { op, done }) => {
+            let done = (moved * PAGE_SIZE) as u64 + done;
+            (
+                done as usize / PAGE_SIZE,
+                Some(UffdError::Again { op, done }),
+            )
+        }
+        Err(error) if moved == 0 => return Err(error.into()),
+        Err(error) => (moved, Some(error)),
     };
     if region.tracks_writes() {
         settle(region, &mut run[..zeroed], Expect::ZeroPage);
@@ -197,6 +209,24 @@ fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<
         Some(error) => Err(error.into()),
         None => Ok(()),
     }
+}
+
+/// Moves the huge zero page over a run of `pages` Empty entries from `first` when it is a
+/// whole 2 MiB range of a region that moves huge pages in, counting the outcome; returns
+/// the pages mapped from the start (0: map zero pages instead).
+fn move_zero_in(region: &Region, pages: usize, first: usize) -> usize {
+    if pages != HUGE_PAGES || !region.config.huge_move {
+        return 0;
+    }
+    let moved = region.move_zero_in(first);
+    let counters = &region.counters;
+    let counter = if moved == pages {
+        &counters.huge_zero_faults
+    } else {
+        &counters.huge_zero_fallbacks
+    };
+    Counters::add(counter, 1);
+    moved
 }
 
 /// What a page installed in a window holds if no write got in.

@@ -24,6 +24,7 @@ use crate::engine::unsynced::Unsynced;
 use crate::engine::window::{Window, Windows};
 use crate::error::Error;
 use crate::store::Store;
+use crate::sys::huge_zero::{self, HugeZero};
 use crate::sys::memory::Reservation;
 use crate::sys::pagemap::{MAX_REGIONS, PageRegion, Pagemap, Query, category};
 use crate::sys::uffd::{Uffd, UffdError};
@@ -87,6 +88,9 @@ pub(crate) struct Region {
     pub(crate) budget: Option<Budget>,
     /// Buffers for filling huge pages to move in; `None` unless `config.huge_move`.
     pub(crate) huge_slots: Option<Arc<HugeSlots>>,
+    /// Where 2 MiB holes get the huge zero page from; `None` unless `config.huge_move` and
+    /// the kernel can be trusted to move it (`sys::huge_zero`).
+    huge_zero: Option<&'static HugeZero>,
     /// Pages ever poisoned; while zero, no SIGBUS can come from a poison marker.
     poisoned: AtomicU64,
     /// Serializes flushes: one flush takes the dirty index, and a second must not return
@@ -158,6 +162,7 @@ impl Region {
             } else {
                 None
             },
+            huge_zero: config.huge_move.then(huge_zero::get).flatten(),
             config,
             poisoned: AtomicU64::new(0),
             flushing: Mutex::new(()),
@@ -336,6 +341,27 @@ impl Region {
         // SAFETY: the range is this process's (`discard` succeeded, so the memory is
         // reserved), inside the region, registered with our uffd, and all missing.
         unsafe { slot.move_to(&self.uffd, address) }
+    }
+
+    /// Moves the huge zero page into the 2 MiB range from page `first`, whose entries the
+    /// caller holds Empty (dropped first, so that it arrives as one PMD), without waking.
+    /// Returns the pages moved from the start: 0 if the kernel cannot be trusted with it
+    /// (no source), no source slot is free, or nothing was moved.
+    pub(crate) fn move_zero_in(&self, first: usize) -> usize {
+        let Some(source) = self.huge_zero.and_then(HugeZero::claim) else {
+            return 0;
+        };
+        let Ok((address, _)) = self.span(first, HUGE_PAGES) else {
+            return 0;
+        };
+        // As in `move_in`: the range is all Empty, so dropping it loses nothing and frees
+        // its page table.
+        if self.discard(first, HUGE_PAGES).is_err() {
+            return 0;
+        }
+        // SAFETY: the range is this process's (`discard` succeeded), inside the region,
+        // registered with our uffd, and all missing.
+        unsafe { source.move_to(&self.uffd, address) / PAGE_SIZE }
     }
 
     /// The bytes of `pages` pages from `first`.

@@ -61,6 +61,13 @@ counters! {
     huge_faults,
     /// 2 MiB faults that fell back to 4 KiB.
     huge_fallbacks,
+    /// 2 MiB hole ranges mapped as the kernel's huge zero page (moved in: one PMD, no
+    /// memory); each also counts in `zero_faults` and `huge_faults`.
+    huge_zero_faults,
+    /// 2 MiB hole ranges mapped as 512 zero pages although huge pages are moved in: the
+    /// kernel cannot be trusted to move the huge zero page (see `sys::huge_zero`), no
+    /// source slot was free, or the move fell short.
+    huge_zero_fallbacks,
     /// Neighbouring pages installed by fault-around.
     fault_around_pages,
     /// Dirty pages written back to the store (by flush or eviction).

@@ -12,6 +12,7 @@
 
 pub(crate) mod cpu;
 pub(crate) mod futex;
+pub(crate) mod huge_zero;
 pub(crate) mod memory;
 pub(crate) mod pagemap;
 pub(crate) mod uffd;

@@ -157,11 +157,18 @@ impl Pagemap {
         Ok(())
     }
 
-    /// Whether `start..start+len` is mapped by one present transparent huge page.
-    pub(crate) fn is_huge(&self, start: usize, len: usize) -> Result<bool, UffdError> {
+    /// Whether `start..start+len` is mapped by one present transparent huge page; with
+    /// `zero_page`, by the kernel's huge zero page (a PMD whose pfn is the huge zero pfn).
+    pub(crate) fn is_huge(
+        &self,
+        start: usize,
+        len: usize,
+        zero_page: bool,
+    ) -> Result<bool, UffdError> {
         let mut out = [PageRegion::default(); 1];
+        let zero = if zero_page { category::PFNZERO } else { 0 };
         let query = Query {
-            required: category::PRESENT | category::HUGE,
+            required: category::PRESENT | category::HUGE | zero,
             ..Query::default()
         };
         // SAFETY: a read-only walk (no protection).
@@ -276,7 +283,7 @@ mod tests {
             })
             .expect("scan");
         assert_eq!(zero, (0..pages).step_by(2).collect::<Vec<_>>());
-        assert!(!pagemap.is_huge(base, len).expect("scan"));
+        assert!(!pagemap.is_huge(base, len, false).expect("scan"));
         // SAFETY: unmapping the mapping made above; nothing references it any more.
         assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, len) }, 0);
     }
