@@ -245,8 +245,8 @@ impl Options {
     /// The engine's configuration for a region served by `resolution`, in this process's
     /// own memory (`own_memory`: a mapping) or another's (an adopted region, which only
     /// fills: no dirty tracking, no huge-page moves). Huge pages (and the huge zero page)
-    /// are moved in where the kernel can, in-thread too: each in-thread mapping has a
-    /// staging buffer of its own for its wide faults (`resolve::in_thread`).
+    /// are moved in where the kernel can, in-thread too; in-thread faults have a page of
+    /// scratch, not 2 MiB, so their 2 MiB data ranges fall back to 4 KiB before any move.
     pub(crate) fn config(&self, resolution: Resolution, own_memory: bool) -> Config {
         let in_thread = resolution == Resolution::InThread;
         let huge_move = own_memory
