@@ -216,8 +216,7 @@ impl Options {
         self
     }
 
-    /// Testing only: never move huge pages in (UFFDIO_MOVE); the 2 MiB path then copies
-    /// data and maps 512 zero pages over a hole.
+    /// Testing only: never move huge pages in (UFFDIO_MOVE); the 2 MiB path then copies.
     #[doc(hidden)]
     pub fn huge_move(mut self, huge_move: bool) -> Self {
         self.huge_move = huge_move;
@@ -274,15 +273,16 @@ impl Options {
 
     /// The engine's configuration for a region served by `resolution`, in this process's
     /// own memory (`own_memory`: a mapping) or another's (an adopted region, which only
-    /// fills: no dirty tracking, no huge-page moves). Huge pages (and the huge zero page)
-    /// are moved in where the kernel can, in-thread too: each in-thread mapping has a
-    /// staging buffer of its own for its wide faults (`resolve::in_thread`).
+    /// fills: no dirty tracking, no huge-page moves). Huge pages are moved in only outside
+    /// a signal handler (in-thread faults have a page of scratch, not 2 MiB: their wide
+    /// faults install holes and fall back to 4 KiB for data), and where the kernel can.
     pub(crate) fn config(&self, resolution: Resolution, own_memory: bool) -> Config {
         let in_thread = resolution == Resolution::InThread;
         let granularity = self.granularity_for(own_memory);
         let huge_move = own_memory
             && granularity == Granularity::Huge
             && self.huge_move
+            && !in_thread
             // UFFDIO_MOVE wants source and destination of the same protection.
             && !self.read_only
             && HugeSlots::usable();

@@ -232,17 +232,6 @@ fn reading_a_written_store_takes_one_fault_per_2mib_with_the_right_bytes() {
     );
 }
 
-/// In-thread, a 2 MiB data fault is read into the mapping's staging buffer (a signal
-/// handler has no 2 MiB of its own): one fault per range, as with handler threads.
-#[test]
-fn in_thread_2mib_data_faults_are_one_fault_per_range() {
-    if !common::require_uffd() {
-        return;
-    }
-    let anon_huge = read_written_store(huge().resolution(udax::Resolution::InThread));
-    eprintln!("in-thread 2 MiB data path: AnonHugePages {anon_huge} KiB of 65536 KiB");
-}
-
 /// Where no huge page can be had, a 2 MiB range is still one fault, copied in.
 #[test]
 fn without_huge_pages_a_range_is_copied_in_one_fault() {
@@ -735,10 +724,10 @@ const PRESENT: u64 = 1 << 3;
 const PFNZERO: u64 = 1 << 5;
 const IS_HUGE: u64 = 1 << 6;
 
-/// Reads a 2 MiB hole store, writes one page of it, flushes and checks
-/// the file; `huge_zero` says whether the range must be the huge zero page (else the
-/// 512 zero pages of the fallback, counted).
-fn one_hole_range(options: Options, huge_zero: bool) {
+/// Reads a 2 MiB hole store, writes one page of it, flushes and checks the file;
+/// `counted` is the expected (`huge_zero_faults`, `huge_zero_fallbacks`): (1, 0) when the
+/// range must be the huge zero page, else the 512 zero pages of the fallback.
+fn one_hole_range(options: Options, counted: (u64, u64)) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store.img");
     drop(FileStore::create(&path, HUGE as u64).expect("create"));
@@ -752,13 +741,13 @@ fn one_hole_range(options: Options, huge_zero: bool) {
     let stats = mapping.stats();
     assert_eq!(faults(&stats), 1, "{stats:?}");
     assert_eq!((stats.zero_faults, stats.huge_faults), (1, 1), "{stats:?}");
-    let (expected, huge) = match huge_zero {
-        true => ((1, 0), vec![(0, HUGE_PAGES)]),
-        false => ((0, 1), vec![]),
+    let huge = match counted {
+        (1, 0) => vec![(0, HUGE_PAGES)],
+        _ => vec![],
     };
     assert_eq!(
         (stats.huge_zero_faults, stats.huge_zero_fallbacks),
-        expected,
+        counted,
         "{stats:?}"
     );
     let zero_huge = scan(base, HUGE, PRESENT | PFNZERO | IS_HUGE);
@@ -806,42 +795,42 @@ fn one_hole_range(options: Options, huge_zero: bool) {
     assert_eq!(byte[0], 0xa5);
 }
 
-/// A 2 MiB hole range is one huge zero PMD (no memory, one fault), on a kernel that moves
-/// it right; a write splits it and dirties exactly its page. On a kernel that the gate or
-/// the self-test refuses, the same holds with 512 zero pages, counted as fallbacks.
+/// By default (the huge zero page is off: see `sys::huge_zero`), a 2 MiB hole range is
+/// 512 zero pages in one fault, counted in `huge_zero_fallbacks`; a write dirties one page.
 #[test]
-fn a_hole_range_is_one_huge_zero_page_and_a_write_dirties_one_page() {
+fn a_hole_range_is_512_zero_pages_and_a_write_dirties_one_page() {
     if !common::require_uffd() {
         return;
     }
-    let available = udax::huge_zero_available();
-    eprintln!("huge zero page available: {available}");
-    one_hole_range(Options::default(), available);
-    one_hole_range(
-        Options::default().resolution(udax::Resolution::InThread),
-        available,
-    );
+    assert!(!udax::huge_zero_available(), "off unless enabled");
+    one_hole_range(Options::default(), (0, 1));
+    // In-thread mappings do not move huge pages in (nor the huge zero page): not counted.
+    let in_thread = Options::default().resolution(udax::Resolution::InThread);
+    one_hole_range(in_thread, (0, 0));
 }
 
-/// Where the huge zero page cannot be had (here: turned off, as a refused kernel is),
-/// 2 MiB holes are 512 zero pages, each range counted in `huge_zero_fallbacks`.
+/// Enabled (a child process), a 2 MiB hole range is one huge zero PMD (no memory, one
+/// fault) on a kernel that moves it right; a write splits it and dirties exactly its
+/// page. On a kernel that the gate or the self-test refuses, the fallback holds instead.
 #[test]
-fn without_the_huge_zero_page_a_hole_range_is_512_zero_pages() {
+fn enabled_a_hole_range_is_one_huge_zero_page_and_a_write_dirties_one_page() {
     common::run_case(
-        "no-huge-zero",
-        "without_the_huge_zero_page_a_hole_range_is_512_zero_pages",
+        "huge-zero",
+        "enabled_a_hole_range_is_one_huge_zero_page_and_a_write_dirties_one_page",
         std::time::Duration::from_secs(60),
         || {
-            udax::disable_huge_zero();
-            assert!(!udax::huge_zero_available());
-            one_hole_range(Options::default(), false);
+            udax::enable_huge_zero();
+            let available = udax::huge_zero_available();
+            eprintln!("huge zero page available: {available}");
+            let counted = if available { (1, 0) } else { (0, 1) };
+            one_hole_range(Options::default(), counted);
         },
     );
 }
 
-/// Eviction over split huge zero ranges: written pages are evicted (written back, dropped
-/// 4 KiB at a time out of split PMDs), the zero pages around them stay, and every byte
-/// reads back right, in memory and in the file.
+/// Eviction over 2 MiB hole ranges: pages written into them are evicted (written back,
+/// dropped 4 KiB at a time), the zero pages around them stay, and every byte reads back
+/// right, in memory and in the file.
 #[test]
 fn eviction_of_pages_written_into_huge_zero_ranges_keeps_every_byte() {
     if !common::require_uffd() {

@@ -14,26 +14,18 @@
 //! is not for a registered region (another address, a poisoned page, a `kill`) goes to
 //! the handler the program had installed before, or to the default action.
 //!
-//! A wide fault needs a buffer as wide as what it reads (2 MiB, or a fault-around
-//! window), which a signal handler cannot allocate and its stack cannot hold: each
-//! region wider than a page gets a staging buffer when it is registered ([`Staging`]),
-//! taken by one faulting thread at a time without waiting; a thread that finds it taken
-//! serves its fault with a page of stack, as a 4 KiB fault (the 2 MiB path falls back).
-//!
 //! The read/write direction comes from the x86-64 page-fault error code in the signal
 //! context; other architectures use handler threads.
 
 use std::mem::MaybeUninit;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering, Ordering::SeqCst};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::engine::config::Granularity;
+use crate::PAGE_SIZE;
 use crate::engine::fault;
 use crate::engine::region::Region;
-use crate::sys::memory::Reservation;
 use crate::sys::uffd::Fault;
-use crate::{HUGE_PAGE_SIZE, PAGE_SIZE};
 
 /// How many in-thread regions may exist at once.
 pub(crate) const SLOTS: usize = 64;
@@ -41,9 +33,6 @@ pub(crate) const SLOTS: usize = 64;
 struct Slot {
     /// The region, or null. Set by `register`, cleared by `Registration::drop`.
     region: AtomicPtr<Region>,
-    /// The region's staging buffer, or null. Invariant: set before `region` and cleared
-    /// only after `users` drained, so a handler that sees the region sees it too.
-    staging: AtomicPtr<Staging>,
     /// Signal handlers currently using `region`; unregistering waits for zero.
     users: AtomicU32,
 }
@@ -51,63 +40,9 @@ struct Slot {
 static TABLE: [Slot; SLOTS] = [const {
     Slot {
         region: AtomicPtr::new(ptr::null_mut()),
-        staging: AtomicPtr::new(ptr::null_mut()),
         users: AtomicU32::new(0),
     }
 }; SLOTS];
-
-/// A region's buffer for its wide faults, reserved when it is registered (outside any
-/// signal handler): its memory comes on first use and stays.
-struct Staging {
-    memory: Reservation,
-    /// Taken by a faulting thread (lock-free: two threads never share the buffer).
-    taken: AtomicBool,
-}
-
-/// The staging buffer, taken; given back on drop.
-struct Taken<'a>(&'a Staging);
-
-impl Staging {
-    /// A buffer for the widest fault of `region`, if wider than a page.
-    fn of(region: &Region) -> Result<Option<Staging>, std::io::Error> {
-        let len = match region.config.granularity {
-            Granularity::Huge => HUGE_PAGE_SIZE,
-            Granularity::FaultAround(window) => window.min(HUGE_PAGE_SIZE),
-            Granularity::Page => return Ok(None),
-        };
-        if len <= PAGE_SIZE {
-            return Ok(None);
-        }
-        // A 2 MiB buffer as one huge page: one fault the first time it is read into.
-        let memory = Reservation::new(len, len == HUGE_PAGE_SIZE)?;
-        let taken = AtomicBool::new(false);
-        Ok(Some(Staging { memory, taken }))
-    }
-
-    /// Takes the buffer if no other thread holds it (never waits).
-    fn try_take(&self) -> Option<Taken<'_>> {
-        let free = self
-            .taken
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed);
-        free.is_ok().then_some(Taken(self))
-    }
-}
-
-impl Taken<'_> {
-    fn bytes(&mut self) -> &mut [u8] {
-        let memory = &self.0.memory;
-        // SAFETY: the reservation is mapped, writable and ours while the staging lives;
-        // `taken` gives this thread alone access to it until the drop below, and no other
-        // reference to its bytes exists.
-        unsafe { std::slice::from_raw_parts_mut(memory.base() as *mut u8, memory.len()) }
-    }
-}
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        self.0.taken.store(false, Ordering::Release);
-    }
-}
 
 /// The SIGBUS action that was installed before ours (set once, before ours goes in).
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
@@ -120,9 +55,6 @@ pub(crate) struct Registration {
     slot: usize,
     /// Keeps the region alive while the table points at it.
     _region: Arc<Region>,
-    /// The region's staging buffer, which the table points at (freed after it no longer
-    /// does).
-    staging: Option<Box<Staging>>,
 }
 
 /// Enters `region` in the table (installing the handler on first use). `None` when the
@@ -131,24 +63,19 @@ pub(crate) fn register(region: &Arc<Region>) -> Result<Option<Registration>, std
     let _serial = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
     install()?;
     let raw = Arc::as_ptr(region).cast_mut();
-    // Only `register` fills slots, under `REGISTER`: a null slot stays free meanwhile.
-    let Some(index) = TABLE
-        .iter()
-        .position(|slot| slot.region.load(SeqCst).is_null())
-    else {
-        return Ok(None);
-    };
-    let mut staging = Staging::of(region)?.map(Box::new);
-    let staged = staging
-        .as_deref_mut()
-        .map_or(ptr::null_mut(), |staging| staging as *mut Staging);
-    TABLE[index].staging.store(staged, SeqCst);
-    TABLE[index].region.store(raw, SeqCst);
-    Ok(Some(Registration {
-        slot: index,
-        _region: Arc::clone(region),
-        staging,
-    }))
+    for (index, slot) in TABLE.iter().enumerate() {
+        if slot
+            .region
+            .compare_exchange(ptr::null_mut(), raw, SeqCst, SeqCst)
+            .is_ok()
+        {
+            return Ok(Some(Registration {
+                slot: index,
+                _region: Arc::clone(region),
+            }));
+        }
+    }
+    Ok(None)
 }
 
 impl Drop for Registration {
@@ -160,9 +87,6 @@ impl Drop for Registration {
         while slot.users.load(SeqCst) != 0 {
             std::thread::yield_now();
         }
-        // No handler uses the slot now, and none can find the region: the staging goes.
-        slot.staging.store(ptr::null_mut(), SeqCst);
-        drop(self.staging.take());
     }
 }
 
@@ -221,12 +145,9 @@ fn serve(info: *mut libc::siginfo_t, context: *mut libc::c_void) -> bool {
     for slot in TABLE.iter() {
         slot.users.fetch_add(1, SeqCst);
         let region = slot.region.load(SeqCst);
-        let staging = slot.staging.load(SeqCst);
-        // SAFETY: non-null pointers stay valid while `users` counts us (Registration
-        // waits for zero after clearing the region, holding an Arc and the staging until
-        // then); the staging was set before the region (the slot's invariant).
-        let served = !region.is_null()
-            && unsafe { serve_in(&*region, staging.as_ref(), address, write, present) };
+        // SAFETY: a non-null pointer stays valid while `users` counts us (Registration
+        // waits for zero after clearing it, and holds an Arc until then).
+        let served = !region.is_null() && unsafe { serve_in(&*region, address, write, present) };
         slot.users.fetch_sub(1, SeqCst);
         if served {
             return true;
@@ -235,16 +156,8 @@ fn serve(info: *mut libc::siginfo_t, context: *mut libc::c_void) -> bool {
     false
 }
 
-/// Resolves a fault at `address` if it lies in `region` and is a userfaultfd fault, in
-/// the region's `staging` buffer if it has one no other thread holds, else in a page of
-/// stack (a wide fault then falls back to 4 KiB).
-fn serve_in(
-    region: &Region,
-    staging: Option<&Staging>,
-    address: usize,
-    write: bool,
-    present: bool,
-) -> bool {
+/// Resolves a fault at `address` if it lies in `region` and is a userfaultfd fault.
+fn serve_in(region: &Region, address: usize, write: bool, present: bool) -> bool {
     if region.page_index(address).is_none() {
         return false;
     }
@@ -258,17 +171,9 @@ fn serve_in(
         write,
         write_protect: present && write,
     };
-    let mut page;
-    let mut taken = staging.and_then(Staging::try_take);
-    let scratch = match &mut taken {
-        Some(taken) => taken.bytes(),
-        None => {
-            page = [0u8; PAGE_SIZE];
-            &mut page[..]
-        }
-    };
+    let mut scratch = [0u8; PAGE_SIZE];
     // No events are read in-thread: an EAGAIN fails the fault (nothing retries it).
-    let _ = fault::resolve(region, &fault, scratch, false);
+    let _ = fault::resolve(region, &fault, &mut scratch, false);
     true
 }
 
