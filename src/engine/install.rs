@@ -12,6 +12,7 @@
 //! - a moved-in huge page (UFFDIO_MOVE, 2 MiB of data), which arrives writable: the same
 //!   window, closed the same way, by comparing bytes instead of the zero pfn.
 
+use crate::engine::config::DirtyTracking;
 use crate::engine::entries::{EntryGuard, State};
 use crate::engine::region::{PageKind, Region};
 use crate::engine::run::PageSet;
@@ -157,9 +158,9 @@ fn is_run(run: &[&mut EntryGuard<'_>], state: State) -> bool {
         .all(|(i, guard)| guard.index() == first + i && guard.state() == state)
 }
 
-/// Maps the zero page over a run of Empty entries: one ZEROPAGE, one write-protect and
-/// one PAGEMAP_SCAN, however long the run (no protection, no scan, in a region that only
-/// fills).
+/// Maps the zero page over a run of Empty entries: one ZEROPAGE (which wakes), one
+/// write-protect and one PAGEMAP_SCAN, however long the run (no protection, no scan, in a
+/// region that only fills or tracks writes asynchronously).
 ///
 /// UFFDIO_ZEROPAGE has no write-protect mode. If a write from another thread races the
 /// window between the zero page and the protection, either it comes after the protection
@@ -170,31 +171,44 @@ fn is_run(run: &[&mut EntryGuard<'_>], state: State) -> bool {
 fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<(), Error> {
     let first = run[0].index();
     let pages = run.len();
+    let zero_faults = &region.counters.zero_faults;
     let window = region.open_zero_window();
-    let (zeroed, stopped) = match region.zeropage(first, pages) {
+    // The ZEROPAGE wakes the faulting thread itself (no separate WAKE): as in `insert`, the
+    // entries say Zero and the fault is counted before it, and `settle` then marks Dirty
+    // what a write got into (the faulting thread's own store, once woken, is such a write
+    // until the protection lands; flush waits for the window).
+    run.iter_mut().for_each(|guard| guard.set(State::Zero));
+    Counters::add(zero_faults, 1);
+    let (zeroed, stopped) = match region.zeropage(first, pages, true) {
         Ok(()) => (pages, None),
         // Stopped at a present page: the prefix before it is mapped.
         Err(UffdError::Again { op, done }) => (
             done as usize / PAGE_SIZE,
             Some(UffdError::Again { op, done }),
         ),
-        Err(error) => return Err(error.into()),
+        Err(error) => (0, Some(error)),
     };
-    if region.tracks_writes() {
+    run[zeroed..]
+        .iter_mut()
+        .for_each(|guard| guard.set(State::Empty));
+    // Nothing mapped (the mm is changing: EAGAIN) is no fault served; the caller retries.
+    if zeroed == 0 {
+        Counters::sub(zero_faults, 1);
+    }
+    // Asynchronous tracking needs no protection: a store into the zero page makes the
+    // kernel copy it into a private page, written and not the zero pfn, which flush's
+    // written-page scan finds (`Region::scan_written`). Only synchronous tracking must
+    // fault on the first write.
+    if region.config.tracking == Some(DirtyTracking::Sync) {
         settle(region, &mut run[..zeroed], Expect::ZeroPage);
-    } else {
-        run[..zeroed]
-            .iter_mut()
-            .for_each(|guard| guard.set(State::Zero));
     }
     drop(window);
-    // Nothing mapped (the mm is changing: EAGAIN) is no fault served; the caller retries.
-    if zeroed > 0 {
-        Counters::add(&region.counters.zero_faults, 1);
-    }
-    region.wake(first, pages)?;
     match stopped {
-        Some(error) => Err(error.into()),
+        // A stopped ZEROPAGE woke nobody: wake the run (the caller retries the rest).
+        Some(error) => {
+            region.wake(first, pages)?;
+            Err(error.into())
+        }
         None => Ok(()),
     }
 }

@@ -39,7 +39,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::store::extent_cache::ExtentCache;
+use crate::store::extent_cache::{ExtentCache, Token};
 use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
 
 /// Size of the zero buffer the no-`fallocate` fallbacks write from.
@@ -67,8 +67,7 @@ pub struct FileStore {
     /// file while the store lives (ours clear the cache); a run the file shrank under is
     /// found out by the short read it leads to, which clears the cache.
     data_run: ExtentCache,
-    /// The last hole run `extent` found that ends at data (a trailing hole is asked
-    /// anew: its answer needs the size anyway). Invariant 3: nobody else writes into the
+    /// The last hole run `extent` found. Invariant 3: nobody else writes into the
     /// file's holes while the store lives; ours cut the written range out
     /// (`write_unchecked`). A shrink is found by the size check every use of it makes
     /// (one `fstat`, once per allocation), so an access past a new end still fails.
@@ -311,13 +310,17 @@ impl FileStore {
 
     /// The answer when SEEK_DATA finds no data at or after `offset`, which is ambiguous:
     /// a hole up to the end of the file, or `offset` lies past an end that moved in.
-    fn trailing_hole(&self, offset: u64) -> Result<Extent, StoreError> {
+    /// The hole found is remembered (`token`: taken before the query) like one ending at
+    /// data: every use of it checks the size.
+    fn trailing_hole(&self, offset: u64, token: Token) -> Result<Extent, StoreError> {
         let size = self.size_now()?;
         if offset >= size {
             self.forget_extents();
             return Err(StoreError::BeyondEnd { offset, size });
         }
-        Ok(hole(size.min(self.len) - offset))
+        let end = size.min(self.len);
+        self.hole_run.remember(token, offset, end);
+        Ok(hole(end - offset))
     }
 
     /// A remembered hole run of `len` bytes from `offset`, checked against the file's
@@ -357,7 +360,7 @@ impl FileStore {
         // itself and we ask again.
         for _ in 0..SEEK_RETRIES {
             let run = match sys::lseek(&self.file, offset, libc::SEEK_DATA).map_err(err)? {
-                None => self.trailing_hole(offset)?,
+                None => self.trailing_hole(offset, hole_token)?,
                 Some(next) if next > offset => {
                     let end = next.min(self.len);
                     self.hole_run.remember(hole_token, offset, end);
