@@ -26,7 +26,7 @@ calls() {
     local size=$1
     shift
     strace -c -f -o "$out/strace" "$udax" bench --size "$size" --repeat 1 "$@" >/dev/null 2>&1
-    awk '$NF == "total" { print $3 }' "$out/strace"
+    awk '$NF == "total" { print $4 }' "$out/strace"
 }
 
 # One row: name, then the bench flags.
