@@ -158,9 +158,9 @@ fn is_run(run: &[&mut EntryGuard<'_>], state: State) -> bool {
         .all(|(i, guard)| guard.index() == first + i && guard.state() == state)
 }
 
-/// Maps the zero page over a run of Empty entries: one ZEROPAGE (which wakes), one
-/// write-protect and one PAGEMAP_SCAN, however long the run (no protection, no scan, in a
-/// region that only fills or tracks writes asynchronously).
+/// Maps the zero page over a run of Empty entries: one ZEROPAGE, one write-protect, one
+/// PAGEMAP_SCAN and one WAKE, however long the run (in a region that only fills or tracks
+/// writes asynchronously: one ZEROPAGE, which wakes).
 ///
 /// UFFDIO_ZEROPAGE has no write-protect mode. If a write from another thread races the
 /// window between the zero page and the protection, either it comes after the protection
@@ -173,13 +173,17 @@ fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<
     let pages = run.len();
     let zero_faults = &region.counters.zero_faults;
     let window = region.open_zero_window();
-    // The ZEROPAGE wakes the faulting thread itself (no separate WAKE): as in `insert`, the
-    // entries say Zero and the fault is counted before it, and `settle` then marks Dirty
-    // what a write got into (the faulting thread's own store, once woken, is such a write
-    // until the protection lands; flush waits for the window).
+    // Synchronous tracking keeps the faulting thread asleep until the page is protected,
+    // so that its own next store takes a write-protect fault and allocates then (DAX: a
+    // write on a zero page allocates at the access; only another thread's racing store
+    // can slip into the window). Otherwise the ZEROPAGE wakes it (no separate WAKE): a
+    // store into the zero page is found by flush's written-page scan (asynchronous
+    // tracking) or never written back (a region that only fills). Either way, as in
+    // `insert`, the entries say Zero and the fault is counted before the ioctl.
+    let sync = region.config.tracking == Some(DirtyTracking::Sync);
     run.iter_mut().for_each(|guard| guard.set(State::Zero));
     Counters::add(zero_faults, 1);
-    let (zeroed, stopped) = match region.zeropage(first, pages, true) {
+    let (zeroed, stopped) = match region.zeropage(first, pages, !sync) {
         Ok(()) => (pages, None),
         // Stopped at a present page: the prefix before it is mapped.
         Err(UffdError::Again { op, done }) => (
@@ -199,16 +203,16 @@ fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<
     // kernel copy it into a private page, written and not the zero pfn, which flush's
     // written-page scan finds (`Region::scan_written`). Only synchronous tracking must
     // fault on the first write.
-    if region.config.tracking == Some(DirtyTracking::Sync) {
+    if sync {
         settle(region, &mut run[..zeroed], Expect::ZeroPage);
     }
     drop(window);
+    // A stopped ZEROPAGE woke nobody either (the caller retries the rest).
+    if sync || stopped.is_some() {
+        region.wake(first, pages)?;
+    }
     match stopped {
-        // A stopped ZEROPAGE woke nobody: wake the run (the caller retries the rest).
-        Some(error) => {
-            region.wake(first, pages)?;
-            Err(error.into())
-        }
+        Some(error) => Err(error.into()),
         None => Ok(()),
     }
 }
