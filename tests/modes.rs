@@ -503,3 +503,52 @@ fn in_thread_reads_of_holes_take_one_fault_per_2_mib() {
     assert_eq!(stats.resident_pages, 0, "{stats:?}");
     mapping.close().expect("close");
 }
+
+/// Asynchronous tracking installs zero pages unprotected: flush must still write back
+/// exactly the pages written, former zero pages included, and nothing for the pages only
+/// read (which read as written to a plain WRITTEN scan).
+#[test]
+fn asynchronous_flush_writes_exactly_the_written_former_zero_pages() {
+    if !common::require_uffd() {
+        return;
+    }
+    for resolution in [Resolution::HandlerThreads, Resolution::InThread] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("holes");
+        let pages = 16;
+        let store = Arc::new(FileStore::create(&path, (pages * PAGE) as u64).expect("create"));
+        let options = Options::default()
+            .resolution(resolution)
+            .dirty_tracking(DirtyTracking::Async);
+        let mapping = Mapping::new(Arc::clone(&store) as Arc<dyn Store>, options).expect("map");
+        let mut byte = [1u8; 1];
+        for page in 0..pages {
+            mapping.read_at(page * PAGE, &mut byte).expect("read");
+            assert_eq!(byte[0], 0);
+        }
+        assert_eq!(mapping.stats().zero_faults, pages as u64);
+        mapping.write_at(3 * PAGE + 5, b"three").expect("write");
+        mapping.write_at(7 * PAGE, b"seven").expect("write");
+        mapping.flush().expect("flush");
+        let stats = mapping.stats();
+        assert_eq!(stats.pages_written_back, 2, "{resolution:?}: {stats:?}");
+        assert_eq!(stats.zero_to_dirty, 2, "{resolution:?}: {stats:?}");
+        assert_eq!(
+            store.allocated_bytes(),
+            Some(2 * PAGE as u64),
+            "{resolution:?}"
+        );
+        // Nothing written since: nothing more to write back.
+        mapping.flush().expect("flush");
+        assert_eq!(mapping.stats().pages_written_back, 2, "{resolution:?}");
+        mapping.close().expect("close");
+        let file = std::fs::File::open(&path).expect("reopen");
+        let mut bytes = [0u8; 5];
+        file.read_exact_at(&mut bytes, (3 * PAGE + 5) as u64)
+            .expect("read");
+        assert_eq!(&bytes, b"three");
+        file.read_exact_at(&mut bytes, (7 * PAGE) as u64)
+            .expect("read");
+        assert_eq!(&bytes, b"seven");
+    }
+}

@@ -12,6 +12,7 @@
 //! - a moved-in huge page (UFFDIO_MOVE, 2 MiB of data), which arrives writable: the same
 //!   window, closed the same way, by comparing bytes instead of the zero pfn.
 
+use crate::engine::config::DirtyTracking;
 use crate::engine::entries::{EntryGuard, State};
 use crate::engine::region::{PageKind, Region};
 use crate::engine::run::PageSet;
@@ -157,11 +158,12 @@ fn is_run(run: &[&mut EntryGuard<'_>], state: State) -> bool {
         .all(|(i, guard)| guard.index() == first + i && guard.state() == state)
 }
 
-/// Maps the zero page over a run of Empty entries: one ZEROPAGE, one write-protect and
-/// one PAGEMAP_SCAN, however long the run (no protection, no scan, in a region that only
-/// fills). A whole 2 MiB range is the huge zero page where the region moves huge pages
-/// in ([`move_zero_in`]): one PMD instead of 512 PTEs, closed by the same write-protect
-/// and scan (PAGEMAP_SCAN reports PFNZERO on the huge zero PMD).
+/// Maps the zero page over a run of Empty entries: one ZEROPAGE, one write-protect, one
+/// PAGEMAP_SCAN and one WAKE, however long the run (in a region that only fills or tracks
+/// writes asynchronously: one ZEROPAGE, which wakes). A whole 2 MiB range is the huge zero
+/// page where the region moves it in ([`move_zero_in`], off unless enabled): one PMD
+/// instead of 512 PTEs, closed by the same write-protect and scan (PAGEMAP_SCAN reports
+/// PFNZERO on the huge zero PMD).
 ///
 /// UFFDIO_ZEROPAGE has no write-protect mode, and a moved-in PMD arrives unprotected. If
 /// a write from another thread races the window between the zero page and the
@@ -173,11 +175,25 @@ fn is_run(run: &[&mut EntryGuard<'_>], state: State) -> bool {
 fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<(), Error> {
     let first = run[0].index();
     let pages = run.len();
+    let zero_faults = &region.counters.zero_faults;
     let window = region.open_zero_window();
+    // Synchronous tracking keeps the faulting thread asleep until the page is protected,
+    // so that its own next store takes a write-protect fault and allocates then (DAX: a
+    // write on a zero page allocates at the access; only another thread's racing store
+    // can slip into the window). Otherwise the ZEROPAGE wakes it (no separate WAKE): a
+    // store into the zero page is found by flush's written-page scan (asynchronous
+    // tracking) or never written back (a region that only fills). Either way, as in
+    // `insert`, the entries say Zero and the fault is counted before the ioctl.
+    let sync = region.config.tracking == Some(DirtyTracking::Sync);
+    run.iter_mut().for_each(|guard| guard.set(State::Zero));
+    Counters::add(zero_faults, 1);
     let moved = move_zero_in(region, pages, first);
+    // A ZEROPAGE wakes only waiters in its own range: after a (partial) move of the huge
+    // zero page the faulting page may lie in the moved part, so the run is woken at the end.
+    let zeropage_wakes = !sync && moved == 0;
     let rest = match moved {
         moved if moved == pages => Ok(()),
-        moved => region.zeropage(first + moved, pages - moved),
+        moved => region.zeropage(first + moved, pages - moved, zeropage_wakes),
     };
     let (zeroed, stopped) = match rest {
         Ok(()) => (pages, None),
@@ -189,22 +205,27 @@ fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<
                 Some(UffdError::Again { op, done }),
             )
         }
-        Err(error) if moved == 0 => return Err(error.into()),
         Err(error) => (moved, Some(error)),
     };
-    if region.tracks_writes() {
+    run[zeroed..]
+        .iter_mut()
+        .for_each(|guard| guard.set(State::Empty));
+    // Nothing mapped (the mm is changing: EAGAIN) is no fault served; the caller retries.
+    if zeroed == 0 {
+        Counters::sub(zero_faults, 1);
+    }
+    // Asynchronous tracking needs no protection: a store into the zero page makes the
+    // kernel copy it into a private page, written and not the zero pfn, which flush's
+    // written-page scan finds (`Region::scan_written`). Only synchronous tracking must
+    // fault on the first write.
+    if sync {
         settle(region, &mut run[..zeroed], Expect::ZeroPage);
-    } else {
-        run[..zeroed]
-            .iter_mut()
-            .for_each(|guard| guard.set(State::Zero));
     }
     drop(window);
-    // Nothing mapped (the mm is changing: EAGAIN) is no fault served; the caller retries.
-    if zeroed > 0 {
-        Counters::add(&region.counters.zero_faults, 1);
+    // A stopped ZEROPAGE woke nobody either (the caller retries the rest).
+    if !zeropage_wakes || stopped.is_some() {
+        region.wake(first, pages)?;
     }
-    region.wake(first, pages)?;
     match stopped {
         Some(error) => Err(error.into()),
         None => Ok(()),

@@ -242,10 +242,10 @@ impl Region {
     }
 
     /// Maps the zero page over `pages` pages from `first`, without waking.
-    pub(crate) fn zeropage(&self, first: usize, pages: usize) -> Result<(), UffdError> {
+    pub(crate) fn zeropage(&self, first: usize, pages: usize, wake: bool) -> Result<(), UffdError> {
         let (address, len) = self.span(first, pages)?;
         // SAFETY: as in `copy`.
-        unsafe { self.uffd.zeropage(address, len, false) }
+        unsafe { self.uffd.zeropage(address, len, wake && self.config.wakes) }
     }
 
     /// Write-protects (or unprotects) `pages` pages from `first`. Unprotecting wakes the
@@ -426,9 +426,13 @@ impl Region {
             .ok_or_else(|| foreign("PAGEMAP_SCAN"))?;
         // PRESENT too: an empty page counts as written, and write-protecting it would plant
         // a uffd-wp marker (WP_ASYNC implies WP_UNPOPULATED), on which UFFDIO_ZEROPAGE fails.
+        // Not PFNZERO: a zero page is installed unprotected under asynchronous tracking
+        // (`install::insert_zero_page`), so it reads as written until a store copies it
+        // into a private page, which is no longer the zero pfn and is found here.
         let query = Query {
             required: category::WRITTEN | category::PRESENT,
             reported: 0,
+            excluded: category::PFNZERO,
         };
         // SAFETY: the walk covers only the range (clamped below), which is the region's.
         let scanned = unsafe { pagemap.scan(from.clamp(self.base, end), end, query, true, out) };

@@ -5,6 +5,9 @@
 //! any fault. Flush must wait for the windows open when it starts, not for later ones
 //! (which would starve it under a stream of faults). Windows count into one of two
 //! epochs; a waiter flips the epoch and waits for the old epoch's count to reach zero.
+//!
+//! Closing the last window of an epoch wakes the futex only when a waiter is counted
+//! (`waiting`): a fault with no flush running makes no futex call.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
@@ -15,6 +18,12 @@ use crate::sys::futex;
 pub(crate) struct Windows {
     epoch: AtomicU32,
     open: [AtomicU32; 2],
+    /// Waiters inside [`Windows::wait`] (0 or 1: they are serialized). Counted before
+    /// the waiter reads `open`, so a closer that misses the count closed before that read.
+    waiting: AtomicU32,
+    /// Futex wakes made (tests assert a close with no waiter makes none).
+    #[cfg(test)]
+    wakes: AtomicU32,
     /// Serializes waiters (flushes), which run in ordinary thread context.
     waiters: Mutex<()>,
 }
@@ -30,6 +39,9 @@ impl Windows {
         Windows {
             epoch: AtomicU32::new(0),
             open: [AtomicU32::new(0), AtomicU32::new(0)],
+            waiting: AtomicU32::new(0),
+            #[cfg(test)]
+            wakes: AtomicU32::new(0),
             waiters: Mutex::new(()),
         }
     }
@@ -52,8 +64,18 @@ impl Windows {
         }
     }
 
+    /// Closes a window; the last of its epoch wakes a counted waiter.
+    ///
+    /// The race with [`Windows::wait`], all SeqCst: the waiter increments `waiting`, then
+    /// reads `open` and sleeps only while `open` still holds the value it read (the futex
+    /// compares atomically). The closer decrements `open`, then reads `waiting`. If the
+    /// closer reads `waiting == 0`, the waiter's increment comes later in the single
+    /// order, so its read of `open` comes after our decrement and sees it: it does not
+    /// sleep on the old value. Otherwise we wake it.
     fn close(&self, slot: usize) {
-        if self.open[slot].fetch_sub(1, SeqCst) == 1 {
+        if self.open[slot].fetch_sub(1, SeqCst) == 1 && self.waiting.load(SeqCst) > 0 {
+            #[cfg(test)]
+            self.wakes.fetch_add(1, SeqCst);
             futex::wake_all(&self.open[slot]);
         }
     }
@@ -61,14 +83,17 @@ impl Windows {
     /// Returns once every window open at the call has closed.
     pub(crate) fn wait(&self) {
         let _serial = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // Counted before any read of `open` (see `close`).
+        self.waiting.fetch_add(1, SeqCst);
         let slot = (self.epoch.fetch_add(1, SeqCst) & 1) as usize;
         loop {
             let open = self.open[slot].load(SeqCst);
             if open == 0 {
-                return;
+                break;
             }
             futex::wait(&self.open[slot], open);
         }
+        self.waiting.fetch_sub(1, SeqCst);
     }
 }
 
@@ -108,6 +133,41 @@ mod tests {
             drop(window);
             waiter.join().expect("waiter");
         });
+    }
+
+    #[test]
+    fn a_close_with_no_waiter_makes_no_futex_call() {
+        let windows = Windows::new();
+        for _ in 0..3 {
+            drop(windows.open());
+        }
+        assert_eq!(windows.wakes.load(SeqCst), 0);
+    }
+
+    /// A waiter racing the close of the last window is never left asleep: many rounds of
+    /// one window closed while a flush-like waiter starts. (With the waiter not counted,
+    /// a round hangs.)
+    #[test]
+    fn a_waiter_racing_the_last_close_is_woken() {
+        let windows = Arc::new(Windows::new());
+        for round in 0..2000 {
+            let window_windows = Arc::clone(&windows);
+            let opened = Arc::new(AtomicBool::new(false));
+            let opened_by_closer = Arc::clone(&opened);
+            let closer = std::thread::spawn(move || {
+                let window = window_windows.open();
+                opened_by_closer.store(true, SeqCst);
+                // Held for a varying while: the waiter sometimes sleeps, sometimes not.
+                (0..(round % 64) * 200).for_each(|_| std::hint::spin_loop());
+                drop(window);
+            });
+            while !opened.load(SeqCst) {
+                std::hint::spin_loop();
+            }
+            windows.wait();
+            closer.join().expect("closer");
+        }
+        assert_eq!(windows.waiting.load(SeqCst), 0);
     }
 
     #[test]

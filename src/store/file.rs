@@ -1,8 +1,9 @@
 //! [`FileStore`]: a store in a sparse regular file.
 //!
 //! Owns the file descriptor and the file's length, read once at open. Holes and data come
-//! from the file system through `lseek(SEEK_DATA / SEEK_HOLE)`. It knows nothing of
-//! mappings, userfaultfd or entry states.
+//! from the file system through `lseek(SEEK_DATA / SEEK_HOLE)`; the last data run and the
+//! last hole run found are remembered (`extent_cache`), so faults in one run ask once. It
+//! knows nothing of mappings, userfaultfd or entry states.
 //!
 //! `allocate` writes zeros over the holes of its range, as the kernel's DAX zeroes newly
 //! allocated blocks: the space is reserved at once (ENOSPC surfaces there) and the range
@@ -38,7 +39,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::store::extent_cache::ExtentCache;
+use crate::store::extent_cache::{ExtentCache, Token};
 use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
 
 /// Size of the zero buffer the no-`fallocate` fallbacks write from.
@@ -66,6 +67,11 @@ pub struct FileStore {
     /// file while the store lives (ours clear the cache); a run the file shrank under is
     /// found out by the short read it leads to, which clears the cache.
     data_run: ExtentCache,
+    /// The last hole run `extent` found. Invariant 3: nobody else writes into the
+    /// file's holes while the store lives; ours cut the written range out
+    /// (`write_unchecked`). A shrink is found by the size check every use of it makes
+    /// (one `fstat`, once per allocation), so an access past a new end still fails.
+    hole_run: ExtentCache,
 }
 
 impl FileStore {
@@ -109,6 +115,7 @@ impl FileStore {
             path: path.to_path_buf(),
             len: size,
             data_run: ExtentCache::default(),
+            hole_run: ExtentCache::default(),
         })
     }
 
@@ -149,6 +156,7 @@ impl FileStore {
             path: path.to_path_buf(),
             len,
             data_run: ExtentCache::default(),
+            hole_run: ExtentCache::default(),
         })
     }
 
@@ -209,6 +217,7 @@ impl FileStore {
             path,
             len,
             data_run: ExtentCache::default(),
+            hole_run: ExtentCache::default(),
         })
     }
 
@@ -222,13 +231,28 @@ impl FileStore {
         &self.file
     }
 
+    /// Forgets the runs `extent` remembered: for a caller that changed the file behind
+    /// the store's back (wrote into its holes, punched or truncated it). The store also
+    /// forgets them itself whenever it finds the file shrank.
+    pub fn forget_extents(&self) {
+        self.data_run.forget();
+        self.hole_run.forget();
+    }
+
     /// Writes zeros over the runs of `kind` inside `offset..offset + len`, which lies in
-    /// the store: the fallback of `allocate` (holes) and `punch_hole` (data).
-    fn zero_runs(&self, offset: u64, len: u64, kind: ExtentKind) -> Result<(), StoreError> {
+    /// the store and (`size`) in the file as it was just measured: the fallback of
+    /// `allocate` (holes) and `punch_hole` (data).
+    fn zero_runs(
+        &self,
+        offset: u64,
+        len: u64,
+        kind: ExtentKind,
+        size: u64,
+    ) -> Result<(), StoreError> {
         let end = offset + len;
         let mut at = offset;
         while at < end {
-            let extent = self.extent(at)?;
+            let extent = self.extent_within(at, Some(size))?;
             // `extent.len >= 1`, so the loop advances.
             let run_end = end.min(at + extent.len);
             if extent.kind == kind {
@@ -247,8 +271,8 @@ impl FileStore {
         let mut at = offset;
         while at < offset + len {
             let n = (offset + len - at).min(ZERO_CHUNK) as usize;
-            // Unchecked: the hole run this lies in was just found inside the file as it is
-            // now (a trailing hole's answer asks the size), which is all a check would say.
+            // Unchecked: the hole run this lies in was found, or checked, inside the file's
+            // size as the caller just measured it, which is all a check would say.
             self.write_unchecked(at, &zeros[..n])?;
             at += n as u64;
         }
@@ -256,10 +280,14 @@ impl FileStore {
     }
 
     /// pwrite(2) of all of `buf` at `offset`, with no size check: callers have checked.
+    /// The range written is no longer hole: it is cut out of the remembered hole run
+    /// (after the write, so that a query racing it either sees the data or has its answer
+    /// dropped by the cut; see `extent_cache`). A failed write may have written part of
+    /// the range: cut too.
     fn write_unchecked(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| StoreError::from_io("write", offset, e))
+        let written = self.file.write_all_at(buf, offset);
+        self.hole_run.cut(offset, offset + buf.len() as u64);
+        written.map_err(|e| StoreError::from_io("write", offset, e))
     }
 
     /// The file's size now (one `fstat`): less than `len` if another process shrank it.
@@ -273,8 +301,8 @@ impl FileStore {
     fn check_within(&self, offset: u64, len: u64) -> Result<u64, StoreError> {
         let size = self.size_now()?;
         if offset + len > size.next_multiple_of(crate::PAGE_SIZE as u64) {
-            // A remembered data run may reach past the new end: forget it.
-            self.data_run.forget();
+            // A remembered run may reach past the new end: forget it.
+            self.forget_extents();
             return Err(StoreError::BeyondEnd { offset, size });
         }
         Ok(size)
@@ -282,13 +310,76 @@ impl FileStore {
 
     /// The answer when SEEK_DATA finds no data at or after `offset`, which is ambiguous:
     /// a hole up to the end of the file, or `offset` lies past an end that moved in.
-    fn trailing_hole(&self, offset: u64) -> Result<Extent, StoreError> {
+    /// The hole found is remembered (`token`: taken before the query) like one ending at
+    /// data: every use of it checks the size.
+    fn trailing_hole(&self, offset: u64, token: Token) -> Result<Extent, StoreError> {
         let size = self.size_now()?;
         if offset >= size {
-            self.data_run.forget();
+            self.forget_extents();
             return Err(StoreError::BeyondEnd { offset, size });
         }
-        Ok(hole(size.min(self.len) - offset))
+        let end = size.min(self.len);
+        self.hole_run.remember(token, offset, end);
+        Ok(hole(end - offset))
+    }
+
+    /// A remembered hole run of `len` bytes from `offset`, checked against the file's
+    /// size (`size` if the caller just measured it, else one `fstat`): the file may have
+    /// shrunk under it since it was found, and an access past the end must fail.
+    fn remembered_hole(
+        &self,
+        offset: u64,
+        len: u64,
+        size: Option<u64>,
+    ) -> Result<Extent, StoreError> {
+        let size = match size {
+            Some(size) => size,
+            None => self.size_now()?,
+        };
+        if offset >= size {
+            self.forget_extents();
+            return Err(StoreError::BeyondEnd { offset, size });
+        }
+        Ok(hole(len.min(size - offset)))
+    }
+
+    /// [`Store::extent`], with the file's size if the caller just measured it.
+    fn extent_within(&self, offset: u64, size: Option<u64>) -> Result<Extent, StoreError> {
+        check_range(offset, 1, self.len)?;
+        if let Some(len) = self.data_run.run_at(offset) {
+            return Ok(data(len));
+        }
+        if let Some(len) = self.hole_run.run_at(offset) {
+            return self.remembered_hole(offset, len, size);
+        }
+        // Taken before the seeks: an answer older than a write in between is not kept.
+        let (data_token, hole_token) = (self.data_run.token(), self.hole_run.token());
+        let err = |e: io::Error| StoreError::from_io("extent query", offset, e);
+        // If a punch_hole races the two seeks, either SEEK_HOLE still finds data at
+        // `offset` (the run we report was true when it answered) or it returns `offset`
+        // itself and we ask again.
+        for _ in 0..SEEK_RETRIES {
+            let run = match sys::lseek(&self.file, offset, libc::SEEK_DATA).map_err(err)? {
+                None => self.trailing_hole(offset, hole_token)?,
+                Some(next) if next > offset => {
+                    let end = next.min(self.len);
+                    self.hole_run.remember(hole_token, offset, end);
+                    hole(end - offset)
+                }
+                Some(_) => match sys::lseek(&self.file, offset, libc::SEEK_HOLE).map_err(err)? {
+                    Some(end) if end > offset => {
+                        let end = end.min(self.len);
+                        self.data_run.remember(data_token, offset, end);
+                        data(end - offset)
+                    }
+                    _ => continue,
+                },
+            };
+            return Ok(run);
+        }
+        // The extent kept changing between SEEK_DATA and SEEK_HOLE. EAGAIN, not a
+        // message: no allocation, since this may run inside a signal handler.
+        Err(err(io::Error::from_raw_os_error(libc::EAGAIN)))
     }
 
     /// A read that came back short: the file shrank. Within the page holding the new end,
@@ -311,32 +402,7 @@ impl Store for FileStore {
     }
 
     fn extent(&self, offset: u64) -> Result<Extent, StoreError> {
-        check_range(offset, 1, self.len)?;
-        if let Some(len) = self.data_run.data_at(offset) {
-            return Ok(data(len));
-        }
-        let err = |e: io::Error| StoreError::from_io("extent query", offset, e);
-        // If a punch_hole races the two seeks, either SEEK_HOLE still finds data at
-        // `offset` (the run we report was true when it answered) or it returns `offset`
-        // itself and we ask again.
-        for _ in 0..SEEK_RETRIES {
-            let run = match sys::lseek(&self.file, offset, libc::SEEK_DATA).map_err(err)? {
-                None => self.trailing_hole(offset)?,
-                Some(next) if next > offset => hole(next.min(self.len) - offset),
-                Some(_) => match sys::lseek(&self.file, offset, libc::SEEK_HOLE).map_err(err)? {
-                    Some(end) if end > offset => {
-                        let end = end.min(self.len);
-                        self.data_run.remember(offset, end);
-                        data(end - offset)
-                    }
-                    _ => continue,
-                },
-            };
-            return Ok(run);
-        }
-        // The extent kept changing between SEEK_DATA and SEEK_HOLE. EAGAIN, not a
-        // message: no allocation, since this may run inside a signal handler.
-        Err(err(io::Error::from_raw_os_error(libc::EAGAIN)))
+        self.extent_within(offset, None)
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
@@ -370,8 +436,11 @@ impl Store for FileStore {
         if len == 0 {
             return Ok(());
         }
+        // One size check for the whole range: allocating must never grow a file that
+        // shrank, and the remembered hole runs are checked against it.
+        let size = self.check_within(offset, len)?;
         // Zeros over the holes only: data in the range keeps its bytes.
-        self.zero_runs(offset, len, ExtentKind::Hole)
+        self.zero_runs(offset, len, ExtentKind::Hole, size)
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> Result<(), StoreError> {
@@ -383,7 +452,10 @@ impl Store for FileStore {
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match sys::fallocate(&self.file, mode, offset, len) {
             Ok(()) => Ok(()),
-            Err(e) if sys::is_unsupported(&e) => self.zero_runs(offset, len, ExtentKind::Data),
+            Err(e) if sys::is_unsupported(&e) => {
+                let size = self.size_now()?;
+                self.zero_runs(offset, len, ExtentKind::Data, size)
+            }
             Err(e) => Err(StoreError::from_io("punch hole", offset, e)),
         }
     }
@@ -726,7 +798,7 @@ mod tests {
         let (_dir, store) = sparse();
         store.write_at(4096, b"keep").expect("write");
         store
-            .zero_runs(0, 3 * 4096, ExtentKind::Hole)
+            .zero_runs(0, 3 * 4096, ExtentKind::Hole, SIZE)
             .expect("zero holes");
         assert_eq!(store.extent(0).expect("extent").kind, ExtentKind::Data);
         assert!(store.extent(0).expect("extent").len >= 3 * 4096);
@@ -735,10 +807,66 @@ mod tests {
         assert_eq!(&buf, b"keep");
 
         store
-            .zero_runs(0, 3 * 4096, ExtentKind::Data)
+            .zero_runs(0, 3 * 4096, ExtentKind::Data, SIZE)
             .expect("zero data");
         store.read_at(4096, &mut buf).expect("read");
         assert_eq!(buf, [0; 4]);
+    }
+
+    /// A sparse store with data in page 10 only: pages 0..10 are a hole that ends at
+    /// data, which `extent(0)` remembers.
+    fn hole_then_data() -> (tempfile::TempDir, FileStore) {
+        let (dir, store) = sparse();
+        store.write_at(10 * 4096, b"d").expect("write");
+        assert_eq!(store.extent(0).expect("extent"), hole(10 * 4096));
+        (dir, store)
+    }
+
+    #[test]
+    fn a_remembered_hole_run_is_cut_by_allocation_and_writes() {
+        let (_dir, store) = hole_then_data();
+        store.allocate(4096, 4096).expect("allocate");
+        assert_eq!(store.extent(4096).expect("extent").kind, ExtentKind::Data);
+        assert_eq!(store.extent(2 * 4096).expect("extent"), hole(8 * 4096));
+        store.write_at(5 * 4096, b"w").expect("write");
+        assert_eq!(
+            store.extent(5 * 4096).expect("extent").kind,
+            ExtentKind::Data
+        );
+        let mut byte = [0u8; 1];
+        store.read_at(5 * 4096, &mut byte).expect("read");
+        assert_eq!(&byte, b"w");
+    }
+
+    #[test]
+    fn a_remembered_hole_run_past_a_new_end_is_beyond_end_and_never_grown_back() {
+        let (_dir, store) = hole_then_data();
+        let other = OpenOptions::new()
+            .write(true)
+            .open(store.path())
+            .expect("open");
+        other.set_len(2 * 4096).expect("shrink");
+        assert!(matches!(
+            store.extent(5 * 4096),
+            Err(StoreError::BeyondEnd { .. })
+        ));
+        assert!(matches!(
+            store.allocate(6 * 4096, 4096),
+            Err(StoreError::BeyondEnd { .. })
+        ));
+        assert_eq!(store.file().metadata().expect("stat").len(), 2 * 4096);
+        // Extended back: the pages are holes again, and allocation works.
+        other.set_len(SIZE).expect("extend");
+        assert_eq!(
+            store.extent(5 * 4096).expect("extent").kind,
+            ExtentKind::Hole
+        );
+        store.allocate(6 * 4096, 4096).expect("allocate");
+        assert_eq!(
+            store.extent(6 * 4096).expect("extent").kind,
+            ExtentKind::Data
+        );
+        assert_eq!(store.file().metadata().expect("stat").len(), SIZE);
     }
 
     fn oor<T>(r: Result<T, StoreError>) -> bool {

@@ -38,6 +38,8 @@ pub(crate) struct Query {
     pub(crate) required: u64,
     /// Categories reported back in each region.
     pub(crate) reported: u64,
+    /// Pages must have none of these categories.
+    pub(crate) excluded: u64,
 }
 
 /// Why opening /proc/self/pagemap failed with `error`, and the way out, where known. A
@@ -122,7 +124,8 @@ impl Pagemap {
             end: end as u64,
             vec: out.as_mut_ptr() as u64,
             vec_len: slots as u64,
-            category_mask: query.required,
+            category_mask: query.required | query.excluded,
+            category_inverted: query.excluded,
             return_mask: query.reported | query.required,
             ..Default::default()
         };
