@@ -582,22 +582,25 @@ fn page_flags(base: usize, page: usize) -> (bool, bool) {
 /// A page evicted dirty comes back writable and Dirty on a read (a refill: counted as a
 /// write fault, no read fault), so its rewrite takes no write-protect fault, and flush
 /// writes it; a page evicted clean comes back Clean and write-protected as before, and
-/// its write is an mkwrite fault. The file holds every write after close.
-#[test]
-fn a_page_evicted_dirty_comes_back_writable_and_dirty() {
+/// its write is an mkwrite fault. The file holds every write after close. With
+/// fault-around, the refill brings the neighbours evicted dirty with it, writable too.
+/// (The budget, 64 pages, leaves the refilled pages a second chance through the test.)
+fn refill_after_dirty_eviction(granularity: Granularity) {
     if !common::require_uffd() {
         return;
     }
-    const PAGES: usize = 64;
+    const PAGES: usize = 256;
     const WRITTEN: usize = 8;
-    const CLEAN: usize = 40;
+    const CLEAN: usize = 160;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("refill.img");
     let store = FileStore::create(&path, (PAGES * PAGE) as u64).expect("create");
     store
         .write_at(0, &vec![0x11u8; PAGES * PAGE])
         .expect("fill");
-    let options = Options::default().budget((16 * PAGE) as u64);
+    let options = Options::default()
+        .budget((64 * PAGE) as u64)
+        .granularity(granularity);
     let mapping = Mapping::new(Arc::new(store), options).expect("map");
     let base = mapping.as_ptr() as usize;
     let byte = |page: usize| (base + page * PAGE) as *mut u8;
@@ -609,8 +612,17 @@ fn a_page_evicted_dirty_comes_back_writable_and_dirty() {
     let gone = |page: usize| !page_flags(base, page).0;
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut page = WRITTEN;
-    while !((0..WRITTEN).all(gone) && gone(CLEAN)) {
+    // (The counter follows the drop: wait for it too, the eviction may still be finishing.)
+    let evicted = || mapping.stats().evicted_dirty >= WRITTEN as u64;
+    loop {
         assert!(Instant::now() < deadline, "{:?}", mapping.stats());
+        if (0..WRITTEN).all(gone) && gone(CLEAN) {
+            if evicted() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
         // SAFETY: as above.
         assert_eq!(unsafe { byte(page).read_volatile() }, 0x11);
         page = if page + 1 == PAGES { WRITTEN } else { page + 1 };
@@ -618,7 +630,6 @@ fn a_page_evicted_dirty_comes_back_writable_and_dirty() {
             page += 1;
         }
     }
-    assert!(mapping.stats().evicted_dirty >= WRITTEN as u64);
 
     // The page evicted dirty: a read refills it writable; the write takes no fault.
     let before = mapping.stats();
@@ -642,6 +653,21 @@ fn a_page_evicted_dirty_comes_back_writable_and_dirty() {
         (0, 1, 0),
         "read, write and mkwrite faults of the refill: {before:?} -> {rewritten:?}"
     );
+    if granularity != Granularity::Page {
+        // The whole evicted run came back in that one fault, writable: no fault to rewrite it.
+        assert_eq!(refilled.fault_around_pages - before.fault_around_pages, 7);
+        for page in 1..WRITTEN {
+            assert_eq!(page_flags(base, page), (true, false), "neighbour {page}");
+            // SAFETY: as above.
+            unsafe { byte(page).write_volatile(0x50 + page as u8) };
+        }
+        let after = mapping.stats();
+        assert_eq!(
+            (after.write_faults, after.mkwrite_faults),
+            (rewritten.write_faults, rewritten.mkwrite_faults),
+            "rewriting the refilled neighbours faulted"
+        );
+    }
 
     // The page evicted clean: read back Clean and protected; its write is a WP fault.
     // SAFETY: as above.
@@ -659,23 +685,28 @@ fn a_page_evicted_dirty_comes_back_writable_and_dirty() {
         (1, 1),
         "read and mkwrite faults of the clean page: {rewritten:?} -> {written:?}"
     );
-    let flushed_before = mapping.stats().pages_written_back;
     mapping.flush().expect("flush");
-    let flushed = mapping.stats().pages_written_back - flushed_before;
+    // Flush (or an eviction since) wrote page 0 and page CLEAN at least.
+    let written_back = mapping.stats().pages_written_back - before.pages_written_back;
     assert!(
-        flushed >= 2,
-        "flush wrote {flushed} pages, not pages 0 and {CLEAN}"
+        written_back >= 2,
+        "{written_back} pages written since the refill"
     );
     mapping.close().expect("close");
 
     let file = common::read_file(&path);
     let first = |page: usize| file[page * PAGE];
     assert_eq!(first(0), 0x30, "the rewrite of the refilled page");
+    let rewrite = if granularity == Granularity::Page {
+        0x20
+    } else {
+        0x50
+    };
     for page in 1..WRITTEN {
         assert_eq!(
             first(page),
-            0x20 + page as u8,
-            "page {page} written before eviction"
+            rewrite + page as u8,
+            "page {page}: its last write"
         );
         assert!(
             file[page * PAGE + 1..(page + 1) * PAGE]
@@ -689,4 +720,14 @@ fn a_page_evicted_dirty_comes_back_writable_and_dirty() {
             .iter()
             .all(|&b| b == 0x11)
     );
+}
+
+#[test]
+fn a_page_evicted_dirty_comes_back_writable_and_dirty() {
+    refill_after_dirty_eviction(Granularity::Page);
+}
+
+#[test]
+fn a_run_evicted_dirty_comes_back_writable_with_fault_around() {
+    refill_after_dirty_eviction(Granularity::FaultAround(64 << 10));
 }

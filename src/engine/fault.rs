@@ -47,10 +47,10 @@ pub(crate) fn resolve(region: &Region, fault: &Fault, scratch: &mut [u8], retry:
     } else {
         let access = Access::of(fault, region.tracks_writes());
         match decide(access, guard.state(), guard.was_evicted_dirty()) {
-            Decision::Fill { mkwrite } => fill_wide(region, &mut guard, mkwrite, scratch)
+            Decision::Fill { mkwrite } => fill_wide(region, &mut guard, Some(mkwrite), scratch)
                 .unwrap_or_else(|| fill_page(region, &mut guard, Some(mkwrite), scratch)),
-            // One page alone: its neighbours were not necessarily dirty.
-            Decision::Refill => fill_page(region, &mut guard, None, scratch),
+            Decision::Refill => fill_wide(region, &mut guard, None, scratch)
+                .unwrap_or_else(|| fill_page(region, &mut guard, None, scratch)),
             Decision::Upgrade { allocate } => huge::upgrade(region, &mut guard)
                 .unwrap_or_else(|| fill::upgrade(region, &mut [&mut guard], allocate)),
             Decision::Wake => region.wake(index, 1).map_err(Into::into),
@@ -77,17 +77,23 @@ pub(crate) fn resolve(region: &Region, fault: &Fault, scratch: &mut [u8], retry:
 }
 
 /// A missing fault served wider than its page (2 MiB, or a fault-around window), as the
-/// region's granularity asks; `None` when it falls back to the 4 KiB path.
+/// region's granularity asks; `None` when it falls back to the 4 KiB path. `mkwrite` as
+/// for [`fill_page`]: `None` is a refill, which only fault-around serves wide (eviction
+/// marks no page of a 2 MiB unit: `evict::refills`).
 fn fill_wide<'a>(
     region: &'a Region,
     guard: &mut EntryGuard<'a>,
-    mkwrite: bool,
+    mkwrite: Option<bool>,
     scratch: &mut [u8],
 ) -> Option<Result<(), Error>> {
-    match region.config.granularity {
-        Granularity::Huge => huge::fill(region, guard, mkwrite, scratch),
-        Granularity::FaultAround(window) if !mkwrite => fill_around(region, guard, window, scratch),
-        Granularity::FaultAround(_) | Granularity::Page => None,
+    match (region.config.granularity, mkwrite) {
+        (Granularity::Huge, Some(mkwrite)) => huge::fill(region, guard, mkwrite, scratch),
+        (Granularity::FaultAround(window), Some(false) | None) => {
+            fill_around(region, guard, window, mkwrite.is_none(), scratch)
+        }
+        (Granularity::FaultAround(_), Some(true)) | (Granularity::Page | Granularity::Huge, _) => {
+            None
+        }
     }
 }
 
