@@ -568,3 +568,166 @@ fn sort_of_32_mib_under_a_4_mib_budget_in_thread() {
         sort_32_mib("in-thread", options, threads);
     });
 }
+
+/// The pagemap word of page `page` of the region at `base`: (present, uffd write-protected).
+fn page_flags(base: usize, page: usize) -> (bool, bool) {
+    let file = std::fs::File::open("/proc/self/pagemap").expect("open pagemap");
+    let mut word = [0u8; 8];
+    file.read_exact_at(&mut word, ((base / PAGE + page) * 8) as u64)
+        .expect("read pagemap");
+    let word = u64::from_ne_bytes(word);
+    (word & (1 << 63) != 0, word & (1 << 57) != 0)
+}
+
+/// A page evicted dirty comes back writable and Dirty on a read (a refill: counted as a
+/// write fault, no read fault), so its rewrite takes no write-protect fault, and flush
+/// writes it; a page evicted clean comes back Clean and write-protected as before, and
+/// its write is an mkwrite fault. The file holds every write after close. With
+/// fault-around, the refill brings the neighbours evicted dirty with it, writable too.
+/// (The budget, 64 pages, leaves the refilled pages a second chance through the test.)
+fn refill_after_dirty_eviction(granularity: Granularity) {
+    if !common::require_uffd() {
+        return;
+    }
+    const PAGES: usize = 256;
+    const WRITTEN: usize = 8;
+    const CLEAN: usize = 160;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("refill.img");
+    let store = FileStore::create(&path, (PAGES * PAGE) as u64).expect("create");
+    store
+        .write_at(0, &vec![0x11u8; PAGES * PAGE])
+        .expect("fill");
+    let options = Options::default()
+        .budget((64 * PAGE) as u64)
+        .granularity(granularity);
+    let mapping = Mapping::new(Arc::new(store), options).expect("map");
+    let base = mapping.as_ptr() as usize;
+    let byte = |page: usize| (base + page * PAGE) as *mut u8;
+    for page in 0..WRITTEN {
+        // SAFETY: the page lies inside the mapping, which outlives this test's accesses.
+        unsafe { byte(page).write_volatile(0x20 + page as u8) };
+    }
+    // Read the other pages round and round until the written ones and page CLEAN are out.
+    let gone = |page: usize| !page_flags(base, page).0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut page = WRITTEN;
+    // (The counter follows the drop: wait for it too, the eviction may still be finishing.)
+    let evicted = || mapping.stats().evicted_dirty >= WRITTEN as u64;
+    loop {
+        assert!(Instant::now() < deadline, "{:?}", mapping.stats());
+        if (0..WRITTEN).all(gone) && gone(CLEAN) {
+            if evicted() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { byte(page).read_volatile() }, 0x11);
+        page = if page + 1 == PAGES { WRITTEN } else { page + 1 };
+        if page == CLEAN && gone(CLEAN) && !(0..WRITTEN).all(gone) {
+            page += 1;
+        }
+    }
+
+    // The page evicted dirty: a read refills it writable; the write takes no fault.
+    let before = mapping.stats();
+    // SAFETY: as above.
+    assert_eq!(unsafe { byte(0).read_volatile() }, 0x20);
+    let refilled = mapping.stats();
+    assert_eq!(
+        page_flags(base, 0),
+        (true, false),
+        "a page evicted dirty must come back present and writable"
+    );
+    // SAFETY: as above.
+    unsafe { byte(0).write_volatile(0x30) };
+    let rewritten = mapping.stats();
+    assert_eq!(
+        (
+            refilled.read_faults - before.read_faults,
+            refilled.write_faults - before.write_faults,
+            rewritten.mkwrite_faults - before.mkwrite_faults,
+        ),
+        (0, 1, 0),
+        "read, write and mkwrite faults of the refill: {before:?} -> {rewritten:?}"
+    );
+    if granularity != Granularity::Page {
+        // The whole evicted run came back in that one fault, writable: no fault to rewrite it.
+        assert_eq!(refilled.fault_around_pages - before.fault_around_pages, 7);
+        for page in 1..WRITTEN {
+            assert_eq!(page_flags(base, page), (true, false), "neighbour {page}");
+            // SAFETY: as above.
+            unsafe { byte(page).write_volatile(0x50 + page as u8) };
+        }
+        let after = mapping.stats();
+        assert_eq!(
+            (after.write_faults, after.mkwrite_faults),
+            (rewritten.write_faults, rewritten.mkwrite_faults),
+            "rewriting the refilled neighbours faulted"
+        );
+    }
+
+    // The page evicted clean: read back Clean and protected; its write is a WP fault.
+    // SAFETY: as above.
+    assert_eq!(unsafe { byte(CLEAN).read_volatile() }, 0x11);
+    let read = mapping.stats();
+    assert_eq!(page_flags(base, CLEAN), (true, true));
+    // SAFETY: as above.
+    unsafe { byte(CLEAN).write_volatile(0x40) };
+    let written = mapping.stats();
+    assert_eq!(
+        (
+            read.read_faults - rewritten.read_faults,
+            written.mkwrite_faults - read.mkwrite_faults,
+        ),
+        (1, 1),
+        "read and mkwrite faults of the clean page: {rewritten:?} -> {written:?}"
+    );
+    mapping.flush().expect("flush");
+    // Flush (or an eviction since) wrote page 0 and page CLEAN at least.
+    let written_back = mapping.stats().pages_written_back - before.pages_written_back;
+    assert!(
+        written_back >= 2,
+        "{written_back} pages written since the refill"
+    );
+    mapping.close().expect("close");
+
+    let file = common::read_file(&path);
+    let first = |page: usize| file[page * PAGE];
+    assert_eq!(first(0), 0x30, "the rewrite of the refilled page");
+    let rewrite = if granularity == Granularity::Page {
+        0x20
+    } else {
+        0x50
+    };
+    for page in 1..WRITTEN {
+        assert_eq!(
+            first(page),
+            rewrite + page as u8,
+            "page {page}: its last write"
+        );
+        assert!(
+            file[page * PAGE + 1..(page + 1) * PAGE]
+                .iter()
+                .all(|&b| b == 0x11)
+        );
+    }
+    assert_eq!(first(CLEAN), 0x40, "the write to the page evicted clean");
+    assert!(
+        file[PAGE * WRITTEN..PAGE * CLEAN]
+            .iter()
+            .all(|&b| b == 0x11)
+    );
+}
+
+#[test]
+fn a_page_evicted_dirty_comes_back_writable_and_dirty() {
+    refill_after_dirty_eviction(Granularity::Page);
+}
+
+#[test]
+fn a_run_evicted_dirty_comes_back_writable_with_fault_around() {
+    refill_after_dirty_eviction(Granularity::FaultAround(64 << 10));
+}

@@ -15,6 +15,12 @@
 //!
 //! Write faults are served at 4 KiB, as the kernel does (fault-around maps only for reads).
 //!
+//! A refill (a read of a page evicted dirty: see the fault table) installs only the
+//! stretch of neighbours that were evicted dirty too, writable and Dirty like the faulting
+//! page when the store holds data, and a plain read of data stops at the first neighbour
+//! evicted dirty (left, with its mark, to its own refill); over a hole both read the
+//! window as zero pages.
+//!
 //! [`Granularity::FaultAround`]: crate::Granularity::FaultAround
 
 use std::ops::Range;
@@ -24,29 +30,49 @@ use crate::engine::fill::{Width, extent_run, fill, has_room};
 use crate::engine::region::Region;
 use crate::engine::run::Span;
 use crate::error::Error;
+use crate::store::ExtentKind;
 use crate::{HUGE_PAGES, PAGE_SIZE};
 
 /// Serves a read fault on the Empty entry `guard` together with its neighbours in the
 /// aligned window of `window` bytes; `None` when the 4 KiB path should serve it (a window
 /// of one page, or a store error, which the 4 KiB path then reports for this page alone).
+/// With `refill` (the page was evicted dirty), data comes back writable and Dirty, over
+/// the neighbours evicted dirty only.
 pub(crate) fn fill_around<'a>(
     region: &'a Region,
     guard: &mut EntryGuard<'a>,
     window: usize,
+    refill: bool,
     scratch: &mut [u8],
 ) -> Option<Result<(), Error>> {
     let index = guard.index();
     let bounds = window_of(index, window, region.pages())?;
     let mut span = Span::lock_free(&region.entries, bounds, index);
-    let (kind, pages) =
+    let (kind, mut pages) =
         extent_run(&*region.store, region.page_offset(0), span.pages(), index).ok()?;
+    if kind == ExtentKind::Data {
+        // Data neighbours come back as the faulting page does: a refill takes those evicted
+        // dirty too, a plain read those that were not (each keeps its mark for its own fault).
+        let alike = span.stretch(|neighbour| neighbour.was_evicted_dirty() == refill);
+        pages = pages.start.max(alike.start)..pages.end.min(alike.end);
+    }
+    let mkwrite = refill && kind == ExtentKind::Data;
     // Release the neighbours outside the extent before the I/O.
     span.keep(pages.clone());
     if !has_room(scratch, kind, pages.len()) {
         return None;
     }
     let mut run = span.join(guard);
-    fill(region, &mut run, index, kind, false, Width::Around, scratch).ok()?;
+    fill(
+        region,
+        &mut run,
+        index,
+        kind,
+        mkwrite,
+        Width::Around,
+        scratch,
+    )
+    .ok()?;
     Some(Ok(()))
 }
 

@@ -19,6 +19,9 @@
 //! 3. `resident` counts entries in Clean or Dirty (Zero pages cost no memory).
 //! 4. The referenced bit is set whenever an entry becomes resident or goes Clean -> Dirty
 //!    (a fault brought it in or wrote it); only the eviction clock clears it (see evict.rs).
+//! 6. The evicted-dirty bit is set only while the entry is Empty: eviction sets it when it
+//!    drops a page it has just written back (`set_evicted`), and every change of state
+//!    clears it, so the read that brings the page back (policy: refill) consumes it.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -60,6 +63,8 @@ const LOCKED: u32 = 1 << 2;
 const WAITERS: u32 = 1 << 3;
 /// Invariant 4: faulted in or written since the eviction clock last passed.
 const REFERENCED: u32 = 1 << 4;
+/// Invariant 6: dropped by eviction right after its writeback (it was Dirty).
+const EVICTED_DIRTY: u32 = 1 << 5;
 
 /// What the eviction clock finds at an entry (see [`Entries::age`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,7 +226,23 @@ impl EntryGuard<'_> {
         self.entries.words[self.index].load(Ordering::Relaxed) & REFERENCED != 0
     }
 
-    /// Moves the entry to `state`, keeping invariants 2, 3 and 4.
+    /// Whether eviction dropped the page right after writing it back (invariant 6): it was
+    /// being written, so it likely will be again.
+    pub(crate) fn was_evicted_dirty(&self) -> bool {
+        self.entries.words[self.index].load(Ordering::Relaxed) & EVICTED_DIRTY != 0
+    }
+
+    /// Eviction's transition: the page is dropped, the entry Empty, remembering whether
+    /// the page was Dirty (and written back) when evicted (invariant 6).
+    pub(crate) fn set_evicted(&mut self, was_dirty: bool) {
+        self.set(State::Empty);
+        if was_dirty {
+            // Only this bit changes; the clock and waiters may change theirs meanwhile.
+            self.entries.words[self.index].fetch_or(EVICTED_DIRTY, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves the entry to `state`, keeping invariants 2 to 6.
     pub(crate) fn set(&mut self, state: State) {
         let entries = self.entries;
         let word = &entries.words[self.index];
@@ -233,9 +254,10 @@ impl EntryGuard<'_> {
         };
         // Invariant 1: we hold the lock, so only the state bits change under us... and
         // the WAITERS and REFERENCED bits, which a waiter or the clock may change
-        // concurrently: update with a CAS loop.
+        // concurrently: update with a CAS loop. Invariant 6: any change clears the
+        // evicted-dirty bit.
         let _ = word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
-            Some((w & !STATE_MASK) | state as u32 | referenced)
+            Some((w & !(STATE_MASK | EVICTED_DIRTY)) | state as u32 | referenced)
         });
         if state == State::Dirty && old != State::Dirty {
             entries.dirty.mark(self.index);
@@ -436,6 +458,23 @@ mod tests {
         entries.lock(0).set(State::Clean);
         assert_eq!(entries.age(0), Age::Cold);
         assert!(!entries.lock(0).is_referenced());
+    }
+
+    /// Invariant 6: eviction of a Dirty page leaves the mark; the refill (any change of
+    /// state) clears it; a Clean page evicted leaves none.
+    #[test]
+    fn the_evicted_dirty_mark_lasts_until_the_next_state() {
+        let entries = Entries::new(2).expect("entries");
+        entries.lock(0).set(State::Dirty);
+        entries.lock(1).set(State::Clean);
+        entries.lock(0).set_evicted(true);
+        entries.lock(1).set_evicted(false);
+        assert!(entries.lock(0).was_evicted_dirty());
+        assert!(!entries.lock(1).was_evicted_dirty());
+        assert_eq!(entries.peek(0), State::Empty);
+        assert_eq!(entries.resident(), (0, 2));
+        entries.lock(0).set(State::Dirty);
+        assert!(!entries.lock(0).was_evicted_dirty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! | entry | eviction                                                        | after |
 //! |-------|-----------------------------------------------------------------|-------|
 //! | Clean | drop the page (MADV_DONTNEED); the next access faults and reads the store | Empty |
-//! | Dirty | write back (write-protect, copy out, store write), then drop    | Empty |
+//! | Dirty | write back (write-protect, copy out, store write), then drop    | Empty, evicted dirty |
 //! | Zero  | never chosen: the shared zero page holds no memory and is not in Rss | Zero |
 //!
 //! **Policy.** Only Clean and Dirty pages count against the budget (invariant 3 of the
@@ -19,6 +19,15 @@
 //! its bit (its second chance), an unreferenced resident one is evicted. Victims are
 //! therefore found in ascending order, and consecutive ones are evicted as one run: one
 //! write-protect, one store write of the Dirty pages, one MADV_DONTNEED.
+//!
+//! **Refill.** A Dirty page evicted leaves its entry marked evicted-dirty (entry table,
+//! invariant 6), so that the read fault that brings it back installs it writable and Dirty
+//! (fault table: refill) and its rewrite takes no write-protect fault, each of which costs
+//! an un-protect and a TLB shootdown. A refilled page that is not rewritten is written back
+//! once more when next evicted, and comes back writable again, until a flush leaves it
+//! Clean and protected: one store write per eviction of it, never one per access. Only
+//! regions with synchronous tracking at 4 KiB or fault-around granularity are marked
+//! ([`refills`]).
 //!
 //! **Watermarks and slack.** After every fault, once its entry lock is dropped, the thread
 //! that served it (a handler thread, or the faulting thread itself with in-thread
@@ -59,9 +68,10 @@
 use std::time::Duration;
 
 use crate::engine::budget::Budget;
+use crate::engine::config::{DirtyTracking, Granularity};
 use crate::engine::entries::{Age, EntryGuard, State};
 use crate::engine::region::Region;
-use crate::engine::run::Guards;
+use crate::engine::run::{Guards, PageSet};
 use crate::engine::shared_budget::Evictable;
 use crate::engine::stats::Counters;
 use crate::engine::writeback::writeback_locked;
@@ -178,6 +188,15 @@ pub(crate) fn evict_range(
         return Ok(());
     };
     let first = first.index();
+    // Which pages were Dirty, to mark them evicted dirty once dropped (a run is at most
+    // one step of the hand: 512 pages).
+    debug_assert!(guards.len() <= crate::HUGE_PAGES);
+    let mut was_dirty = PageSet::default();
+    guards
+        .iter()
+        .enumerate()
+        .filter(|(_, guard)| guard.state() == State::Dirty)
+        .for_each(|(page, _)| was_dirty.insert(page));
     let dirty = writeback_dirty(region, guards)?;
     if let Some(delay) = delay {
         std::thread::sleep(delay);
@@ -185,12 +204,23 @@ pub(crate) fn evict_range(
     // Every page is now equal to the store (Clean or Zero) and write-protected: a write
     // from here on faults and waits for our locks.
     region.discard(first, guards.len())?;
-    for guard in guards.iter_mut() {
-        guard.set(State::Empty);
+    // Only now, written and dropped, does a page count as evicted dirty: if the writeback
+    // or the drop failed, it is still resident and no mark is left.
+    let refill = refills(region);
+    for (page, guard) in guards.iter_mut().enumerate() {
+        guard.set_evicted(refill && was_dirty.contains(page));
     }
     Counters::add(&region.counters.evictions, guards.len() as u64);
     Counters::add(&region.counters.evicted_dirty, dirty);
     Ok(())
+}
+
+/// Whether the region's pages evicted dirty come back writable (see Refill above):
+/// synchronous tracking only (asynchronous tracking takes no write-protect fault to save),
+/// at 4 KiB or fault-around granularity (a 2 MiB unit refills through its own path).
+fn refills(region: &Region) -> bool {
+    region.config.tracking == Some(DirtyTracking::Sync)
+        && region.config.granularity != Granularity::Huge
 }
 
 /// Writes back each run of consecutive Dirty entries among `guards`; returns how many

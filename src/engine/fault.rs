@@ -18,6 +18,7 @@ use crate::engine::policy::{Access, Decision, decide};
 use crate::engine::region::Region;
 use crate::engine::stats::Counters;
 use crate::error::Error;
+use crate::store::ExtentKind;
 use crate::sys::uffd::{Fault, UffdError};
 
 /// What became of a fault.
@@ -45,9 +46,11 @@ pub(crate) fn resolve(region: &Region, fault: &Fault, scratch: &mut [u8], retry:
         hugetlb::fill(region, &mut guard, scratch)
     } else {
         let access = Access::of(fault, region.tracks_writes());
-        match decide(access, guard.state()) {
-            Decision::Fill { mkwrite } => fill_wide(region, &mut guard, mkwrite, scratch)
-                .unwrap_or_else(|| fill_page(region, &mut guard, mkwrite, scratch)),
+        match decide(access, guard.state(), guard.was_evicted_dirty()) {
+            Decision::Fill { mkwrite } => fill_wide(region, &mut guard, Some(mkwrite), scratch)
+                .unwrap_or_else(|| fill_page(region, &mut guard, Some(mkwrite), scratch)),
+            Decision::Refill => fill_wide(region, &mut guard, None, scratch)
+                .unwrap_or_else(|| fill_page(region, &mut guard, None, scratch)),
             Decision::Upgrade { allocate } => huge::upgrade(region, &mut guard)
                 .unwrap_or_else(|| fill::upgrade(region, &mut [&mut guard], allocate)),
             Decision::Wake => region.wake(index, 1).map_err(Into::into),
@@ -74,25 +77,33 @@ pub(crate) fn resolve(region: &Region, fault: &Fault, scratch: &mut [u8], retry:
 }
 
 /// A missing fault served wider than its page (2 MiB, or a fault-around window), as the
-/// region's granularity asks; `None` when it falls back to the 4 KiB path.
+/// region's granularity asks; `None` when it falls back to the 4 KiB path. `mkwrite` as
+/// for [`fill_page`]: `None` is a refill, which only fault-around serves wide (eviction
+/// marks no page of a 2 MiB unit: `evict::refills`).
 fn fill_wide<'a>(
     region: &'a Region,
     guard: &mut EntryGuard<'a>,
-    mkwrite: bool,
+    mkwrite: Option<bool>,
     scratch: &mut [u8],
 ) -> Option<Result<(), Error>> {
-    match region.config.granularity {
-        Granularity::Huge => huge::fill(region, guard, mkwrite, scratch),
-        Granularity::FaultAround(window) if !mkwrite => fill_around(region, guard, window, scratch),
-        Granularity::FaultAround(_) | Granularity::Page => None,
+    match (region.config.granularity, mkwrite) {
+        (Granularity::Huge, Some(mkwrite)) => huge::fill(region, guard, mkwrite, scratch),
+        (Granularity::FaultAround(window), Some(false) | None) => {
+            fill_around(region, guard, window, mkwrite.is_none(), scratch)
+        }
+        (Granularity::FaultAround(_), Some(true)) | (Granularity::Page | Granularity::Huge, _) => {
+            None
+        }
     }
 }
 
-/// The 4 KiB path: ask the store what the page holds, then fill it alone.
+/// The 4 KiB path: ask the store what the page holds, then fill it alone, writable and
+/// dirty if `mkwrite`; `None` (a refill) means writable over data, a plain read over a
+/// hole (a read never allocates).
 fn fill_page(
     region: &Region,
     guard: &mut EntryGuard<'_>,
-    mkwrite: bool,
+    mkwrite: Option<bool>,
     scratch: &mut [u8],
 ) -> Result<(), Error> {
     let index = guard.index();
@@ -102,6 +113,7 @@ fn fill_page(
         index..index + 1,
         index,
     )?;
+    let mkwrite = mkwrite.unwrap_or(kind == ExtentKind::Data);
     fill::fill(
         region,
         &mut [guard],

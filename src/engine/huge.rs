@@ -180,7 +180,7 @@ fn fill_range<'a>(
     drop(span);
     // A write on the exact path: the page is Zero, Clean, or Dirty if a store got into
     // the install window; upgrade it as a write-protect fault would, in the same trip.
-    match (plan.upgrade, decide(Access::Write, guard.state())) {
+    match (plan.upgrade, decide(Access::Write, guard.state(), false)) {
         (true, Decision::Upgrade { allocate }) => Ok(fill::upgrade(region, &mut [guard], allocate)),
         _ => Ok(Ok(())),
     }

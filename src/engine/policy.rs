@@ -6,6 +6,8 @@
 //! |---------------|----------------|-------|------------------------------------------------|
 //! | read          | Empty          | hole  | zero page, write-protected -> Zero             |
 //! | read          | Empty          | data  | copy, write-protected atomically -> Clean      |
+//! | read          | Empty, evicted dirty | data | copy writable -> Dirty (a refill)       |
+//! | read          | Empty, evicted dirty | hole | as a read of Empty: zero page -> Zero   |
 //! | write         | Empty          | hole  | allocate, copy zeros writable -> Dirty         |
 //! | write         | Empty          | data  | copy writable -> Dirty                         |
 //! | write (WP)    | Zero           | hole  | allocate, lift protection (kernel COWs) -> Dirty |
@@ -13,6 +15,15 @@
 //!
 //! A region that does not track writes only fills: every missing fault is served as a
 //! read, with the page left writable (see `install::insert`).
+//!
+//! **Refill.** A page eviction wrote back and dropped while Dirty (the entry's
+//! evicted-dirty mark) was being written; read back Clean and write-protected, its next
+//! write would be a write-protect fault, whose un-protect flushes the TLB of every CPU
+//! running the process. So it comes back writable and Dirty, as a first write to it would
+//! leave it: a page that is not rewritten costs one writeback too many at the next flush
+//! or eviction (harmless: its bytes equal the store's), a page that is saves a fault and
+//! a TLB shootdown. A hole there (the store was punched since) is read as a hole: no
+//! allocation for a read.
 
 use crate::engine::entries::State;
 use crate::sys::uffd::Fault;
@@ -46,6 +57,9 @@ impl Access {
 pub(crate) enum Decision {
     /// Ask the store what is there and install it; `mkwrite` installs writable and dirty.
     Fill { mkwrite: bool },
+    /// A read of a page evicted dirty: install it alone, writable and dirty if the store
+    /// holds data there, as a plain read if a hole (see Refill above).
+    Refill,
     /// Make the present page writable and dirty; `allocate` first for a zero page.
     Upgrade { allocate: bool },
     /// Someone else resolved it (or the page was evicted since): wake the waiter, whose
@@ -53,9 +67,11 @@ pub(crate) enum Decision {
     Wake,
 }
 
-/// The pure policy: the fault table above, as a function.
-pub(crate) fn decide(access: Access, state: State) -> Decision {
+/// The pure policy: the fault table above, as a function. `evicted_dirty`: the entry's
+/// mark that eviction dropped its page right after writing it back (`Entries`, invariant 6).
+pub(crate) fn decide(access: Access, state: State, evicted_dirty: bool) -> Decision {
     match (access, state) {
+        (Access::Read, State::Empty) if evicted_dirty => Decision::Refill,
         (Access::Read | Access::Write, State::Empty) => Decision::Fill {
             mkwrite: access == Access::Write,
         },
@@ -91,8 +107,25 @@ mod tests {
             (WriteProtect, State::Empty, Wake),
         ];
         for (access, state, expected) in rows {
-            assert_eq!(decide(access, state), expected, "{access:?} on {state:?}");
+            assert_eq!(
+                decide(access, state, false),
+                expected,
+                "{access:?} on {state:?}"
+            );
         }
+    }
+
+    /// A page evicted dirty is refilled on a read; a write to it, or any access to a
+    /// present page, is decided as without the mark (which only an Empty entry holds).
+    #[test]
+    fn a_read_of_a_page_evicted_dirty_refills_it() {
+        use Access::*;
+        assert_eq!(decide(Read, State::Empty, true), Decision::Refill);
+        assert_eq!(
+            decide(Write, State::Empty, true),
+            Decision::Fill { mkwrite: true }
+        );
+        assert_eq!(decide(WriteProtect, State::Empty, true), Decision::Wake);
     }
 
     #[test]

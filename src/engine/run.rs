@@ -96,6 +96,19 @@ impl<'a> Span<'a> {
         self.held - self.below.len()..self.held + 1 + self.above.len()
     }
 
+    /// The sub-range of `pages()` around the held entry over which every neighbour, out
+    /// from the held one on each side, satisfies `pred`.
+    pub(crate) fn stretch(&self, pred: impl Fn(&EntryGuard<'a>) -> bool) -> Range<usize> {
+        let below = self
+            .below
+            .iter()
+            .rev()
+            .take_while(|guard| pred(guard))
+            .count();
+        let above = self.above.iter().take_while(|guard| pred(guard)).count();
+        self.held - below..self.held + 1 + above
+    }
+
     /// Releases the neighbours outside `keep` (a sub-range of `pages()` holding the held
     /// entry), before a slow step they take no part in.
     pub(crate) fn keep(&mut self, keep: Range<usize>) {
@@ -153,6 +166,20 @@ mod tests {
         assert_eq!(indices, vec![4, 5, 6]);
         drop(run);
         drop(busy);
+    }
+
+    /// A refill's stretch: the neighbours evicted dirty, out from the held entry.
+    #[test]
+    fn stretch_stops_at_the_first_neighbour_that_fails() {
+        let entries = Entries::new(16).expect("entries");
+        for index in [1, 3, 4, 6, 7, 9] {
+            entries.lock(index).set(State::Dirty);
+            entries.lock(index).set_evicted(true);
+        }
+        let _held = entries.lock(5);
+        let span = Span::lock_free(&entries, 0..16, 5);
+        assert_eq!(span.pages(), 0..16);
+        assert_eq!(span.stretch(|guard| guard.was_evicted_dirty()), 3..8);
     }
 
     #[test]

@@ -51,7 +51,8 @@ counters! {
     zero_faults,
     /// Read faults on data served by reading the store (installed clean, write-protected).
     read_faults,
-    /// Write faults on Empty pages (hole or data), installed writable and dirty in one step.
+    /// Write faults on Empty pages (hole or data), installed writable and dirty in one step;
+    /// also read faults on pages evicted dirty, which are installed the same way (a refill).
     write_faults,
     /// Write-protect faults on Clean pages: marked dirty, protection lifted in place.
     mkwrite_faults,
