@@ -39,6 +39,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::store::extent_cache::ExtentCache;
+use crate::store::file_ahead::FileAhead;
 use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
 
 /// Size of the zero buffer the no-`fallocate` fallbacks write from.
@@ -66,6 +67,8 @@ pub struct FileStore {
     /// file while the store lives (ours clear the cache); a run the file shrank under is
     /// found out by the short read it leads to, which clears the cache.
     data_run: ExtentCache,
+    /// Read-ahead and, under a budget, drop-behind, off the fault path.
+    ahead: FileAhead,
 }
 
 impl FileStore {
@@ -109,6 +112,7 @@ impl FileStore {
             path: path.to_path_buf(),
             len: size,
             data_run: ExtentCache::default(),
+            ahead: FileAhead::new(size),
         })
     }
 
@@ -149,6 +153,7 @@ impl FileStore {
             path: path.to_path_buf(),
             len,
             data_run: ExtentCache::default(),
+            ahead: FileAhead::new(len),
         })
     }
 
@@ -209,6 +214,7 @@ impl FileStore {
             path,
             len,
             data_run: ExtentCache::default(),
+            ahead: FileAhead::new(len),
         })
     }
 
@@ -257,6 +263,7 @@ impl FileStore {
 
     /// pwrite(2) of all of `buf` at `offset`, with no size check: callers have checked.
     fn write_unchecked(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
+        self.ahead.note_write(buf.len() as u64);
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| StoreError::from_io("write", offset, e))
@@ -341,14 +348,20 @@ impl Store for FileStore {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
         check_range(offset, buf.len() as u64, self.len)?;
+        let sequential = self.ahead.note_read(offset, buf.len() as u64);
         if buf.len() < READ_AROUND as usize {
-            // Cached: done in one call. Not cached (EAGAIN, or short): read the window
-            // around it in one I/O first. Advice only: a failure changes nothing but speed.
+            // Cached: done in one call. Not cached (EAGAIN, or short): a sequential read
+            // is read ahead by the kernel and by `ahead`, off this path; a random one reads
+            // the window around it in one I/O first (as the kernel's mmap reads around a
+            // random miss), except under a budget, whose cache is kept small. Advice only:
+            // a failure changes nothing but speed.
             if sys::pread_nowait(&self.file, buf, offset) == Some(buf.len()) {
                 return Ok(());
             }
-            let start = offset.saturating_sub(READ_AROUND / 2) & !(crate::PAGE_SIZE as u64 - 1);
-            let _ = sys::fadvise(&self.file, start, READ_AROUND, libc::POSIX_FADV_WILLNEED);
+            if !sequential && self.ahead.kernel_reads_ahead() {
+                let start = offset.saturating_sub(READ_AROUND / 2) & !(crate::PAGE_SIZE as u64 - 1);
+                let _ = sys::fadvise(&self.file, start, READ_AROUND, libc::POSIX_FADV_WILLNEED);
+            }
         }
         match self.file.read_exact_at(buf, offset) {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => self.read_short(offset, buf),
@@ -402,8 +415,18 @@ impl Store for FileStore {
         self.size_now()
     }
 
+    /// Starts the read-ahead thread; under a budget, bounds the file's page cache
+    /// (see `file_ahead`).
+    fn serve_mapping(&self, budget: Option<u64>) {
+        self.ahead.start(&self.file);
+        if let Some(budget) = budget {
+            self.ahead.bound(&self.file, budget);
+        }
+    }
+
     /// `extent`, `read_at`, `write_at` and `allocate` are plain syscalls (lseek, pread,
-    /// pwrite, fallocate) with no allocation and no lock.
+    /// pwrite, fallocate) with no allocation and no lock; their read-ahead bookkeeping is
+    /// atomics and a futex wake.
     fn is_signal_safe(&self) -> bool {
         true
     }

@@ -1,0 +1,284 @@
+//! The read-ahead and drop-behind of a [`FileStore`](crate::FileStore)'s page cache, done
+//! off the fault path by one background thread per store (the kernel's async read-ahead
+//! and its reclaim of a file's used pages, for a user-space server).
+//!
+//! **Read-ahead.** The fault path only records each read ([`FileAhead::note_read`]:
+//! atomics, and a futex wake when it asks for something; no lock, no allocation, so it is
+//! signal-safe for in-thread resolution). A read that continues the last one (a
+//! sequential fault) and has come within one window of what was asked ahead asks for the
+//! next window, sized by [`Ramp`] (128 KiB doubling to 2 MiB); the thread reads it into
+//! the page cache with `posix_fadvise(WILLNEED)` while the faults go on. One request is
+//! pending at a time (a newer one replaces it) and the thread serves one at a time, so at
+//! most one window is in flight beyond the kernel's own. Random reads ask nothing.
+//!
+//! **Drop-behind, under a budget.** A mapping with a resident budget holds the bytes it
+//! read in its own pages; their page-cache copy costs the machine memory on top of the
+//! budget. [`FileAhead::bound`] turns the file's own read-ahead off (`FADV_RANDOM`: a read
+//! brings in only its own pages; ours alone reads ahead) and, every `trim_every` bytes
+//! read or written, has the thread drop the file's cached pages (`FADV_DONTNEED`) except
+//! the window the sequential run reads in and the one asked ahead. DONTNEED first starts
+//! the writeback of dirty pages (those an eviction or a flush wrote) and drops only clean
+//! ones: a dirty page is dropped by the next trim after its writeback. It never waits for
+//! writeback and never checks its errors (that is `sync`'s, through the file's errseq).
+//!
+//! Races: every value here is advice. Two readers racing on the atomics may ask a window
+//! twice or skip one, and a trim may drop a page a fault is about to read (which then
+//! reads it from the disk): speed changes, never bytes. A page a read holds is not dropped
+//! (the kernel skips pages in use) and a dirty one is written before it is dropped.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::store::read_ahead::{MAX_WINDOW, Ramp};
+
+/// Pages are 4 KiB: windows are asked in whole pages.
+const PAGE: u64 = crate::PAGE_SIZE as u64;
+
+/// What the fault path and the thread share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The length of the file mapped (windows stop there).
+    len: u64,
+    /// Which reads are sequential and the window size.
+    ramp: Ramp,
+    /// End of the bytes asked ahead of the sequential run (0: none).
+    ahead_end: AtomicU64,
+    /// The pending window: start page << 16 | pages (0: none). One word, so the thread
+    /// never sees the start of one request with the length of another.
+    want: AtomicU64,
+    /// Whether a trim is pending.
+    trim: AtomicBool,
+    /// Bytes read or written between trims (0: no drop-behind).
+    trim_every: AtomicU64,
+    /// Bytes read or written since the last trim was asked.
+    since_trim: AtomicU64,
+    /// Bumped by every request; the thread sleeps on it (a futex word).
+    word: AtomicU32,
+    /// Whether the thread runs (before, nothing is asked).
+    running: AtomicBool,
+    /// Tells the thread to end.
+    stop: AtomicBool,
+}
+
+/// The background read-ahead of one file store.
+#[derive(Debug)]
+pub(crate) struct FileAhead {
+    shared: Arc<Shared>,
+    /// The thread, once started; joined on drop.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FileAhead {
+    /// Read-ahead for a file of `len` bytes; its thread starts with [`FileAhead::start`].
+    pub(crate) fn new(len: u64) -> FileAhead {
+        FileAhead {
+            shared: Arc::new(Shared {
+                len,
+                ..Shared::default()
+            }),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Starts the thread over `file` (a clone of the store's descriptor) unless it runs.
+    /// On an ordinary thread only (it spawns). A failure to spawn leaves the store without
+    /// read-ahead beyond the kernel's: slower, nothing else.
+    pub(crate) fn start(&self, file: &File) {
+        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if thread.is_some() {
+            return;
+        }
+        let Ok(file) = file.try_clone() else { return };
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("udax-ahead".into())
+            .spawn(move || serve(&shared, &file));
+        if let Ok(handle) = spawned {
+            *thread = Some(handle);
+            self.shared.running.store(true, SeqCst);
+        }
+    }
+
+    /// Drop-behind for a mapping under a budget of `budget` bytes: the file's own
+    /// read-ahead off, and a trim every 1/64 of the budget (at least 256 KiB) read or
+    /// written. The smallest budget of the mappings over the store wins.
+    pub(crate) fn bound(&self, file: &File, budget: u64) {
+        let every = (budget / 64).max(256 << 10);
+        let old = self.shared.trim_every.load(Relaxed);
+        if old == 0 || every < old {
+            self.shared.trim_every.store(every, Relaxed);
+        }
+        // Advice only: without it, reads read ahead on their own, which trims drop.
+        let _ = fadvise(file, 0, 0, libc::POSIX_FADV_RANDOM);
+    }
+
+    /// Whether reads of the file read ahead on their own (no budget bounds its cache).
+    pub(crate) fn kernel_reads_ahead(&self) -> bool {
+        self.shared.trim_every.load(Relaxed) == 0
+    }
+
+    /// Records a read of `offset..offset + len` from the fault path and asks for what it
+    /// calls for: the next window if it is sequential, a trim if one is due. Returns
+    /// whether it is sequential (it continues the last read). Signal-safe.
+    pub(crate) fn note_read(&self, offset: u64, len: u64) -> bool {
+        let shared = &*self.shared;
+        let sequential = shared.ramp.follows(offset, len);
+        if !sequential {
+            shared.ramp.reset();
+        }
+        if !shared.running.load(Relaxed) {
+            return sequential;
+        }
+        let ask = self.count(len) | (sequential && self.ask_ahead(offset + len, len));
+        if ask {
+            wake(shared);
+        }
+        sequential
+    }
+
+    /// Records `len` bytes written (they fill the page cache too). Signal-safe.
+    pub(crate) fn note_write(&self, len: u64) {
+        if self.shared.running.load(Relaxed) && self.count(len) {
+            wake(&self.shared);
+        }
+    }
+
+    /// Counts `len` bytes toward the next trim; whether one was just asked.
+    fn count(&self, len: u64) -> bool {
+        let shared = &*self.shared;
+        let every = shared.trim_every.load(Relaxed);
+        if every == 0 || shared.since_trim.fetch_add(len, Relaxed) + len < every {
+            return false;
+        }
+        shared.since_trim.store(0, Relaxed);
+        shared.trim.store(true, Relaxed);
+        true
+    }
+
+    /// A sequential run of reads of `len` bytes is at `end`: asks the next window (at
+    /// least one read long) if `end` has come within one window of what was asked, or the
+    /// first one if nothing near was. Whether it asked.
+    fn ask_ahead(&self, end: u64, len: u64) -> bool {
+        let shared = &*self.shared;
+        let ahead = shared.ahead_end.load(Relaxed);
+        let start = if ahead < end || ahead > end + 2 * MAX_WINDOW.max(len) {
+            // A new run, or another's window: start again from here.
+            shared.ramp.reset();
+            end
+        } else {
+            ahead
+        };
+        if start - end > shared.ramp.window().max(len) {
+            return false; // still more than a window ahead: nothing to ask yet
+        }
+        let window = shared.ramp.grow().max(len);
+        let stop = (start + window).min(shared.len);
+        if stop <= start
+            || shared
+                .ahead_end
+                .compare_exchange(ahead, stop, Relaxed, Relaxed)
+                .is_err()
+        {
+            return false; // at the end, or another reader asked first
+        }
+        shared.want.store(
+            (start / PAGE) << 16 | (stop - start).div_ceil(PAGE),
+            Relaxed,
+        );
+        true
+    }
+}
+
+impl Drop for FileAhead {
+    fn drop(&mut self) {
+        let thread = self.thread.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = thread.take() {
+            self.shared.stop.store(true, SeqCst);
+            wake(&self.shared);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The thread: serves the pending window and trim, then sleeps until the next request.
+fn serve(shared: &Shared, file: &File) {
+    loop {
+        let seen = shared.word.load(SeqCst);
+        if shared.stop.load(SeqCst) {
+            return;
+        }
+        // The trim first: it is quick, and a WILLNEED may wait for room in the queue.
+        if shared.trim.swap(false, SeqCst) {
+            trim(shared, file);
+        }
+        let want = shared.want.swap(0, SeqCst);
+        if want != 0 {
+            let (start, pages) = ((want >> 16) * PAGE, want & 0xffff);
+            let _ = fadvise(file, start, pages * PAGE, libc::POSIX_FADV_WILLNEED);
+        }
+        if want == 0 {
+            futex_wait(&shared.word, seen);
+        }
+    }
+}
+
+/// Drops the file's cached pages but the sequential run's window and the one asked ahead.
+fn trim(shared: &Shared, file: &File) {
+    let (at, ahead) = (shared.ramp.last_end(), shared.ahead_end.load(Relaxed));
+    let keep = if ahead >= at && ahead - at <= 2 * MAX_WINDOW {
+        at.saturating_sub(MAX_WINDOW) & !(PAGE - 1)..ahead
+    } else {
+        0..0
+    };
+    for (from, to) in [(0, keep.start), (keep.end, shared.len)] {
+        if to > from {
+            let _ = fadvise(file, from, to - from, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+}
+
+/// Bumps the futex word and wakes the thread. Signal-safe (an atomic and a syscall).
+fn wake(shared: &Shared) {
+    shared.word.fetch_add(1, SeqCst);
+    // SAFETY: FUTEX_WAKE on a word that lives as long as `shared`; no memory is written.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            shared.word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
+    }
+}
+
+/// Sleeps while `word` holds `seen` (spurious wake-ups are fine: the caller loops).
+fn futex_wait(word: &AtomicU32, seen: u32) {
+    // SAFETY: FUTEX_WAIT on a live word with no timeout; the kernel only reads it.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            seen,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// posix_fadvise(2) over `offset..offset + len` (0: to the end of the file).
+pub(crate) fn fadvise(
+    file: &File,
+    offset: u64,
+    len: u64,
+    advice: libc::c_int,
+) -> std::io::Result<()> {
+    let off = |v: u64| libc::off_t::try_from(v).unwrap_or(libc::off_t::MAX);
+    // SAFETY: posix_fadvise takes an open fd and integers; it touches no memory of ours.
+    match unsafe { libc::posix_fadvise(file.as_raw_fd(), off(offset), off(len), advice) } {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
