@@ -16,10 +16,11 @@
 //! budget. [`FileAhead::bound`] turns the file's own read-ahead off (`FADV_RANDOM`: a read
 //! brings in only its own pages; ours alone reads ahead) and, every `trim_every` bytes
 //! read or written, has the thread drop the file's cached pages (`FADV_DONTNEED`) except
-//! the window the sequential run reads in and the one asked ahead. DONTNEED first starts
-//! the writeback of dirty pages (those an eviction or a flush wrote) and drops only clean
-//! ones: a dirty page is dropped by the next trim after its writeback. It never waits for
-//! writeback and never checks its errors (that is `sync`'s, through the file's errseq).
+//! the window the sequential run reads in and the one asked ahead. DONTNEED drops only
+//! clean pages, so a trim first writes back the dirty ones (those an eviction or a flush
+//! wrote) and waits for them (`sync_file_range`, on the thread: no fault waits). It does
+//! so through an open file of its own, whose writeback-error cursor is its own: an error
+//! it meets is still reported by the store's `sync` (fdatasync checks the store's cursor).
 //!
 //! Races: every value here is advice. Two readers racing on the atomics may ask a window
 //! twice or skip one, and a trim may drop a page a fault is about to read (which then
@@ -53,8 +54,10 @@ struct Shared {
     trim: AtomicBool,
     /// Bytes read or written between trims (0: no drop-behind).
     trim_every: AtomicU64,
-    /// Bytes read or written since the last trim was asked.
+    /// Bytes read or written since the last trim began.
     since_trim: AtomicU64,
+    /// Bumped when a trim ends; a writer too far ahead of the trims sleeps on it.
+    trimmed: AtomicU32,
     /// Bumped by every request; the thread sleeps on it (a futex word).
     word: AtomicU32,
     /// Whether the thread runs (before, nothing is asked).
@@ -83,15 +86,18 @@ impl FileAhead {
         }
     }
 
-    /// Starts the thread over `file` (a clone of the store's descriptor) unless it runs.
-    /// On an ordinary thread only (it spawns). A failure to spawn leaves the store without
-    /// read-ahead beyond the kernel's: slower, nothing else.
+    /// Starts the thread over `file` unless it runs. The thread opens the file anew
+    /// (read-only, through /proc/self/fd): its own open file has its own writeback-error
+    /// cursor, so its waits for writeback never take an error from the store's `sync`.
+    /// On an ordinary thread only (it spawns). A failure leaves the store without
+    /// read-ahead beyond the kernel's and without drop-behind: slower or bigger, nothing else.
     pub(crate) fn start(&self, file: &File) {
         let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
         if thread.is_some() {
             return;
         }
-        let Ok(file) = file.try_clone() else { return };
+        let own = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let Ok(file) = File::open(own) else { return };
         let shared = Arc::clone(&self.shared);
         let spawned = std::thread::Builder::new()
             .name("udax-ahead".into())
@@ -139,10 +145,25 @@ impl FileAhead {
         sequential
     }
 
-    /// Records `len` bytes written (they fill the page cache too). Signal-safe.
+    /// Records `len` bytes written (they fill the page cache too, dirty, and a trim can
+    /// drop them only once written back). A writer that has written two trim intervals
+    /// since the last trim began waits for it to end (at most 50 ms: the trims bound the
+    /// cache only if they keep up with the writes, and writeback is slower than pwrite).
+    /// Signal-safe: atomics and futex calls.
     pub(crate) fn note_write(&self, len: u64) {
-        if self.shared.running.load(Relaxed) && self.count(len) {
-            wake(&self.shared);
+        let shared = &*self.shared;
+        if !shared.running.load(Relaxed) {
+            return;
+        }
+        if self.count(len) {
+            wake(shared);
+        }
+        let every = shared.trim_every.load(Relaxed);
+        let trimmed = shared.trimmed.load(SeqCst);
+        if every != 0 && shared.since_trim.load(SeqCst) >= 2 * every {
+            shared.trim.store(true, SeqCst);
+            wake(shared);
+            futex_wait(&shared.trimmed, trimmed, Some(50));
         }
     }
 
@@ -153,9 +174,7 @@ impl FileAhead {
         if every == 0 || shared.since_trim.fetch_add(len, Relaxed) + len < every {
             return false;
         }
-        shared.since_trim.store(0, Relaxed);
-        shared.trim.store(true, Relaxed);
-        true
+        !shared.trim.swap(true, SeqCst)
     }
 
     /// A sequential run of reads of `len` bytes is at `end`: asks the next window (at
@@ -212,7 +231,10 @@ fn serve(shared: &Shared, file: &File) {
         }
         // The trim first: it is quick, and a WILLNEED may wait for room in the queue.
         if shared.trim.swap(false, SeqCst) {
+            shared.since_trim.store(0, SeqCst);
             trim(shared, file);
+            shared.trimmed.fetch_add(1, SeqCst);
+            futex_wake(&shared.trimmed, i32::MAX);
         }
         let want = shared.want.swap(0, SeqCst);
         if want != 0 {
@@ -220,13 +242,20 @@ fn serve(shared: &Shared, file: &File) {
             let _ = fadvise(file, start, pages * PAGE, libc::POSIX_FADV_WILLNEED);
         }
         if want == 0 {
-            futex_wait(&shared.word, seen);
+            futex_wait(&shared.word, seen, None);
         }
     }
 }
 
-/// Drops the file's cached pages but the sequential run's window and the one asked ahead.
+/// Drops the file's cached pages but the sequential run's window and the one asked ahead,
+/// after writing back and waiting for the dirty ones (DONTNEED only drops clean pages).
 fn trim(shared: &Shared, file: &File) {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: sync_file_range takes an open fd and integers; it touches no memory of ours.
+    // Its error (a failed writeback) goes to this thread's own open file, not the store's.
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) };
     let (at, ahead) = (shared.ramp.last_end(), shared.ahead_end.load(Relaxed));
     let keep = if ahead >= at && ahead - at <= 2 * MAX_WINDOW {
         at.saturating_sub(MAX_WINDOW) & !(PAGE - 1)..ahead
@@ -243,27 +272,41 @@ fn trim(shared: &Shared, file: &File) {
 /// Bumps the futex word and wakes the thread. Signal-safe (an atomic and a syscall).
 fn wake(shared: &Shared) {
     shared.word.fetch_add(1, SeqCst);
-    // SAFETY: FUTEX_WAKE on a word that lives as long as `shared`; no memory is written.
+    futex_wake(&shared.word, 1);
+}
+
+/// Wakes up to `count` sleepers on `word`.
+fn futex_wake(word: &AtomicU32, count: i32) {
+    // SAFETY: FUTEX_WAKE on a live word; the kernel writes no memory of ours.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
-            shared.word.as_ptr(),
+            word.as_ptr(),
             libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
+            count,
         );
     }
 }
 
-/// Sleeps while `word` holds `seen` (spurious wake-ups are fine: the caller loops).
-fn futex_wait(word: &AtomicU32, seen: u32) {
-    // SAFETY: FUTEX_WAIT on a live word with no timeout; the kernel only reads it.
+/// Sleeps while `word` holds `seen`, at most `timeout_ms` if given (spurious wake-ups
+/// are fine: every caller looks again).
+fn futex_wait(word: &AtomicU32, seen: u32, timeout_ms: Option<i64>) {
+    let timeout = timeout_ms.map(|ms| libc::timespec {
+        tv_sec: ms / 1000,
+        tv_nsec: (ms % 1000) * 1_000_000,
+    });
+    let timeout = timeout
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a live word, with a timespec that outlives the call or none;
+    // the kernel only reads them.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
             seen,
-            std::ptr::null::<libc::timespec>(),
+            timeout,
         );
     }
 }
