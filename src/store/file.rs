@@ -11,9 +11,13 @@
 //! scattered allocations every extent query scanned them all (1.3 ms per random write
 //! fault at 16,384 pages, against 22 µs for sequential ones).
 //!
-//! Reads of one page also ask the kernel to read the 128 KiB around it into the page cache
-//! (`posix_fadvise(WILLNEED)`), as the kernel's own mmap faults read around a miss, so
-//! random faults cost one I/O per window, not one per page.
+//! A read the page cache holds is one NOWAIT `preadv2`. On a miss, a read that continues
+//! the last one (a sequential fault) is read ahead by the kernel's own read-ahead of the
+//! `pread` and by the store's read-ahead thread (`file_ahead`), off the fault path; a
+//! random one first asks the kernel to read the 128 KiB around it (`WILLNEED`), as the
+//! kernel's own mmap faults read around a miss, so random faults cost one I/O per window,
+//! not one per page. Under a budget ([`Store::serve_mapping`]) there is no read-around
+//! and the thread keeps the file's page cache small (see `file_ahead`).
 //!
 //! `punch_hole` uses `fallocate(PUNCH_HOLE)`; where the file system has none (EOPNOTSUPP:
 //! NFSv3, some FUSE and 9p mounts) it writes zeros over the data: reads keep their meaning,
