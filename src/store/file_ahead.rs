@@ -325,3 +325,82 @@ pub(crate) fn fadvise(
         errno => Err(std::io::Error::from_raw_os_error(errno)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pending window as (start, len) in bytes, taken.
+    fn take(ahead: &FileAhead) -> Option<(u64, u64)> {
+        let want = ahead.shared.want.swap(0, SeqCst);
+        (want != 0).then(|| ((want >> 16) * PAGE, (want & 0xffff) * PAGE))
+    }
+
+    #[test]
+    fn a_sequential_run_asks_growing_windows_ahead_and_random_reads_ask_nothing() {
+        let ahead = FileAhead::new(1 << 30);
+        ahead.shared.running.store(true, SeqCst); // no thread: the test takes the requests
+        // (A first read at 0 counts as sequential, as the kernel's does: start elsewhere.)
+        assert!(
+            !ahead.note_read(10 * PAGE, PAGE),
+            "a first read is not sequential"
+        );
+        assert_eq!(take(&ahead), None);
+        assert!(ahead.note_read(11 * PAGE, PAGE));
+        assert_eq!(
+            take(&ahead),
+            Some((12 * PAGE, 128 << 10)),
+            "the first window"
+        );
+        // The run is within one window of what was asked: the next, twice as big, from
+        // where the last ended; then nothing until the run comes within a window again.
+        let mut asked = Vec::new();
+        for page in 12..1000 {
+            ahead.note_read(page * PAGE, PAGE);
+            asked.extend(take(&ahead).map(|window| (page, window)));
+        }
+        let windows: Vec<_> = asked.iter().map(|&(_, window)| window).collect();
+        assert_eq!(
+            windows[0],
+            (12 * PAGE + (128 << 10), 256 << 10),
+            "{asked:?}"
+        );
+        assert!(
+            windows.windows(2).all(|w| w[1].0 == w[0].0 + w[0].1),
+            "{asked:?}"
+        );
+        assert!(
+            windows.iter().all(|&(_, len)| len <= MAX_WINDOW),
+            "{asked:?}"
+        );
+        assert!(
+            asked
+                .iter()
+                .all(|&(page, (start, _))| start - (page + 1) * PAGE <= MAX_WINDOW),
+            "asked only within one window of the end: {asked:?}"
+        );
+        assert!(
+            asked.len() < 10,
+            "one request per window, not per read: {asked:?}"
+        );
+        for page in [5000, 17, 90_000, 3] {
+            assert!(!ahead.note_read(page * PAGE, PAGE));
+        }
+        assert_eq!(take(&ahead), None, "random reads ask nothing");
+    }
+
+    #[test]
+    fn trims_are_asked_only_under_a_budget_every_interval() {
+        let ahead = FileAhead::new(1 << 30);
+        ahead.shared.running.store(true, SeqCst);
+        ahead.note_read(1 << 20, 1 << 20);
+        assert!(!ahead.shared.trim.load(SeqCst), "no budget, no trim");
+        ahead.shared.trim_every.store(1 << 20, SeqCst);
+        for page in 0..255 {
+            ahead.note_read(page * 7 * PAGE, PAGE);
+        }
+        assert!(!ahead.shared.trim.load(SeqCst), "255 pages < 1 MiB");
+        ahead.note_read(9 * PAGE, PAGE);
+        assert!(ahead.shared.trim.load(SeqCst), "1 MiB read: a trim");
+    }
+}
