@@ -62,6 +62,8 @@ struct Shared {
     word: AtomicU32,
     /// Whether the thread runs (before, nothing is asked).
     running: AtomicBool,
+    /// The process the thread runs in (a forked child has no thread to wait for).
+    pid: AtomicU32,
     /// Tells the thread to end.
     stop: AtomicBool,
 }
@@ -104,6 +106,7 @@ impl FileAhead {
             .spawn(move || serve(&shared, &file));
         if let Ok(handle) = spawned {
             *thread = Some(handle);
+            self.shared.pid.store(std::process::id(), SeqCst);
             self.shared.running.store(true, SeqCst);
         }
     }
@@ -160,7 +163,10 @@ impl FileAhead {
         }
         let every = shared.trim_every.load(Relaxed);
         let trimmed = shared.trimmed.load(SeqCst);
-        if every != 0 && shared.since_trim.load(SeqCst) >= 2 * every {
+        if every != 0
+            && shared.since_trim.load(SeqCst) >= 2 * every
+            && shared.pid.load(SeqCst) == std::process::id()
+        {
             shared.trim.store(true, SeqCst);
             wake(shared);
             futex_wait(&shared.trimmed, trimmed, Some(50));
