@@ -100,6 +100,11 @@ impl Mapping {
             None => Arc::new(Uffd::open(features, user_mode_only).map_err(Error::uffd_open)?),
         };
         check_placement(&options)?;
+        let budget_bytes = match &options.shared_budget {
+            Some(shared) => Some(shared.bytes()),
+            None => options.budget,
+        };
+        store.serve_mapping(budget_bytes);
         // SAFETY: a replacing placement is the caller's promise (`Options::address_replacing`
         // is unsafe and states it).
         let memory =

@@ -731,3 +731,111 @@ fn a_page_evicted_dirty_comes_back_writable_and_dirty() {
 fn a_run_evicted_dirty_comes_back_writable_with_fault_around() {
     refill_after_dirty_eviction(Granularity::FaultAround(64 << 10));
 }
+
+/// The KiB of `file` in the page cache: mincore(2) over a shared mapping of it (mapping
+/// a file faults nothing in; mincore reports the page cache of a file mapping).
+fn cached_kib(file: &std::fs::File, len: usize) -> u64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh read-only shared mapping of `len` bytes of an open file, unmapped
+    // below; nothing reads it.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(addr, libc::MAP_FAILED, "mmap of the store file");
+    let mut vec = vec![0u8; len.div_ceil(PAGE)];
+    // SAFETY: `addr..addr + len` is the mapping just made; `vec` has a byte per page.
+    let ret = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+    // SAFETY: unmaps the mapping made above, which nothing references.
+    unsafe { libc::munmap(addr, len) };
+    assert_eq!(ret, 0, "mincore: {}", std::io::Error::last_os_error());
+    vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * (PAGE as u64 / 1024)
+}
+
+/// What a mapping under a budget may cost beyond budget + 10%, and why: the windows read
+/// ahead of a sequential run and kept by a trim (the one read in and the one asked ahead,
+/// at most 2 x 2 MiB), the bytes read between two trims (1 MiB, the least interval), and
+/// what is read while a trim runs on its thread (1 MiB, a generous bound).
+const CACHE_SLACK_KIB: u64 = (2 * 2 + 1 + 1) * 1024;
+
+/// Reads all of a 64 MiB file in order, then 16,384 random pages of it, through a mapping
+/// with a 16 MiB budget (handler threads: the one reading thread samples, so no skew);
+/// the file's page cache plus the mapping's Rss stay within budget + 10% + the slack.
+#[test]
+fn page_cache_and_rss_stay_within_the_budget() {
+    if !common::require_uffd() {
+        return;
+    }
+    const SIZE: usize = 64 * MIB;
+    const BUDGET: usize = 16 * MIB;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cached.img");
+    {
+        let file = std::fs::File::create(&path).expect("create");
+        let mut page = [0u64; 512];
+        for index in 0..SIZE / PAGE {
+            fill_page(&mut page, 1, index);
+            // SAFETY: a [u64; 512] is 4096 initialised bytes.
+            let bytes: &[u8; PAGE] = unsafe { &*page.as_ptr().cast() };
+            file.write_all_at(bytes, (index * PAGE) as u64)
+                .expect("fill");
+        }
+        file.sync_data().expect("fdatasync");
+    }
+    let store = Arc::new(FileStore::open(&path).expect("open"));
+    let file = store.file().try_clone().expect("dup");
+    // SAFETY: posix_fadvise on an open fd has no memory effects.
+    let dropped = unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    assert_eq!(dropped, 0, "dropping the file's page cache");
+    let options = Options::default().budget(BUDGET as u64);
+    let mapping = Mapping::new(store, options).expect("map");
+    let base = mapping.as_ptr();
+    let mut peak = (0u64, 0u64); // (cache + Rss, cache) in KiB
+    let read = |index: usize, peak: &mut (u64, u64), sample: bool| {
+        // SAFETY: page `index` lies inside the mapping; a volatile read faults it in.
+        let word = unsafe { std::ptr::read_volatile(base.add(index * PAGE).cast::<u64>()) };
+        assert_eq!(word, pattern(1, index, 0), "page {index}");
+        if sample {
+            let cache = cached_kib(&file, SIZE);
+            let cost = cache + common::mapping_rss_kib(base, SIZE);
+            *peak = (peak.0.max(cost), peak.1.max(cache));
+        }
+    };
+    for index in 0..SIZE / PAGE {
+        read(index, &mut peak, index % 128 == 127);
+    }
+    let sequential = peak;
+    let mut rng = 0x00ca_c4e5_u64;
+    for n in 0..SIZE / PAGE {
+        let index = (next(&mut rng) % (SIZE / PAGE) as u64) as usize;
+        read(index, &mut peak, n % 128 == 127);
+    }
+    let stats = mapping.stats();
+    mapping.close().expect("close");
+    let limit = (BUDGET as u64 / 1024) * 11 / 10 + CACHE_SLACK_KIB;
+    eprintln!(
+        "page cache + Rss peak {} KiB (cache peak {} KiB; sequential phase {sequential:?}), \
+         limit {limit} KiB; {stats:?}",
+        peak.0, peak.1
+    );
+    assert!(stats.evictions > 0, "{stats:?}");
+    assert!(
+        peak.0 <= limit,
+        "page cache + Rss reached {} KiB (cache {} KiB), over budget + 10% + slack {limit} KiB",
+        peak.0,
+        peak.1
+    );
+}

@@ -12,9 +12,13 @@
 //! scattered allocations every extent query scanned them all (1.3 ms per random write
 //! fault at 16,384 pages, against 22 µs for sequential ones).
 //!
-//! Reads of one page also ask the kernel to read the 128 KiB around it into the page cache
-//! (`posix_fadvise(WILLNEED)`), as the kernel's own mmap faults read around a miss, so
-//! random faults cost one I/O per window, not one per page.
+//! A read the page cache holds is one NOWAIT `preadv2`. On a miss, a read that continues
+//! the last one (a sequential fault) is read ahead by the kernel's own read-ahead of the
+//! `pread` and by the store's read-ahead thread (`file_ahead`), off the fault path; a
+//! random one first asks the kernel to read the 128 KiB around it (`WILLNEED`), as the
+//! kernel's own mmap faults read around a miss, so random faults cost one I/O per window,
+//! not one per page. Under a budget ([`Store::serve_mapping`]) there is no read-around
+//! and the thread keeps the file's page cache small (see `file_ahead`).
 //!
 //! `punch_hole` uses `fallocate(PUNCH_HOLE)`; where the file system has none (EOPNOTSUPP:
 //! NFSv3, some FUSE and 9p mounts) it writes zeros over the data: reads keep their meaning,
@@ -40,6 +44,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::store::extent_cache::{ExtentCache, Token};
+use crate::store::file_ahead::FileAhead;
 use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
 
 /// Size of the zero buffer the no-`fallocate` fallbacks write from.
@@ -72,6 +77,8 @@ pub struct FileStore {
     /// (`write_unchecked`). A shrink is found by the size check every use of it makes
     /// (one `fstat`, once per allocation), so an access past a new end still fails.
     hole_run: ExtentCache,
+    /// Read-ahead and, under a budget, drop-behind, off the fault path.
+    ahead: FileAhead,
 }
 
 impl FileStore {
@@ -116,6 +123,7 @@ impl FileStore {
             len: size,
             data_run: ExtentCache::default(),
             hole_run: ExtentCache::default(),
+            ahead: FileAhead::new(size),
         })
     }
 
@@ -157,6 +165,7 @@ impl FileStore {
             len,
             data_run: ExtentCache::default(),
             hole_run: ExtentCache::default(),
+            ahead: FileAhead::new(len),
         })
     }
 
@@ -218,6 +227,7 @@ impl FileStore {
             len,
             data_run: ExtentCache::default(),
             hole_run: ExtentCache::default(),
+            ahead: FileAhead::new(len),
         })
     }
 
@@ -285,6 +295,7 @@ impl FileStore {
     /// dropped by the cut; see `extent_cache`). A failed write may have written part of
     /// the range: cut too.
     fn write_unchecked(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
+        self.ahead.note_write(buf.len() as u64);
         let written = self.file.write_all_at(buf, offset);
         self.hole_run.cut(offset, offset + buf.len() as u64);
         written.map_err(|e| StoreError::from_io("write", offset, e))
@@ -407,14 +418,20 @@ impl Store for FileStore {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
         check_range(offset, buf.len() as u64, self.len)?;
+        let sequential = self.ahead.note_read(offset, buf.len() as u64);
         if buf.len() < READ_AROUND as usize {
-            // Cached: done in one call. Not cached (EAGAIN, or short): read the window
-            // around it in one I/O first. Advice only: a failure changes nothing but speed.
+            // Cached: done in one call. Not cached (EAGAIN, or short): a sequential read
+            // is read ahead by the kernel and by `ahead`, off this path; a random one reads
+            // the window around it in one I/O first (as the kernel's mmap reads around a
+            // random miss), except under a budget, whose cache is kept small. Advice only:
+            // a failure changes nothing but speed.
             if sys::pread_nowait(&self.file, buf, offset) == Some(buf.len()) {
                 return Ok(());
             }
-            let start = offset.saturating_sub(READ_AROUND / 2) & !(crate::PAGE_SIZE as u64 - 1);
-            let _ = sys::fadvise(&self.file, start, READ_AROUND, libc::POSIX_FADV_WILLNEED);
+            if !sequential && self.ahead.kernel_reads_ahead() {
+                let start = offset.saturating_sub(READ_AROUND / 2) & !(crate::PAGE_SIZE as u64 - 1);
+                let _ = sys::fadvise(&self.file, start, READ_AROUND, libc::POSIX_FADV_WILLNEED);
+            }
         }
         match self.file.read_exact_at(buf, offset) {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => self.read_short(offset, buf),
@@ -474,8 +491,18 @@ impl Store for FileStore {
         self.size_now()
     }
 
+    /// Starts the read-ahead thread; under a budget, bounds the file's page cache
+    /// (see `file_ahead`).
+    fn serve_mapping(&self, budget: Option<u64>) {
+        self.ahead.start(&self.file);
+        if let Some(budget) = budget {
+            self.ahead.bound(&self.file, budget);
+        }
+    }
+
     /// `extent`, `read_at`, `write_at` and `allocate` are plain syscalls (lseek, pread,
-    /// pwrite, fallocate) with no allocation and no lock.
+    /// pwrite, fallocate) with no allocation and no lock; their read-ahead bookkeeping is
+    /// atomics and a futex wake.
     fn is_signal_safe(&self) -> bool {
         true
     }

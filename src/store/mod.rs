@@ -12,6 +12,7 @@ mod extent_cache;
 #[cfg(any(feature = "nbd", feature = "rbd"))]
 mod extent_runs;
 mod file;
+mod file_ahead;
 mod layered;
 mod mem;
 #[cfg(feature = "nbd")]
@@ -23,7 +24,6 @@ pub(crate) mod private_view;
 mod rbd;
 #[cfg(feature = "rbd")]
 mod rbd_ffi;
-#[cfg(feature = "nbd")]
 mod read_ahead;
 
 pub use file::FileStore;
@@ -227,6 +227,17 @@ pub trait Store: Send + Sync {
     /// system calls. Stores that say no are served by handler threads.
     fn is_signal_safe(&self) -> bool {
         false
+    }
+
+    /// Tells the store that a mapping serves its faults from it from now on; `budget` is
+    /// the mapping's resident budget in bytes, if it has one. Called once per mapping,
+    /// before its first fault, on an ordinary thread (never in a signal handler). A store
+    /// that caches what it reads ([`FileStore`]: the page cache) may start reading ahead
+    /// here and, under a budget, keep its cache of the bytes it handed over small: the
+    /// mapping holds them, and the budget is to bound what the mapping costs. The default
+    /// does nothing.
+    fn serve_mapping(&self, budget: Option<u64>) {
+        let _ = budget;
     }
 
     /// Bytes of space the store has allocated (for reports), if it knows.

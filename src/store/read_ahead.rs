@@ -1,6 +1,8 @@
-//! Read-ahead for a remote store: when small reads come in order (sequential faults), the
-//! next miss reads a whole window in one request and the following reads are copied from
-//! it. The window starts at 128 KiB and doubles on each sequential miss up to 2 MiB, as the
+//! Read-ahead: [`Ramp`], the window of sequential reads (lock-free, so signal-safe: the
+//! [`FileStore`](crate::FileStore) prefetcher sizes its windows with it), and
+//! [`ReadAhead`], a remote store's fetched window. When small reads come in order
+//! (sequential faults), the next miss reads a whole window in one request and the
+//! following reads are copied from it. The window starts at 128 KiB and doubles on each sequential miss up to 2 MiB, as the
 //! kernel's read-ahead ramps up; a read that does not continue the last one reads only
 //! itself. One round trip costs 30-250 µs over NBD, so 256 faults in order cost one 1 MiB
 //! READ instead of 256 small ones.
@@ -10,34 +12,78 @@
 //! fetched while the generation moved is not kept. If a write races a fetch, either the
 //! fetch was issued after the write completed and holds its bytes, or the window is dropped.
 
+#[cfg(feature = "nbd")]
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// The first window of a sequential run.
-const FIRST_WINDOW: u64 = 128 << 10;
+pub(crate) const FIRST_WINDOW: u64 = 128 << 10;
 /// The largest window.
-const MAX_WINDOW: u64 = 2 << 20;
+pub(crate) const MAX_WINDOW: u64 = 2 << 20;
 
-/// The fetched window and what the last read was.
+/// Which reads are sequential, and the window a sequential run has grown to. Atomics only
+/// (no lock, no allocation): callable in a signal handler. Concurrent readers race on it
+/// benignly: a read may be taken for random or the window grow one step too far, which
+/// changes only how much is read ahead.
+#[derive(Debug, Default)]
+pub(crate) struct Ramp {
+    /// Where the last read ended (a read starting here is sequential).
+    last_end: AtomicU64,
+    /// The size of the last window (0: none in this run).
+    last_window: AtomicU64,
+}
+
+impl Ramp {
+    /// Records a read of `offset..offset + len`; whether it continues the last one.
+    pub(crate) fn follows(&self, offset: u64, len: u64) -> bool {
+        self.last_end.swap(offset + len, Relaxed) == offset
+    }
+
+    /// The next window of a sequential run: the first, then twice the last, up to the largest.
+    pub(crate) fn grow(&self) -> u64 {
+        let window = (self.last_window.load(Relaxed) * 2).clamp(FIRST_WINDOW, MAX_WINDOW);
+        self.last_window.store(window, Relaxed);
+        window
+    }
+
+    /// The size of the last window (the first before any).
+    pub(crate) fn window(&self) -> u64 {
+        self.last_window.load(Relaxed).max(FIRST_WINDOW)
+    }
+
+    /// Ends the run: its next window is the first.
+    pub(crate) fn reset(&self) {
+        self.last_window.store(0, Relaxed);
+    }
+
+    /// Where the last read ended.
+    pub(crate) fn last_end(&self) -> u64 {
+        self.last_end.load(Relaxed)
+    }
+}
+
+/// The fetched window.
+#[cfg(feature = "nbd")]
 #[derive(Debug, Default)]
 struct State {
     /// Bytes of `start..start + bytes.len()`.
     start: u64,
     bytes: Vec<u8>,
-    /// Where the last read ended (a read starting here is sequential).
-    last_end: u64,
-    /// The size of the last window fetched (0: none in this run).
-    last_window: u64,
     /// Bumped by every change the store makes.
     generation: u64,
 }
 
 /// One read-ahead window of a store.
+#[cfg(feature = "nbd")]
 #[derive(Debug, Default)]
 pub(crate) struct ReadAhead {
     state: Mutex<State>,
+    /// Which reads are sequential; updated under `state`'s lock.
+    ramp: Ramp,
 }
 
 /// What [`ReadAhead::plan`] says about a read.
+#[cfg(feature = "nbd")]
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Plan {
     /// Served from the window.
@@ -53,6 +99,7 @@ pub(crate) enum Plan {
     },
 }
 
+#[cfg(feature = "nbd")]
 impl ReadAhead {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every update leaves the state consistent: a poisoned lock is used as it is.
@@ -62,21 +109,19 @@ impl ReadAhead {
     /// Serves `buf` at `offset` from the window if it holds it, or says how to read it
     /// (`store_len` bounds the window).
     pub(crate) fn plan(&self, offset: u64, buf: &mut [u8], store_len: u64) -> Plan {
-        let mut state = self.lock();
+        let state = self.lock();
         let len = buf.len() as u64;
-        let sequential = offset == state.last_end;
-        state.last_end = offset + len;
+        let sequential = self.ramp.follows(offset, len);
         if offset >= state.start && offset + len <= state.start + state.bytes.len() as u64 {
             let from = (offset - state.start) as usize;
             buf.copy_from_slice(&state.bytes[from..from + buf.len()]);
             return Plan::Hit;
         }
         if !sequential || len >= MAX_WINDOW {
-            state.last_window = 0;
+            self.ramp.reset();
             return Plan::Direct;
         }
-        let window = (state.last_window * 2).clamp(FIRST_WINDOW, MAX_WINDOW);
-        state.last_window = window;
+        let window = self.ramp.grow();
         Plan::Fetch {
             len: window.max(len).min(store_len - offset),
             generation: state.generation,
@@ -103,7 +148,7 @@ impl ReadAhead {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "nbd"))]
 mod tests {
     use super::*;
 
