@@ -59,7 +59,9 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
             let samples = run_pair(&mut store, &mut nbd, &plan, workload, variant, index, &bar)?;
             for (&engine, samples) in plan.engines.iter().zip(&samples) {
                 let budget = match engine {
-                    EngineKind::Udax => workload.budget(plan.size, plan.budget, variant),
+                    EngineKind::Udax => {
+                        workload.budget(plan.size, plan.budget, variant.tracking.value)
+                    }
                     EngineKind::Kernel => None,
                 };
                 let run = (plan.size, plan.threads, budget);
@@ -157,7 +159,7 @@ fn run_once(
         .map_err(|e| CliError::failed("touching memory before the run", e))?;
     let (outcome, counters) = match engine {
         EngineKind::Udax => {
-            let budget = workload.budget(plan.size, plan.budget, variant);
+            let budget = workload.budget(plan.size, plan.budget, variant.tracking.value);
             let export = match nbd {
                 Some(nbd) => Some(nbd.before_run(store.path())?),
                 None => None,

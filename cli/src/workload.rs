@@ -22,7 +22,6 @@ use rayon::slice::ParallelSliceMut;
 
 use udax::DirtyTracking;
 
-use crate::args::Variant;
 use crate::engine::{Engine, PAGE, Region};
 use crate::error::CliError;
 use crate::page_cache;
@@ -186,15 +185,15 @@ impl Workload {
         )
     }
 
-    /// The resident budget of this workload's udax runs over a store of `size` bytes in
-    /// `variant`: `--budget` if given; else a quarter of `size` for the workloads made to
+    /// The resident budget of this workload's udax runs over a store of `size` bytes with
+    /// dirty tracking `tracking`: `--budget` if given; else a quarter of `size` for the workloads made to
     /// run under a budget (at least 64 KiB, the library's minimum), none for the others
     /// and none with asynchronous dirty tracking, which cannot run under a budget (the
     /// command line refuses `--budget` with it).
-    pub fn budget(self, size: u64, given: Option<u64>, variant: &Variant) -> Option<u64> {
+    pub fn budget(self, size: u64, given: Option<u64>, tracking: DirtyTracking) -> Option<u64> {
         const MIN: u64 = 64 << 10;
         match self {
-            _ if variant.tracking.value == DirtyTracking::Async => None,
+            _ if tracking == DirtyTracking::Async => None,
             _ if given.is_some() => given,
             Workload::Sort | Workload::RandReadBudget => {
                 Some((size / 4 / PAGE as u64 * PAGE as u64).max(MIN))
@@ -527,14 +526,9 @@ mod tests {
 
     #[test]
     fn budget_workloads_default_to_a_quarter_of_the_store() {
-        use crate::args::{GRANULARITIES, RESOLUTIONS, TRACKINGS};
-        let sync = Variant {
-            granularity: GRANULARITIES[0],
-            resolution: RESOLUTIONS[0],
-            tracking: TRACKINGS[0],
-        };
+        let sync = DirtyTracking::Sync;
         let size = 1 << 30;
-        let budget = |w: Workload, given| w.budget(size, given, &sync);
+        let budget = |w: Workload, given| w.budget(size, given, sync);
         assert_eq!(budget(Workload::Sort, None), Some(256 << 20));
         assert_eq!(budget(Workload::RandReadBudget, None), Some(256 << 20));
         assert_eq!(
@@ -543,12 +537,9 @@ mod tests {
         );
         assert_eq!(budget(Workload::RandRead, None), None);
         assert_eq!(budget(Workload::SeqRead, Some(1 << 20)), Some(1 << 20));
-        assert_eq!(Workload::Sort.budget(64 << 10, None, &sync), Some(64 << 10));
-        let asynchronous = Variant {
-            tracking: TRACKINGS[1],
-            ..sync
-        };
-        assert_eq!(Workload::Sort.budget(size, None, &asynchronous), None);
+        assert_eq!(Workload::Sort.budget(64 << 10, None, sync), Some(64 << 10));
+        let asynchronous = DirtyTracking::Async;
+        assert_eq!(Workload::Sort.budget(size, None, asynchronous), None);
     }
 
     #[test]
