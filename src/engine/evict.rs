@@ -34,7 +34,7 @@
 //! resolution) checks the resident count; above the budget (`high`) it evicts until the
 //! count is at most `low = high - batch`, so the syscalls are amortized over a batch
 //! (`batch` is 1/8 of the budget, at most one step of the hand: 64 pages, or 512 with
-//! [`Granularity::Huge`](crate::Granularity::Huge), whose step is a whole aligned 2 MiB
+//! [`Granularity::Huge`], whose step is a whole aligned 2 MiB
 //! range so that a range installed as one huge page is dropped whole). The count
 //! includes a page from the moment its entry moves to Clean or Dirty, before the ioctl
 //! that maps it, until after the page is dropped, so Rss never exceeds it. Each thread
