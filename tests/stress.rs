@@ -369,7 +369,16 @@ fn stress_with(label: &str, options: Options, rounds: u64, writeback: Writeback)
                 "the flusher never overlapped the workers: {stats:?}"
             );
         } else {
-            // Nobody flushed: only eviction (under a budget) wrote anything back.
+            // Nobody flushed: only eviction (under a budget) wrote anything back. A handler
+            // thread evicts after it has woken the faulting worker, so the last eviction may
+            // still be running when the workers are joined: its pages written (and counted)
+            // before they are dropped and counted evicted. Wait for it, bounded.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut stats = stats;
+            while stats.pages_written_back != stats.evicted_dirty && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+                stats = mapping.stats();
+            }
             assert_eq!(
                 stats.pages_written_back, stats.evicted_dirty,
                 "nobody flushed: {stats:?}"
@@ -425,7 +434,8 @@ fn stress_two_handler_threads_written_back_only_by_close() {
 }
 
 /// The stress workload under a 2 MiB budget with `threads` handler threads: zero lost
-/// writes, evictions (dirty ones too) all along, resident pages at most budget + threads.
+/// writes, evictions all along (dirty ones too without a flusher), resident pages at most
+/// budget + threads.
 fn stress_under_budget(options: Options, threads: u64, writeback: Writeback) {
     const BUDGET: u64 = 2 << 20;
     let label = format!("budget=2MiB threads={threads}");
@@ -433,10 +443,12 @@ fn stress_under_budget(options: Options, threads: u64, writeback: Writeback) {
     if totals == Stats::default() {
         return; // skipped
     }
-    assert!(
-        totals.evictions > 0 && totals.evicted_dirty > 0,
-        "{totals:?}"
-    );
+    // Dirty evictions are certain only without a flusher: a concurrent one may clean every
+    // page before the clock comes back to it (a written page is referenced: second chance),
+    // the more so as pages come back from the disk under a budget (the page cache is
+    // bounded too). The `OnlyClose` runs cover dirty evictions.
+    let dirty_evictions = writeback == Writeback::Concurrent || totals.evicted_dirty > 0;
+    assert!(totals.evictions > 0 && dirty_evictions, "{totals:?}");
     let limit = BUDGET / PAGE as u64 + threads;
     assert!(totals.resident_pages_peak <= limit, "{totals:?}");
 }
