@@ -5,13 +5,14 @@
 //!
 //! Invariant 1: a free slot maps nothing (a claim's drop empties it).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 
 use crate::HUGE_PAGE_SIZE;
 use crate::error::Error;
 use crate::sys::memory::Reservation;
 use crate::sys::pagemap::Pagemap;
+use crate::sys::per_process::PerProcess;
 use crate::sys::uffd::{Uffd, available_features, features};
 
 /// Slots the process keeps (address space only, until used): more than the threads that
@@ -48,18 +49,8 @@ impl HugeSlots {
     /// reserves its own (the parent's claims were copied mid-flight, and its pagemap
     /// descriptor reads the parent's page tables).
     pub(crate) fn shared() -> Result<Arc<HugeSlots>, Error> {
-        static SHARED: Mutex<Option<(u32, Arc<HugeSlots>)>> = Mutex::new(None);
-        let pid = std::process::id();
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((owner, slots)) = &*shared
-            && *owner == pid
-        {
-            return Ok(Arc::clone(slots));
-        }
-        let slots = Arc::new(HugeSlots::reserve()?);
-        // A parent's set is forgotten, not unmapped: the child touches nothing of it.
-        std::mem::forget(shared.replace((pid, Arc::clone(&slots))));
-        Ok(slots)
+        static SHARED: PerProcess<Arc<HugeSlots>> = PerProcess::new();
+        SHARED.get_or_make(|| HugeSlots::reserve().map(Arc::new))
     }
 
     /// Reserves the slots' address space, asking for huge pages there (MADV_HUGEPAGE).

@@ -29,12 +29,12 @@
 //! Invariant 1: a slot that is not claimed maps the huge zero page, or nothing (a move
 //! that fell short empties its slot before the claim is released).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::HUGE_PAGE_SIZE;
 use crate::sys::memory::Reservation;
 use crate::sys::pagemap::Pagemap;
+use crate::sys::per_process::PerProcess;
 use crate::sys::uffd::{Uffd, UffdError, features};
 
 /// Source slots (address space only: the huge zero page costs no memory), one bit each of
@@ -58,7 +58,7 @@ pub(crate) struct Source<'a> {
 
 /// The process's source, once decided: (pid, source or `None`). A forked child does not
 /// inherit the source's memory (MADV_DONTFORK), so it decides again for itself.
-static DECIDED: Mutex<Option<(u32, Option<&'static HugeZero>)>> = Mutex::new(None);
+static DECIDED: PerProcess<Option<&'static HugeZero>> = PerProcess::new();
 /// Testing only: see [`enable`].
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -70,18 +70,9 @@ pub(crate) fn get() -> Option<&'static HugeZero> {
     if !ENABLED.load(Ordering::Relaxed) {
         return None;
     }
-    let pid = std::process::id();
-    let mut decided = DECIDED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((owner, zero)) = *decided
-        && owner == pid
-    {
-        return zero;
-    }
-    // A parent's source is forgotten, not dropped: its memory is not mapped here, and
-    // unmapping its address could unmap something of the child's.
-    let zero = decide().map(|zero| &*Box::leak(Box::new(zero)));
-    *decided = Some((pid, zero));
-    zero
+    // A parent's source (memory the child does not have) is forgotten, not dropped.
+    let decided = DECIDED.get_or_make(|| Ok::<_, ()>(decide().map(|z| &*Box::leak(Box::new(z)))));
+    decided.ok().flatten()
 }
 
 /// Testing only: whether 2 MiB hole ranges of mappings made from now on can be the huge

@@ -15,5 +15,6 @@ pub(crate) mod futex;
 pub(crate) mod huge_zero;
 pub(crate) mod memory;
 pub(crate) mod pagemap;
+pub(crate) mod per_process;
 pub(crate) mod uffd;
 mod uffd_abi;

@@ -10,8 +10,9 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use crate::sys::per_process::PerProcess;
 use crate::sys::uffd::{UffdError, check};
 use crate::sys::uffd_abi as abi;
 
@@ -72,19 +73,8 @@ impl Pagemap {
     /// for any number of mappings). The file acts on the memory of the process that
     /// opened it, so a forked child opens its own.
     pub(crate) fn shared() -> Result<Arc<Pagemap>, UffdError> {
-        static SHARED: Mutex<Option<(u32, Arc<Pagemap>)>> = Mutex::new(None);
-        let pid = std::process::id();
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((owner, pagemap)) = &*shared
-            && *owner == pid
-        {
-            return Ok(Arc::clone(pagemap));
-        }
-        let pagemap = Arc::new(Pagemap::open()?);
-        // A parent's copy is forgotten, not closed: closing it here would be harmless,
-        // but a child should touch nothing of its parent's.
-        std::mem::forget(shared.replace((pid, Arc::clone(&pagemap))));
-        Ok(pagemap)
+        static SHARED: PerProcess<Arc<Pagemap>> = PerProcess::new();
+        SHARED.get_or_make(|| Pagemap::open().map(Arc::new))
     }
 
     /// Opens /proc/self/pagemap.
