@@ -12,7 +12,12 @@
 # wp-on-clean (mkwrite: a read fault and a write-protect fault a page), each in handler
 # mode and in-thread, sync tracking; and read-hole with async tracking.
 #
-# Usage: scripts/syscalls-per-fault.sh [UDAX_BINARY]   (default target/release/udax)
+# Every run is `--engine udax --granularity 4k`: one engine (the kernel baseline's run would
+# add its own calls), and one 4 KiB fault a page (the library's default granularity is
+# 2 MiB, where 64 MiB is 32 faults and the quotient says nothing about a 4 KiB fault).
+# With PER_CALL=1 each row is followed by its per-page count per syscall (strace -c's rows).
+#
+# Usage: [PER_CALL=1] scripts/syscalls-per-fault.sh [UDAX_BINARY]   (default target/release/udax)
 set -euo pipefail
 
 udax=${1:-target/release/udax}
@@ -25,8 +30,9 @@ trap 'rm -rf "$out"' EXIT
 calls() {
     local size=$1
     shift
-    strace -c -f -o "$out/strace" "$udax" bench --size "$size" --repeat 1 "$@" >/dev/null 2>&1
-    awk '$NF == "total" { print $4 }' "$out/strace"
+    strace -c -f -o "$out/strace.$size" "$udax" bench --size "$size" --repeat 1 \
+        --engine udax --granularity 4k "$@" >/dev/null 2>&1
+    awk '$NF == "total" { print $4 }' "$out/strace.$size"
 }
 
 # One row: name, then the bench flags.
@@ -38,6 +44,19 @@ row() {
     small=$(calls 4096 "$@")
     awk -v n="$name" -v l="$large" -v s="$small" -v p="$pages" \
         'BEGIN { printf "%-28s %8.2f   (%d - %d calls)\n", n, (l - s) / (p - 1), l, s }'
+    if [[ ${PER_CALL:-0} == 1 ]]; then
+        # strace -c's rows: calls is column 4, the syscall the last column.
+        awk -v p="$pages" '$4 ~ /^[0-9]+$/ && $NF != "total" {
+                if (FNR == NR) { small[$NF] = $4; next }
+                large[$NF] = $4
+            }
+            END {
+                for (call in large) {
+                    per = (large[call] - small[call]) / (p - 1)
+                    if (per >= 0.01) printf "    %-24s %8.2f\n", call, per
+                }
+            }' "$out/strace.4096" "$out/strace.$big" | sort -k2 -rn
+    fi
 }
 
 printf "%-28s %8s\n" "row" "per page"
