@@ -76,9 +76,11 @@ impl Options {
     /// read-ahead: [`Granularity::Huge`] (a 2 MiB hole is one huge zero page, 2 MiB of data
     /// one read; dirty tracking stays exact at 4 KiB, a write still makes only its own
     /// page Dirty) for a mapping of this process's memory at an address the kernel
-    /// chooses or at a 2 MiB-aligned one, without a budget; [`Granularity::Page`] under a
-    /// budget (so the documented Rss bound is one page per serving thread), at an address
-    /// off a 2 MiB boundary, and for another process's memory ([`Adopted`](crate::Adopted)).
+    /// chooses or at a 2 MiB-aligned one, without a budget; under a budget
+    /// [`Granularity::SequentialAround`] of 64 KiB (a sequential read reads 64 KiB, a
+    /// random one 4 KiB; the Rss bound of [`Options::budget`] is then 64 KiB per serving
+    /// thread); [`Granularity::Page`] at an address off a 2 MiB boundary, and for another
+    /// process's memory ([`Adopted`](crate::Adopted)).
     pub fn granularity(mut self, granularity: Granularity) -> Self {
         self.granularity = Some(granularity);
         self
@@ -100,6 +102,8 @@ impl Options {
         let budgeted = self.budget.is_some() || self.shared_budget.is_some();
         if own_memory && aligned && !budgeted {
             Granularity::Huge
+        } else if own_memory && budgeted {
+            Granularity::SequentialAround(64 << 10)
         } else {
             Granularity::Page
         }
@@ -314,7 +318,7 @@ mod tests {
         assert_eq!(default.granularity_for(false), Granularity::Page, "adopted");
         assert_eq!(
             default.clone().budget(1 << 20).granularity_for(true),
-            Granularity::Page
+            Granularity::SequentialAround(64 << 10)
         );
         assert_eq!(
             default.clone().address(4 << 20).granularity_for(true),

@@ -839,3 +839,45 @@ fn page_cache_and_rss_stay_within_the_budget() {
         peak.1
     );
 }
+
+/// Under a budget the default reads a sequential scan 64 KiB a fault and random pages
+/// 4 KiB a fault (`Granularity::SequentialAround`): a scan costs a sixteenth of the faults
+/// (and of the store reads), and random reads bring in no neighbour to evict a page in use.
+#[test]
+fn under_a_budget_the_default_reads_a_scan_wide_and_random_pages_alone() {
+    if !common::require_uffd() {
+        return;
+    }
+    const SIZE: usize = 16 * MIB;
+    let store = Arc::new(MemStore::new(SIZE as u64));
+    let page = [7u8; PAGE];
+    for index in 0..SIZE / PAGE {
+        store.write_at((index * PAGE) as u64, &page).expect("fill");
+    }
+    let options = Options::default().budget((4 * MIB) as u64);
+    let mapping = Mapping::new(store, options).expect("map");
+    let mut byte = [0u8; 1];
+    for index in 0..SIZE / PAGE {
+        mapping.read_at(index * PAGE, &mut byte).expect("read");
+    }
+    let scan = mapping.stats();
+    let mut rng = 0x5ca1_ab1e_u64;
+    for _ in 0..1024 {
+        // Pages 0..SIZE/2 were evicted by the scan's second half (the budget is 4 MiB).
+        let index = (next(&mut rng) % (SIZE / PAGE / 2) as u64) as usize;
+        mapping.read_at(index * PAGE, &mut byte).expect("read");
+    }
+    let random = mapping.stats();
+    mapping.close().expect("close");
+    let pages = (SIZE / PAGE) as u64;
+    assert!(
+        scan.read_faults <= pages / 8 && scan.fault_around_pages >= pages - pages / 8,
+        "a scan reads 64 KiB a fault: {scan:?}"
+    );
+    let faults = random.read_faults - scan.read_faults;
+    let around = random.fault_around_pages - scan.fault_around_pages;
+    assert!(
+        faults > 512 && around <= faults / 8,
+        "random reads come in alone: {faults} faults brought {around} neighbours"
+    );
+}

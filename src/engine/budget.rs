@@ -50,7 +50,9 @@ impl Budget {
         }
         let step = match granularity {
             Granularity::Huge => HUGE_PAGES,
-            Granularity::Page | Granularity::FaultAround(_) => CHUNK,
+            Granularity::Page | Granularity::FaultAround(_) | Granularity::SequentialAround(_) => {
+                CHUNK
+            }
         };
         let batch = (high / 8).clamp(1, step as u64);
         Ok(Budget {

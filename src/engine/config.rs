@@ -14,6 +14,12 @@ pub enum Granularity {
     Page,
     /// On a read fault, also the Empty neighbours inside an aligned window of this many bytes.
     FaultAround(usize),
+    /// Fault-around of this many bytes for a read fault that continues a sequential run
+    /// (it lands right after or right before one of the last few faults' pages), 4 KiB
+    /// for any other: the default under a budget, where a neighbour read in for nothing
+    /// costs the eviction of a page in use, and a random 4 KiB read costs little less
+    /// than 64 KiB of disk time.
+    SequentialAround(usize),
     /// The whole aligned 2 MiB range when the kernel's conditions hold, else 4 KiB.
     Huge,
 }

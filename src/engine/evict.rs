@@ -76,6 +76,7 @@ use crate::engine::shared_budget::Evictable;
 use crate::engine::stats::Counters;
 use crate::engine::writeback::writeback_locked;
 use crate::error::Error;
+use crate::{HUGE_PAGES, PAGE_SIZE};
 
 /// Called after every fault, with no entry lock held: evicts down to the low watermark
 /// if the resident pages exceed the budget.
@@ -87,8 +88,32 @@ pub(crate) fn after_fault(region: &Region) {
         shared.after_fault();
         return;
     }
-    if region.entries.resident().0 > budget.high {
-        evict_until(region, budget, budget.low);
+    // Under `SequentialAround` the clock keeps room for one wide fault below the high
+    // mark, so a sequential read can take its window (`has_room`) and Rss stays within
+    // the budget plus one page per serving thread, as on the 4 KiB path.
+    let reserve = wide_reserve(region).min(budget.high - budget.low);
+    if region.entries.resident().0 + reserve > budget.high {
+        evict_until(region, budget, budget.low.saturating_sub(reserve));
+    }
+}
+
+/// The pages a `SequentialAround` region keeps free below its high mark for one wide
+/// fault (0 for other granularities); capped by the caller at the clock's batch, so a small
+/// budget is not emptied after every fault (it then mostly faults at 4 KiB).
+fn wide_reserve(region: &Region) -> u64 {
+    match region.config.granularity {
+        Granularity::SequentialAround(window) => (window / PAGE_SIZE).min(HUGE_PAGES) as u64,
+        _ => 0,
+    }
+}
+
+/// Whether a wide fault of `pages` pages fits under the region's own budget (always
+/// without one; never under a shared budget, whose other regions' faults race it).
+pub(crate) fn has_room(region: &Region, pages: usize) -> bool {
+    match (&region.budget, &region.config.shared_budget) {
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+        (Some(budget), None) => region.entries.resident().0 + pages as u64 <= budget.high,
     }
 }
 

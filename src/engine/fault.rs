@@ -7,7 +7,7 @@
 //! This module never spawns or waits for threads: it runs in whichever thread got the
 //! fault (a handler thread, or the faulting thread itself in its SIGBUS handler).
 
-use crate::engine::around::fill_around;
+use crate::engine::around::{fill_around, window_of};
 use crate::engine::config::Granularity;
 use crate::engine::entries::{EntryGuard, State};
 use crate::engine::evict;
@@ -90,6 +90,23 @@ fn fill_wide<'a>(
         (Granularity::Huge, Some(mkwrite)) => huge::fill(region, guard, mkwrite, scratch),
         (Granularity::FaultAround(window), Some(false) | None) => {
             fill_around(region, guard, window, mkwrite.is_none(), scratch)
+        }
+        (Granularity::SequentialAround(window), _) => {
+            // Every missing fault (a write too) is recorded, so the read that follows a
+            // scan's write finds its cursor; only reads go wide, as with FaultAround.
+            let index = guard.index();
+            let sequential = mkwrite != Some(true)
+                && region.streams.continues(index)
+                && evict::has_room(region, window / crate::PAGE_SIZE);
+            let served = sequential
+                .then(|| fill_around(region, guard, window, mkwrite.is_none(), scratch))
+                .flatten();
+            let wide = served.as_ref().is_some_and(Result::is_ok);
+            let pages = window_of(index, window, region.pages())
+                .filter(|_| wide)
+                .unwrap_or(index..index + 1);
+            region.streams.record(pages);
+            served
         }
         (Granularity::FaultAround(_), Some(true)) | (Granularity::Page | Granularity::Huge, _) => {
             None

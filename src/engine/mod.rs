@@ -8,10 +8,10 @@
 //! - `shared_budget`: a budget several regions hold (below `config`, which carries it);
 //! - `config`: what a region's faults do (granularity, dirty tracking, 2 MiB choices);
 //! - `zero`: telling zero bytes;
-//! - `stats`, `error_slot`, `unsynced`, `window`, `entries`, `budget`, `huge_slots`: the
-//!   state a region holds (counters, the first fault-time error, the pages written since
-//!   the last good sync, zero-page windows, the entry table, the resident budget,
-//!   huge-page staging buffers);
+//! - `stats`, `error_slot`, `unsynced`, `window`, `entries`, `budget`, `huge_slots`,
+//!   `streams`: the state a region holds (counters, the first fault-time error, the pages
+//!   written since the last good sync, zero-page windows, the entry table, the resident
+//!   budget, huge-page staging buffers, the recent faults' ranges);
 //! - `region`: the context itself, and the only door from the engine to the memory;
 //! - `policy`: the fault table, a pure function;
 //! - `run`: runs of locked entries (the span a wide fault serves);
@@ -44,6 +44,7 @@ pub(crate) mod remove;
 pub(crate) mod run;
 pub(crate) mod shared_budget;
 pub(crate) mod stats;
+pub(crate) mod streams;
 pub(crate) mod unsynced;
 pub(crate) mod window;
 pub(crate) mod writeback;

@@ -20,6 +20,7 @@ use crate::engine::entries::Entries;
 use crate::engine::error_slot::ErrorSlot;
 use crate::engine::huge_slots::{HugeSlots, Slot};
 use crate::engine::stats::{Counters, Stats};
+use crate::engine::streams::Streams;
 use crate::engine::unsynced::Unsynced;
 use crate::engine::window::{Window, Windows};
 use crate::error::Error;
@@ -86,6 +87,9 @@ pub(crate) struct Region {
     zero_windows: Windows,
     /// The resident budget and its eviction clock, if the region has one.
     pub(crate) budget: Option<Budget>,
+    /// The last faults' page ranges: which read faults are sequential
+    /// (`Granularity::SequentialAround`).
+    pub(crate) streams: Streams,
     /// Buffers for filling huge pages to move in; `None` unless `config.huge_move`.
     pub(crate) huge_slots: Option<Arc<HugeSlots>>,
     /// Where 2 MiB holes get the huge zero page from; `None` unless `config.huge_move` and
@@ -157,6 +161,7 @@ impl Region {
             errors: ErrorSlot::new(),
             zero_windows: Windows::new(),
             budget: budget.transpose()?,
+            streams: Streams::default(),
             huge_slots: if config.huge_move {
                 Some(HugeSlots::shared()?)
             } else {
