@@ -362,3 +362,40 @@ fn racing_first_touches_lose_no_write_huge_in_thread() {
     let around = fault_around().resolution(Resolution::InThread);
     run_shape(200, around, &Shape::windows());
 }
+
+/// Issue 11 item 1, open: with the huge zero page on, a store from another thread is now
+/// and then lost (~3 runs in 8 of the plain race shape): always the first page of a 2 MiB
+/// hole range, held in memory but not written back (the zero-pfn check said Zero). Here
+/// the windows are held open for 2 ms so that stores land between UFFDIO_MOVE of the
+/// huge zero PMD and its write protection. Ignored until the cause is found: the huge
+/// zero page ships off (`udax::enable_huge_zero()` turns it on, process-wide, so this runs
+/// in a child process). NOT yet a reproducer: alone in its child it passed 4 of 4 runs,
+/// while the four `racing_first_touches_lose_no_write_huge*` tests run together in one
+/// process with the huge zero page on failed 1 of 4 (tests/races.rs:185) — the loss may
+/// need several mappings (sharing the process-wide huge zero source) at once.
+#[test]
+#[ignore = "reproduces the open huge-zero lost store (issue 11 item 1); the huge zero page ships off"]
+fn huge_zero_page_on_racing_first_touches_lose_no_write() {
+    common::run_case(
+        "huge-zero-race",
+        "huge_zero_page_on_racing_first_touches_lose_no_write",
+        std::time::Duration::from_secs(240),
+        || {
+            udax::enable_huge_zero();
+            if !udax::huge_zero_available() {
+                eprintln!("huge zero page refused by the gate or the self-test: fallback only");
+            }
+            run_shape(200, huge().handler_threads(1), &Shape::huge());
+            run_shape(200, huge().handler_threads(2), &Shape::huge());
+            let wide = huge()
+                .handler_threads(2)
+                .zero_window_delay(std::time::Duration::from_millis(2));
+            let shape = Shape {
+                hot: (0..1024).collect(),
+                stagger: std::time::Duration::from_millis(1),
+                ..Shape::huge()
+            };
+            run_shape(100, wide, &shape);
+        },
+    );
+}

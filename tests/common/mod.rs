@@ -398,7 +398,14 @@ pub fn run_child(test_name: &str, case: &str) -> Output {
 pub fn run_child_with_env(test_name: &str, case: &str, env: &[(&str, &str)]) -> Output {
     let exe = std::env::current_exe().expect("current_exe of the test binary");
     Command::new(exe)
-        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        // --include-ignored: an ignored test run with --ignored runs its child case too.
+        .args([
+            "--exact",
+            test_name,
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(CHILD_ENV, case)
         .env("RUST_BACKTRACE", "0")
         .envs(env.iter().copied())
@@ -418,7 +425,14 @@ pub fn run_child_within(
     let dir = tempfile::tempdir().expect("tempdir for the child's output");
     let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut child = Command::new(exe)
-        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        // --include-ignored: an ignored test run with --ignored runs its child case too.
+        .args([
+            "--exact",
+            test_name,
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(CHILD_ENV, case)
         .env("RUST_BACKTRACE", "0")
         .envs(env.iter().copied())
