@@ -167,7 +167,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub workload: Vec<String>,
     /// udax fault granularities, comma-separated: default (the library's choice: 2m, or
-    /// 4k under a budget), 4k, 64k (fault-around), 2m (huge).
+    /// under a budget 64k for sequential faults and 4k for the others), 4k, 64k
+    /// (fault-around), 2m (huge).
     #[arg(
         long,
         value_name = "LIST",
@@ -250,7 +251,7 @@ pub struct Choice<T> {
 
 /// The granularities `--granularity` accepts.
 /// `default`: whatever the library chooses for the mapping (`Options::granularity_for`:
-/// 2 MiB, or 4 KiB under a budget).
+/// 2 MiB, or under a budget 64 KiB for sequential faults and 4 KiB for the others).
 pub const GRANULARITIES: [Choice<Option<Granularity>>; 4] = [
     Choice {
         name: "default",
