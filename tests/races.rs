@@ -282,6 +282,12 @@ fn writes_into_a_wide_open_zero_page_window_are_kept() {
 /// covered up by a later write that dirties its page.
 #[test]
 fn writes_into_wide_open_huge_windows_are_kept() {
+    let (options, shape) = wide_open_huge_windows();
+    run_shape(100, options, &shape);
+}
+
+/// 2 MiB ranges with their windows held open 2 ms, every page hot, staggered starts.
+fn wide_open_huge_windows() -> (Options, Shape) {
     let options = huge()
         .handler_threads(2)
         .zero_window_delay(std::time::Duration::from_millis(2));
@@ -290,7 +296,7 @@ fn writes_into_wide_open_huge_windows_are_kept() {
         stagger: std::time::Duration::from_millis(1),
         ..Shape::huge()
     };
-    run_shape(100, options, &shape);
+    (options, shape)
 }
 
 /// Deterministic form of the zero-page race: while the handler holds the window open
@@ -387,14 +393,7 @@ fn huge_zero_page_on_racing_first_touches_lose_no_write() {
             }
             run_shape(200, huge().handler_threads(1), &Shape::huge());
             run_shape(200, huge().handler_threads(2), &Shape::huge());
-            let wide = huge()
-                .handler_threads(2)
-                .zero_window_delay(std::time::Duration::from_millis(2));
-            let shape = Shape {
-                hot: (0..1024).collect(),
-                stagger: std::time::Duration::from_millis(1),
-                ..Shape::huge()
-            };
+            let (wide, shape) = wide_open_huge_windows();
             run_shape(100, wide, &shape);
         },
     );

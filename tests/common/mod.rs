@@ -394,11 +394,13 @@ pub fn run_child(test_name: &str, case: &str) -> Output {
     run_child_with_env(test_name, case, &[])
 }
 
-/// [`run_child`] with extra environment variables for the child.
-pub fn run_child_with_env(test_name: &str, case: &str, env: &[(&str, &str)]) -> Output {
+/// This test binary, run again for `test_name` alone with `case` in the child's
+/// environment (and `env`).
+fn child_command(test_name: &str, case: &str, env: &[(&str, &str)]) -> Command {
     let exe = std::env::current_exe().expect("current_exe of the test binary");
-    Command::new(exe)
-        // --include-ignored: an ignored test run with --ignored runs its child case too.
+    let mut command = Command::new(exe);
+    // --include-ignored: an ignored test run with --ignored runs its child case too.
+    command
         .args([
             "--exact",
             test_name,
@@ -408,7 +410,13 @@ pub fn run_child_with_env(test_name: &str, case: &str, env: &[(&str, &str)]) -> 
         ])
         .env(CHILD_ENV, case)
         .env("RUST_BACKTRACE", "0")
-        .envs(env.iter().copied())
+        .envs(env.iter().copied());
+    command
+}
+
+/// [`run_child`] with extra environment variables for the child.
+pub fn run_child_with_env(test_name: &str, case: &str, env: &[(&str, &str)]) -> Output {
+    child_command(test_name, case, env)
         .output()
         .expect("spawning the child test process")
 }
@@ -421,21 +429,9 @@ pub fn run_child_within(
     env: &[(&str, &str)],
     limit: std::time::Duration,
 ) -> Output {
-    let exe = std::env::current_exe().expect("current_exe of the test binary");
     let dir = tempfile::tempdir().expect("tempdir for the child's output");
     let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut child = Command::new(exe)
-        // --include-ignored: an ignored test run with --ignored runs its child case too.
-        .args([
-            "--exact",
-            test_name,
-            "--nocapture",
-            "--test-threads=1",
-            "--include-ignored",
-        ])
-        .env(CHILD_ENV, case)
-        .env("RUST_BACKTRACE", "0")
-        .envs(env.iter().copied())
+    let mut child = child_command(test_name, case, env)
         .stdout(std::fs::File::create(&out).expect("child stdout file"))
         .stderr(std::fs::File::create(&err).expect("child stderr file"))
         .spawn()
