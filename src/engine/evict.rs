@@ -89,8 +89,9 @@ pub(crate) fn after_fault(region: &Region) {
         return;
     }
     // Under `SequentialAround` the clock keeps room for one wide fault below the high
-    // mark, so a sequential read can take its window (`has_room`) and Rss stays within
-    // the budget plus one page per serving thread, as on the 4 KiB path.
+    // mark, so a sequential read can take its window (`has_room`). `has_room` is read
+    // without a lock: concurrent wide faults may each pass it, so Rss stays within the
+    // budget plus one fault's pages (at most one window) per serving thread (invariant 11).
     let reserve = wide_reserve(region).min(budget.high - budget.low);
     if region.entries.resident().0 + reserve > budget.high {
         evict_until(region, budget, budget.low.saturating_sub(reserve));
