@@ -32,6 +32,7 @@ pub struct Options {
     pub(crate) resolution: Resolution,
     pub(crate) tracking: DirtyTracking,
     pub(crate) huge_dirty: bool,
+    pub(crate) write_around: bool,
     pub(crate) huge_move: bool,
     pub(crate) zero_window_delay: Option<Duration>,
     pub(crate) evict_delay: Option<Duration>,
@@ -51,6 +52,7 @@ impl Default for Options {
             resolution: Resolution::HandlerThreads,
             tracking: DirtyTracking::Sync,
             huge_dirty: false,
+            write_around: true,
             huge_move: true,
             zero_window_delay: None,
             evict_delay: None,
@@ -188,6 +190,24 @@ impl Options {
         self
     }
 
+    /// With [`Granularity::Huge`], whether a first write into a 2 MiB hole range installs
+    /// the whole range writable (default true): one fault, then the other 511 pages are
+    /// written with no fault at all (write-around). Dirty tracking stays exact at 4 KiB
+    /// for the store: only the faulting page is allocated at the fault, and flush (or
+    /// eviction) writes back the others that were written and drops those still all
+    /// zero, so the store keeps its hole there (a page written with zeros only reads the
+    /// same from the hole). The price: until flush, the range costs 2 MiB of memory, and a
+    /// write-around page is allocated by its writeback, so a full store reports ENOSPC
+    /// from flush (the pages stay dirty) rather than as the access's SIGBUS. With `false`
+    /// the range is installed write-protected as zero pages and each page's first write
+    /// is its own fault that allocates its block, as the kernel's 4 KiB DAX faults do.
+    /// Data ranges are not concerned: their written pages are always told by faults
+    /// (see [`Options::huge_dirty`]).
+    pub fn write_around(mut self, write_around: bool) -> Self {
+        self.write_around = write_around;
+        self
+    }
+
     /// Accepts a user-mode-only userfaultfd where a full one cannot be had (default
     /// false). Unprivileged, with the sysctl vm.unprivileged_userfaultfd=0 and
     /// /dev/userfaultfd closed to the user, the kernel hands out only userfaultfds that
@@ -294,6 +314,7 @@ impl Options {
             tracking: own_memory.then_some(self.tracking),
             granularity,
             huge_dirty: self.huge_dirty,
+            write_around: self.write_around,
             huge_move,
             wakes: !in_thread,
             budget: match &self.shared_budget {

@@ -416,14 +416,22 @@ fn flush_after_one_byte_writes_writes_back_exactly_the_touched_pages() {
     }
     let stats = mapping.stats();
     assert_eq!(stats.huge_faults, 4, "{stats:?}");
+    // Data ranges: one write-protect fault per page written. The hole range: one write
+    // fault, the range installed writable (write-around), its other 511 pages unwritten.
     assert_eq!(
-        (stats.mkwrite_faults, stats.zero_to_dirty),
-        (3, 1),
+        (
+            stats.mkwrite_faults,
+            stats.write_faults,
+            stats.zero_to_dirty
+        ),
+        (3, 1, 0),
         "{stats:?}"
     );
+    assert_eq!(stats.write_around_pages, 511, "{stats:?}");
     mapping.flush().expect("flush");
     let stats = mapping.stats();
     assert_eq!(stats.pages_written_back, touched.len() as u64, "{stats:?}");
+    assert_eq!(stats.unwritten_skipped, 511, "{stats:?}");
     let mut file = vec![0u8; 4 * HUGE];
     File::open(&path)
         .expect("open")
@@ -446,7 +454,8 @@ fn flush_after_one_byte_writes_writes_back_exactly_the_touched_pages() {
 }
 
 /// A write to one page of a huge Clean range lifts the protection of that page only: the
-/// other 511 stay protected and Clean (each later write is its own fault). Same for Zero.
+/// other 511 stay protected and Clean (each later write is its own fault). Same for Zero
+/// without write-around.
 #[test]
 fn a_write_into_a_huge_range_unprotects_only_its_page() {
     if !common::require_uffd() {
@@ -454,7 +463,7 @@ fn a_write_into_a_huge_range_unprotects_only_its_page() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let store = file_store(dir.path(), 2 * HUGE, Some(0..HUGE));
-    let mapping = Mapping::new(store, huge()).expect("map");
+    let mapping = Mapping::new(store, huge().write_around(false)).expect("map");
     let base = mapping.as_ptr() as usize;
     touch_every_page(&mapping);
     let huge_before = smaps_kib(mapping.as_ptr(), mapping.len(), "AnonHugePages");
@@ -733,7 +742,10 @@ fn one_hole_range(options: Options, counted: (u64, u64)) {
     let path = dir.path().join("store.img");
     drop(FileStore::create(&path, HUGE as u64).expect("create"));
     let store = Arc::new(FileStore::open(&path).expect("open"));
-    let mapping = Mapping::new(store, options.granularity(Granularity::Huge)).expect("map");
+    // Without write-around, so that the write below is a write-protect fault on the zero
+    // range (splitting a huge zero PMD) and not a whole-range install.
+    let options = options.granularity(Granularity::Huge).write_around(false);
+    let mapping = Mapping::new(store, options).expect("map");
     let base = mapping.as_ptr() as usize;
     for page in 0..HUGE_PAGES {
         // SAFETY: inside the live mapping.
@@ -851,6 +863,8 @@ fn eviction_of_pages_written_into_huge_zero_ranges_keeps_every_byte() {
     let stats = mapping.stats();
     assert!(stats.evicted_dirty > 0, "{stats:?}");
     assert!(stats.resident_pages <= 32, "{stats:?}");
+    // A 2 MiB range does not fit a 64 KiB budget: no write-around, a fault per page.
+    assert_eq!(stats.write_around_pages, 0, "{stats:?}");
     assert_reads(&mapping, |at| if written(at) { value(at) } else { 0 });
     mapping.flush().expect("flush");
     let mut bytes = vec![0u8; len];
@@ -859,4 +873,147 @@ fn eviction_of_pages_written_into_huge_zero_ranges_keeps_every_byte() {
         panic!("store byte {at} is {:#x}", bytes[at]);
     }
     mapping.close().expect("close");
+}
+
+/// Write-around (the default at 2 MiB): a first write into a hole range, Empty or read as
+/// zero pages, is one fault that installs the whole range writable and allocates only the
+/// faulting page; the range's other pages are then written with no fault. Flush writes
+/// back exactly the pages written with something other than zeros, leaves the rest a
+/// hole in the file, and leaves those writable for the next flush to look at again.
+#[test]
+fn a_first_write_into_a_hole_range_writes_the_range_without_more_faults() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = file_store(dir.path(), 3 * HUGE, None);
+    let path = store.path().to_path_buf();
+    let mapping = Mapping::new(store, huge()).expect("map");
+    // Range 0 Empty, range 1 read first (zero pages), range 2 never touched.
+    let mut byte = [0u8; 1];
+    mapping.read_at(HUGE, &mut byte).expect("read");
+    let written: Vec<usize> = (3..=100).chain([HUGE_PAGES + 9, HUGE_PAGES + 10]).collect();
+    let value = |page: usize| (page % 251) as u8 | 1;
+    for &page in &written {
+        poke(&mapping, page * PAGE + 5, value(page));
+    }
+    poke(&mapping, 200 * PAGE, 0); // a store of zeros: the hole reads the same
+    let stats = mapping.stats();
+    assert_eq!(
+        (faults(&stats), stats.zero_faults, stats.write_faults),
+        (3, 1, 2),
+        "a write fault per range written (and the read of range 1), none per page: {stats:?}"
+    );
+    assert_eq!(stats.write_around_pages, 2 * 511, "{stats:?}");
+    // Only the two faulting pages were allocated (ext4 counts 4 KiB blocks).
+    let allocated = std::fs::metadata(&path).expect("stat").blocks() * 512;
+    assert!(
+        allocated <= 4 * PAGE as u64,
+        "{allocated} bytes allocated before the flush"
+    );
+
+    mapping.flush().expect("flush");
+    let stats = mapping.stats();
+    assert_eq!(stats.pages_written_back, written.len() as u64, "{stats:?}");
+    assert_eq!(
+        stats.unwritten_skipped,
+        2 * HUGE_PAGES as u64 - written.len() as u64,
+        "{stats:?}"
+    );
+    let reopened = FileStore::open(&path).expect("open");
+    for (page, data) in [(3, true), (100, true), (101, false), (200, false)] {
+        let extent = reopened.extent((page * PAGE) as u64).expect("extent");
+        assert_eq!(extent.kind == udax::ExtentKind::Data, data, "page {page}");
+    }
+    // A page written back is protected again (its next write faults); an unwritten one is
+    // still writable, and the next flush writes it.
+    poke(&mapping, 5 * PAGE, 0xee);
+    poke(&mapping, 300 * PAGE, 0xdd);
+    let stats = mapping.stats();
+    assert_eq!((faults(&stats), stats.mkwrite_faults), (4, 1), "{stats:?}");
+    mapping.flush().expect("flush");
+    assert_eq!(mapping.stats().pages_written_back, written.len() as u64 + 2);
+    let expected = |at: usize| match (at / PAGE, at % PAGE) {
+        (5, 0) => 0xee,
+        (300, 0) => 0xdd,
+        (page, 5) if written.contains(&page) => value(page),
+        _ => 0,
+    };
+    assert_reads(&mapping, expected);
+    mapping.close().expect("close");
+    let mut file = vec![0u8; 3 * HUGE];
+    File::open(&path)
+        .expect("open")
+        .read_exact_at(&mut file, 0)
+        .expect("read");
+    if let Some(at) = (0..file.len()).find(|&at| file[at] != expected(at)) {
+        panic!(
+            "file byte {at} is {:#x}, expected {:#x}",
+            file[at],
+            expected(at)
+        );
+    }
+}
+
+/// Stores into write-around pages racing flushes are never lost: a flush's zero check
+/// follows its write-protect, so a store either is in the bytes checked (and written) or
+/// faults and waits. A writer stores rising values into pages of two hole ranges (most of
+/// them never written before) while the main thread flushes; the file ends with the last.
+#[test]
+fn stores_racing_flushes_into_write_around_pages_are_kept() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = file_store(dir.path(), 2 * HUGE, None);
+    let path = store.path().to_path_buf();
+    let mapping = Arc::new(Mapping::new(store, huge()).expect("map"));
+    poke(&mapping, 0, 1);
+    poke(&mapping, HUGE, 1);
+    const ROUNDS: u8 = 120;
+    let pages: Vec<usize> = (1..2 * HUGE_PAGES).step_by(7).collect();
+    let writer = {
+        let (mapping, pages) = (mapping.clone(), pages.clone());
+        std::thread::spawn(move || {
+            for round in 1..=ROUNDS {
+                // Each round reaches a few more pages: some are first written mid-flush.
+                let reach = pages.len() * round as usize / ROUNDS as usize;
+                for &page in &pages[..reach] {
+                    poke(&mapping, page * PAGE + 9, round);
+                }
+                // Paced, so that flushes run between rounds (no timing is asserted).
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+        })
+    };
+    let mut flushes = 0;
+    while !writer.is_finished() && flushes < 400 {
+        mapping.flush().expect("flush");
+        flushes += 1;
+    }
+    writer.join().expect("writer");
+    mapping.flush().expect("flush");
+    let stats = mapping.stats();
+    eprintln!("{flushes} flushes raced the writer; {stats:?}");
+    let mut file = vec![0u8; 2 * HUGE];
+    File::open(&path)
+        .expect("open")
+        .read_exact_at(&mut file, 0)
+        .expect("read");
+    for &page in &pages {
+        let at = page * PAGE + 9;
+        assert_eq!(
+            file[at], ROUNDS,
+            "page {page}: the file lost a store ({stats:?})"
+        );
+    }
+    assert!(
+        stats.unwritten_skipped > 0,
+        "no flush met an unwritten page: {stats:?}"
+    );
+    assert!(flushes >= 10, "only {flushes} flushes raced the writer");
+    Arc::into_inner(mapping)
+        .expect("one owner")
+        .close()
+        .expect("close");
 }

@@ -299,7 +299,7 @@ pub fn ratios(results: &[ResultRow]) -> Vec<Ratio> {
 }
 
 /// The counters a table row shows, with short names, when non-zero.
-const KEY_COUNTERS: [(&str, &str); 12] = [
+const KEY_COUNTERS: [(&str, &str); 14] = [
     ("zero_faults", "zero"),
     ("read_faults", "read"),
     ("write_faults", "write"),
@@ -308,7 +308,9 @@ const KEY_COUNTERS: [(&str, &str); 12] = [
     ("huge_faults", "huge"),
     ("huge_fallbacks", "fallback"),
     ("fault_around_pages", "around"),
+    ("write_around_pages", "write_around"),
     ("pages_written_back", "written_back"),
+    ("unwritten_skipped", "unwritten"),
     ("evictions", "evicted"),
     ("resident_pages_peak", "resident_peak"),
     ("sigbus_delivered", "sigbus"),

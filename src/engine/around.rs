@@ -26,7 +26,7 @@
 use std::ops::Range;
 
 use crate::engine::entries::EntryGuard;
-use crate::engine::fill::{Width, extent_run, fill, has_room};
+use crate::engine::fill::{Mkwrite, Width, extent_run, fill, has_room};
 use crate::engine::region::Region;
 use crate::engine::run::Span;
 use crate::error::Error;
@@ -56,7 +56,7 @@ pub(crate) fn fill_around<'a>(
         let alike = span.stretch(|neighbour| neighbour.was_evicted_dirty() == refill);
         pages = pages.start.max(alike.start)..pages.end.min(alike.end);
     }
-    let mkwrite = refill && kind == ExtentKind::Data;
+    let mkwrite = Mkwrite::of(refill && kind == ExtentKind::Data);
     // Release the neighbours outside the extent before the I/O.
     span.keep(pages.clone());
     if !has_room(scratch, kind, pages.len()) {

@@ -49,6 +49,8 @@ pub(crate) struct Config {
     pub(crate) granularity: Granularity,
     /// See `Options::huge_dirty`.
     pub(crate) huge_dirty: bool,
+    /// See `Options::write_around`.
+    pub(crate) write_around: bool,
     /// Whether 2 MiB data ranges are moved in as huge pages (UFFDIO_MOVE, this process's
     /// memory only); decided by the front-end once it knows the kernel has MOVE and THP.
     pub(crate) huge_move: bool,

@@ -22,6 +22,11 @@
 //! 6. The evicted-dirty bit is set only while the entry is Empty: eviction sets it when it
 //!    drops a page it has just written back (`set_evicted`), and every change of state
 //!    clears it, so the read that brings the page back (policy: refill) consumes it.
+//! 7. The unwritten bit is set only on a Dirty entry that a 2 MiB write fault installed
+//!    writable, zero-filled, over a hole it did not allocate (write-around, `huge.rs`):
+//!    the store holds nothing there, so writeback may drop the page instead of writing it
+//!    while its bytes are still all zero. Every change of state clears it (a change can
+//!    only make writeback write the page, which is always correct).
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -65,6 +70,8 @@ const WAITERS: u32 = 1 << 3;
 const REFERENCED: u32 = 1 << 4;
 /// Invariant 6: dropped by eviction right after its writeback (it was Dirty).
 const EVICTED_DIRTY: u32 = 1 << 5;
+/// Invariant 7: installed writable over an unallocated hole, maybe never written.
+const UNWRITTEN: u32 = 1 << 6;
 
 /// What the eviction clock finds at an entry (see [`Entries::age`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,6 +239,23 @@ impl EntryGuard<'_> {
         self.entries.words[self.index].load(Ordering::Relaxed) & EVICTED_DIRTY != 0
     }
 
+    /// Whether the page was installed writable over a hole it did not allocate and may
+    /// never have been written (invariant 7).
+    pub(crate) fn is_unwritten(&self) -> bool {
+        self.entries.words[self.index].load(Ordering::Relaxed) & UNWRITTEN != 0
+    }
+
+    /// Write-around's mark on a Dirty entry it installed without allocating (invariant 7).
+    pub(crate) fn set_unwritten(&mut self) {
+        debug_assert_eq!(
+            self.state(),
+            State::Dirty,
+            "only Dirty entries are unwritten"
+        );
+        // Only this bit changes; the clock and waiters may change theirs meanwhile.
+        self.entries.words[self.index].fetch_or(UNWRITTEN, Ordering::Relaxed);
+    }
+
     /// Eviction's transition: the page is dropped, the entry Empty, remembering whether
     /// the page was Dirty (and written back) when evicted (invariant 6).
     pub(crate) fn set_evicted(&mut self, was_dirty: bool) {
@@ -254,10 +278,10 @@ impl EntryGuard<'_> {
         };
         // Invariant 1: we hold the lock, so only the state bits change under us... and
         // the WAITERS and REFERENCED bits, which a waiter or the clock may change
-        // concurrently: update with a CAS loop. Invariant 6: any change clears the
-        // evicted-dirty bit.
+        // concurrently: update with a CAS loop. Invariants 6 and 7: any change clears the
+        // evicted-dirty and unwritten bits.
         let _ = word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
-            Some((w & !(STATE_MASK | EVICTED_DIRTY)) | state as u32 | referenced)
+            Some((w & !(STATE_MASK | EVICTED_DIRTY | UNWRITTEN)) | state as u32 | referenced)
         });
         if state == State::Dirty && old != State::Dirty {
             entries.dirty.mark(self.index);

@@ -74,7 +74,7 @@ use crate::engine::region::Region;
 use crate::engine::run::{Guards, PageSet};
 use crate::engine::shared_budget::Evictable;
 use crate::engine::stats::Counters;
-use crate::engine::writeback::writeback_locked;
+use crate::engine::writeback::{Then, writeback_locked};
 use crate::error::Error;
 use crate::{HUGE_PAGES, PAGE_SIZE};
 
@@ -227,8 +227,9 @@ pub(crate) fn evict_range(
     if let Some(delay) = delay {
         std::thread::sleep(delay);
     }
-    // Every page is now equal to the store (Clean or Zero) and write-protected: a write
-    // from here on faults and waits for our locks.
+    // Every page is now equal to the store (Clean or Zero, or a write-around page never
+    // written: Dirty, all zero over a hole) and write-protected: a write from here on
+    // faults and waits for our locks.
     region.discard(first, guards.len())?;
     // Only now, written and dropped, does a page count as evicted dirty: if the writeback
     // or the drop failed, it is still resident and no mark is left.
@@ -265,10 +266,11 @@ fn writeback_dirty(region: &Region, guards: &mut [EntryGuard<'_>]) -> Result<u64
             .take_while(|g| g.state() == State::Dirty)
             .count();
         let (run, tail) = rest.split_at_mut(dirty);
-        writeback_locked(region, run)?;
+        // Write-around pages never written stay protected and are dropped with the rest.
+        let wrote = writeback_locked(region, run, Then::Drop)?;
         // Written but not yet synced: if the next sync fails, these cannot be written again.
-        region.unsynced.note_evicted(dirty as u64);
-        written += dirty as u64;
+        region.unsynced.note_evicted(wrote);
+        written += wrote;
         rest = tail;
     }
     Ok(written)

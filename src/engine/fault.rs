@@ -11,7 +11,7 @@ use crate::engine::around::{fill_around, window_of};
 use crate::engine::config::Granularity;
 use crate::engine::entries::{EntryGuard, State};
 use crate::engine::evict;
-use crate::engine::fill::{self, Width, extent_run};
+use crate::engine::fill::{self, Mkwrite, Width, extent_run};
 use crate::engine::huge;
 use crate::engine::hugetlb;
 use crate::engine::policy::{Access, Decision, decide};
@@ -136,7 +136,7 @@ fn fill_page(
         &mut [guard],
         index,
         kind,
-        mkwrite,
+        Mkwrite::of(mkwrite),
         Width::Page,
         scratch,
     )

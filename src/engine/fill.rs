@@ -16,7 +16,7 @@
 use std::ops::Range;
 
 use crate::PAGE_SIZE;
-use crate::engine::entries::EntryGuard;
+use crate::engine::entries::{EntryGuard, State};
 use crate::engine::install::{Source, insert};
 use crate::engine::region::Region;
 use crate::engine::stats::Counters;
@@ -35,24 +35,50 @@ pub(crate) enum Width {
     Huge,
 }
 
+/// Whether a fill installs its run writable and Dirty, and which of a hole it allocates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mkwrite {
+    /// Write-protected: a read.
+    No,
+    /// Writable and Dirty, a hole allocated first (DAX: a write allocates at the fault).
+    Yes,
+    /// Writable and Dirty, but of a hole only the faulting page is allocated: the others
+    /// are marked unwritten (entries invariant 7), allocated by their writeback if they
+    /// are written, dropped by it if they are not (write-around, `huge.rs`). Over data,
+    /// as `Yes`.
+    Around,
+}
+
+impl Mkwrite {
+    /// `Yes` for a write, `No` for a read.
+    pub(crate) fn of(write: bool) -> Mkwrite {
+        if write { Mkwrite::Yes } else { Mkwrite::No }
+    }
+}
+
 /// Fills the locked Empty `run` (consecutive, holding the faulting page `held`) from the
-/// store, which holds `kind` over all of it: a hole is allocated first when `mkwrite`;
+/// store, which holds `kind` over all of it: a hole is allocated first as `mkwrite` says;
 /// data is read into `scratch` (which must hold the run: see [`has_room`]).
 pub(crate) fn fill(
     region: &Region,
     run: &mut [&mut EntryGuard<'_>],
     held: usize,
     kind: ExtentKind,
-    mkwrite: bool,
+    mkwrite: Mkwrite,
     width: Width,
     scratch: &mut [u8],
 ) -> Result<(), Error> {
     let offset = region.page_offset(run[0].index());
     let len = run.len() * PAGE_SIZE;
+    let around = mkwrite == Mkwrite::Around && kind == ExtentKind::Hole;
     let source = match kind {
         ExtentKind::Hole => {
-            if mkwrite {
-                region.store.allocate(offset, len as u64)?;
+            match mkwrite {
+                Mkwrite::No => {}
+                Mkwrite::Yes => region.store.allocate(offset, len as u64)?,
+                Mkwrite::Around => region
+                    .store
+                    .allocate(region.page_offset(held), PAGE_SIZE as u64)?,
             }
             Source::Hole
         }
@@ -67,16 +93,42 @@ pub(crate) fn fill(
             // A dense snapshot stores its zeros as data. In memory that only fills (another
             // process's), a run that reads as zeros gets the zero page: read once, never
             // copied, no memory.
-            if region.is_foreign() && !mkwrite && is_zero(buf) {
+            if region.is_foreign() && mkwrite == Mkwrite::No && is_zero(buf) {
                 Source::Hole
             } else {
                 Source::Data(buf)
             }
         }
     };
+    let writable = mkwrite != Mkwrite::No;
     counted(region, run, held, width, |run| {
-        insert(region, run, source, mkwrite)
+        // Counted before the insert wakes the faulting thread, as every fault is.
+        let around_pages = if around { run.len() as u64 - 1 } else { 0 };
+        Counters::add(&region.counters.write_around_pages, around_pages);
+        let inserted = insert(region, run, source, writable);
+        if around {
+            // Also after an install that stopped part-way: its prefix went in.
+            let marked = mark_unwritten(run, held);
+            Counters::sub(&region.counters.write_around_pages, around_pages - marked);
+        }
+        inserted
     })
+}
+
+/// Write-around: marks the pages of `run` that went in writable over the hole, other
+/// than the allocated `held`, unwritten (entries invariant 7), and returns how many.
+/// Still under their locks, so a flush cannot have taken them yet; a store into one
+/// since the insert woke the faulting thread is found by the writeback's zero check,
+/// which follows its write-protect.
+fn mark_unwritten(run: &mut [&mut EntryGuard<'_>], held: usize) -> u64 {
+    let mut marked = 0;
+    for guard in run.iter_mut() {
+        if guard.index() != held && guard.state() == State::Dirty {
+            guard.set_unwritten();
+            marked += 1;
+        }
+    }
+    marked
 }
 
 /// Whether `scratch` can hold a fill of `pages` pages of `kind` (holes need no buffer).

@@ -43,7 +43,8 @@ use std::ops::Range;
 
 use crate::engine::config::Granularity;
 use crate::engine::entries::{EntryGuard, State};
-use crate::engine::fill::{self, Width, has_room};
+use crate::engine::evict;
+use crate::engine::fill::{self, Mkwrite, Width, has_room};
 use crate::engine::install::{Source, insert};
 use crate::engine::policy::{Access, Decision, decide};
 use crate::engine::region::Region;
@@ -90,20 +91,23 @@ pub(crate) fn uniform(extent: Extent) -> Result<ExtentKind, Fallback> {
 /// How a fault the 2 MiB path takes is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Plan {
-    /// Install the whole range writable and Dirty (else write-protected); a hole range is
-    /// allocated first, as every writable install of a hole is (`fill::fill`).
-    pub(crate) mkwrite: bool,
+    /// How the whole range is installed: write-protected, or writable and Dirty (a hole
+    /// range allocated first, or with write-around only at the faulting page).
+    pub(crate) mkwrite: Mkwrite,
     /// Then make the faulting page writable and Dirty.
     pub(crate) upgrade: bool,
 }
 
-/// The plan for a fault (`write` or read) on a range.
-pub(crate) fn plan(write: bool, huge_dirty: bool) -> Plan {
-    let whole = write && huge_dirty;
-    Plan {
-        mkwrite: whole,
-        upgrade: write && !whole,
-    }
+/// The plan for a fault (`write` or read) on a range of `kind`, given the region's
+/// `huge_dirty` and `write_around` options.
+pub(crate) fn plan(write: bool, kind: ExtentKind, huge_dirty: bool, write_around: bool) -> Plan {
+    let (mkwrite, upgrade) = match (write, kind) {
+        (false, _) => (Mkwrite::No, false),
+        (true, _) if huge_dirty => (Mkwrite::Yes, false),
+        (true, ExtentKind::Hole) if write_around => (Mkwrite::Around, false),
+        (true, _) => (Mkwrite::No, true),
+    };
+    Plan { mkwrite, upgrade }
 }
 
 /// Serves a missing fault on the Empty entry `guard` as a whole 2 MiB range; `None` when
@@ -117,21 +121,33 @@ pub(crate) fn fill<'a>(
     count(region, fill_range(region, guard, write, scratch))
 }
 
-/// With `Options::huge_dirty`, serves a write to a present page by upgrading its whole
-/// range when all of it is Clean (lift the protection of 2 MiB) or all Zero (drop the
-/// zero pages, allocate, install 2 MiB writable); `None` when the 4 KiB upgrade serves it.
+/// Serves a write to a present page by upgrading its whole range: with
+/// `Options::huge_dirty` when all of it is Clean (lift the protection of 2 MiB); with
+/// `huge_dirty` or write-around when all of it is Zero (drop the zero pages, install 2 MiB
+/// writable as a write to the Empty hole range would). `None` when the 4 KiB upgrade
+/// serves it.
 pub(crate) fn upgrade<'a>(
     region: &'a Region,
     guard: &mut EntryGuard<'a>,
 ) -> Option<Result<(), Error>> {
+    let config = &region.config;
     let state = guard.state();
-    if region.config.granularity != Granularity::Huge
-        || !region.config.huge_dirty
-        || !matches!(state, State::Clean | State::Zero)
-    {
+    let whole = match state {
+        State::Clean => config.huge_dirty,
+        State::Zero => config.huge_dirty || write_around(region),
+        State::Empty | State::Dirty => false,
+    };
+    if config.granularity != Granularity::Huge || !whole {
         return None;
     }
     count(region, upgrade_range(region, guard, state))
+}
+
+/// Whether a write into a hole range may install it whole (`Options::write_around`):
+/// only if its 512 pages fit under the region's budget, whose Rss bound is one fault's
+/// pages per serving thread (a write-protected zero range costs no memory).
+fn write_around(region: &Region) -> bool {
+    region.config.write_around && evict::has_room(region, HUGE_PAGES)
 }
 
 /// Counts a fallback (2 MiB faults are counted by `fill::counted`).
@@ -164,7 +180,8 @@ fn fill_range<'a>(
     if !has_room(scratch, kind, HUGE_PAGES) {
         return Err(Fallback::NoBuffer);
     }
-    let plan = plan(write, region.config.huge_dirty);
+    let config = &region.config;
+    let plan = plan(write, kind, config.huge_dirty, write_around(region));
     let mut run = span.join(guard);
     let filled = fill::fill(
         region,
@@ -196,18 +213,33 @@ fn upgrade_range<'a>(
     let mut span =
         Span::lock_all(&region.entries, range.clone(), index, state).ok_or(Fallback::Occupied)?;
     let mut run = span.join(guard);
-    if state == State::Zero {
-        // Zero pages hold nothing: allocate the range, drop them (a store to one faults
-        // and waits for our locks), and install the range as a write to Empty would.
-        let offset = region.page_offset(range.start);
-        let allocated = region.store.allocate(offset, HUGE_PAGE_SIZE as u64);
-        allocated.map_err(|_| Fallback::Failed)?;
+    let upgraded = if state == State::Zero {
+        // Zero pages hold nothing: drop them (a store to one faults and waits for our
+        // locks) and install the range as a write to the Empty hole range would.
         let _ = region.discard(range.start, HUGE_PAGES);
         run.iter_mut().for_each(|entry| entry.set(State::Empty));
-    }
-    let upgraded = fill::counted(region, &mut run, index, Width::Huge, |run| {
-        insert(region, run, Source::Hole, true)
-    });
+        let config = &region.config;
+        let plan = plan(
+            true,
+            ExtentKind::Hole,
+            config.huge_dirty,
+            write_around(region),
+        );
+        let kind = ExtentKind::Hole;
+        fill::fill(
+            region,
+            &mut run,
+            index,
+            kind,
+            plan.mkwrite,
+            Width::Huge,
+            &mut [],
+        )
+    } else {
+        fill::counted(region, &mut run, index, Width::Huge, |run| {
+            insert(region, run, Source::Hole, true)
+        })
+    };
     upgraded.map_err(|_| Fallback::Failed)?;
     Ok(Ok(()))
 }
@@ -249,16 +281,22 @@ mod tests {
 
     #[test]
     fn plans_keep_dirty_tracking_exact_unless_asked() {
+        use ExtentKind::{Data, Hole};
+        use Mkwrite::{Around, No, Yes};
         let rows = [
-            // (write, huge_dirty) -> (mkwrite, upgrade)
-            ((false, false), (false, false)),
-            ((true, false), (false, true)),
-            ((false, true), (false, false)),
-            ((true, true), (true, false)),
+            // (write, kind, huge_dirty, write_around) -> (mkwrite, upgrade)
+            ((false, Hole, false, true), (No, false)),
+            ((false, Data, true, true), (No, false)),
+            ((true, Data, false, true), (No, true)),
+            ((true, Hole, false, false), (No, true)),
+            ((true, Hole, false, true), (Around, false)),
+            ((true, Hole, true, true), (Yes, false)),
+            ((true, Data, true, false), (Yes, false)),
         ];
-        for ((write, huge_dirty), (mkwrite, upgrade)) in rows {
+        for ((write, kind, huge_dirty, around), (mkwrite, upgrade)) in rows {
             let expected = Plan { mkwrite, upgrade };
-            assert_eq!(plan(write, huge_dirty), expected, "{write} {huge_dirty}");
+            let row = format!("{write} {kind:?} {huge_dirty} {around}");
+            assert_eq!(plan(write, kind, huge_dirty, around), expected, "{row}");
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::ops::Range;
 
 use crate::engine::entries::{EntryGuard, State};
-use crate::engine::fill::{Width, extent_run, fill, has_room};
+use crate::engine::fill::{Mkwrite, Width, extent_run, fill, has_room};
 use crate::engine::hugetlb;
 use crate::engine::region::Region;
 use crate::{HUGE_PAGES, PAGE_SIZE};
@@ -76,7 +76,7 @@ fn fill_stretch(region: &Region, span: Range<usize>, scratch: &mut [u8]) -> Stre
         &mut stretch,
         start,
         kind,
-        false,
+        Mkwrite::No,
         Width::Page,
         scratch,
     ) {

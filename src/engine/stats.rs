@@ -71,6 +71,12 @@ counters! {
     huge_zero_fallbacks,
     /// Neighbouring pages installed by fault-around.
     fault_around_pages,
+    /// Pages a 2 MiB write fault installed writable over a hole before they were written,
+    /// unallocated (write-around: `Options::write_around`).
+    write_around_pages,
+    /// Write-around pages a writeback found still all zero: not written, the store's hole
+    /// kept (a flush leaves them writable and looks again at the next; each look counts).
+    unwritten_skipped,
     /// Dirty pages written back to the store (by flush or eviction).
     pages_written_back,
     /// Calls to flush that completed.

@@ -12,6 +12,7 @@ use crate::engine::config::DirtyTracking;
 use crate::engine::entries::{EntryGuard, State};
 use crate::engine::region::Region;
 use crate::engine::stats::Counters;
+use crate::engine::zero::is_zero;
 use crate::error::Error;
 use crate::store::StoreError;
 use crate::sys::pagemap::{MAX_REGIONS, PageRegion};
@@ -276,25 +277,93 @@ pub(crate) fn writeback_range(region: &Region, run: std::ops::Range<usize>) -> R
             // Cleaned or evicted since it was marked: nothing to write; the lock is
             // dropped here, and no later index is locked yet, so the order holds.
             drop(guard);
-            writeback_locked(region, &mut guards)?;
+            writeback_locked(region, &mut guards, Then::Keep)?;
             guards.clear();
         }
     }
-    writeback_locked(region, &mut guards)
+    writeback_locked(region, &mut guards, Then::Keep).map(drop)
 }
 
-/// Writes back consecutive locked Dirty pages: write-protect, copy out, mark Clean.
+/// What becomes of a write-around page a writeback finds never written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// Flush: it stays Dirty and writable (protection lifted again), for the next flush
+    /// to look at again.
+    Keep,
+    /// Eviction: it stays protected, to be dropped with the rest of the run (a write let
+    /// in now would be lost by the drop).
+    Drop,
+}
+
+/// Writes back consecutive locked Dirty pages: write-protect, copy out, mark Clean;
+/// returns how many pages were written. A write-around page still all zero (entries
+/// invariant 7) is not written: the store's hole already reads the same ([`then`] says
+/// what becomes of it). The zero check follows the write-protect, so a store racing it
+/// either is in the bytes checked or faults and waits for our lock.
 pub(crate) fn writeback_locked(
     region: &Region,
     guards: &mut [EntryGuard<'_>],
-) -> Result<(), Error> {
+    then: Then,
+) -> Result<u64, Error> {
+    let Some(first) = guards.first() else {
+        return Ok(0);
+    };
+    region.writeprotect(first.index(), guards.len(), true, false)?;
+    let mut written = 0;
+    let mut rest = guards;
+    while !rest.is_empty() {
+        let unwritten = rest.iter().take_while(|g| never_written(region, g)).count();
+        let (skipped, tail) = rest.split_at_mut(unwritten);
+        skip_unwritten(region, skipped, then)?;
+        let dirty = tail
+            .iter()
+            .take_while(|g| !never_written(region, g))
+            .count();
+        let (run, tail) = tail.split_at_mut(dirty);
+        write_out(region, run)?;
+        written += run.len() as u64;
+        rest = tail;
+    }
+    Ok(written)
+}
+
+/// Whether a locked, write-protected Dirty page is a write-around page never written:
+/// still all zero over the hole it did not allocate. Never in an abandoned region,
+/// whose pages are all written and left writable (`keep_writable`).
+fn never_written(region: &Region, guard: &EntryGuard<'_>) -> bool {
+    if !guard.is_unwritten() || region.is_abandoned() {
+        return false;
+    }
+    // SAFETY: the page is present (Dirty), write-protected, and its entry locked by us.
+    let bytes = unsafe { region.bytes(guard.index(), 1) };
+    bytes.is_ok_and(is_zero)
+}
+
+/// Write-around pages found never written: counted; for a flush, made writable again
+/// (waking a write that faulted on the protection) and marked for the next flush.
+fn skip_unwritten(region: &Region, guards: &[EntryGuard<'_>], then: Then) -> Result<(), Error> {
+    let Some(first) = guards.first() else {
+        return Ok(());
+    };
+    Counters::add(&region.counters.unwritten_skipped, guards.len() as u64);
+    if then == Then::Keep {
+        region.writeprotect(first.index(), guards.len(), false, true)?;
+        for guard in guards {
+            region.entries.remark_dirty(guard.index());
+        }
+    }
+    Ok(())
+}
+
+/// Copies consecutive locked, write-protected Dirty pages out to the store, then marks
+/// them Clean.
+fn write_out(region: &Region, guards: &mut [EntryGuard<'_>]) -> Result<(), Error> {
     let Some(first) = guards.first() else {
         return Ok(());
     };
     let first = first.index();
     let offset = region.page_offset(first);
     let pages = guards.len();
-    region.writeprotect(first, pages, true, false)?;
     // SAFETY: the pages are present (Dirty), now write-protected, and their entries
     // locked by us.
     let bytes = unsafe { region.bytes(first, pages)? };
@@ -344,7 +413,7 @@ fn writeback_within(
         .count();
     let (head, tail) = guards.split_at_mut(kept);
     // A second shrink while writing the head reports itself; its pages add to ours.
-    let written = writeback_locked(region, head);
+    let written = write_out(region, head);
     drop_locked(region, tail)?;
     let dropped = Error::Truncated {
         size,
