@@ -201,8 +201,10 @@ impl Options {
     /// from flush (the pages stay dirty) rather than as the access's SIGBUS. With `false`
     /// the range is installed write-protected as zero pages and each page's first write
     /// is its own fault that allocates its block, as the kernel's 4 KiB DAX faults do.
-    /// Data ranges are not concerned: their written pages are always told by faults
-    /// (see [`Options::huge_dirty`]).
+    /// Over data, a write that continues a sequential write (the two pages before it in
+    /// its range dirty) lifts the protection of the rest of the range's clean pages in
+    /// the same fault; flush compares those with the store's bytes and writes only the
+    /// ones that differ (the others are clean again).
     pub fn write_around(mut self, write_around: bool) -> Self {
         self.write_around = write_around;
         self

@@ -955,34 +955,46 @@ fn a_first_write_into_a_hole_range_writes_the_range_without_more_faults() {
     }
 }
 
-/// Stores into write-around pages racing flushes are never lost: a flush's zero check
-/// follows its write-protect, so a store either is in the bytes checked (and written) or
-/// faults and waits. A writer stores rising values into pages of two hole ranges (most of
-/// them never written before) while the main thread flushes; the file ends with the last.
+/// Stores into write-around pages racing flushes are never lost: a flush's comparison
+/// follows its write-protect, so a store either is in the bytes compared (and written)
+/// or faults and waits. A writer stores rising values into pages of two hole ranges and
+/// a lifted data range (most of them never written before) while the main thread
+/// flushes; the file ends with the last values.
 #[test]
 fn stores_racing_flushes_into_write_around_pages_are_kept() {
     if !common::require_uffd() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = file_store(dir.path(), 2 * HUGE, None);
+    let store = file_store(dir.path(), 3 * HUGE, Some(2 * HUGE..3 * HUGE));
     let path = store.path().to_path_buf();
     let mapping = Arc::new(Mapping::new(store, huge()).expect("map"));
     poke(&mapping, 0, 1);
     poke(&mapping, HUGE, 1);
+    let mut byte = [0u8; 1];
+    mapping.read_at(2 * HUGE, &mut byte).expect("read");
+    for page in 0..3 {
+        poke(&mapping, 2 * HUGE + page * PAGE, 1); // the third lifts the data range
+    }
     const ROUNDS: u8 = 120;
-    let pages: Vec<usize> = (1..2 * HUGE_PAGES).step_by(7).collect();
+    let pages: Vec<usize> = (3..3 * HUGE_PAGES).step_by(7).collect();
+    let flushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
-        let (mapping, pages) = (mapping.clone(), pages.clone());
+        let (mapping, pages, flushed) = (mapping.clone(), pages.clone(), flushed.clone());
         std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
             for round in 1..=ROUNDS {
                 // Each round reaches a few more pages: some are first written mid-flush.
                 let reach = pages.len() * round as usize / ROUNDS as usize;
                 for &page in &pages[..reach] {
                     poke(&mapping, page * PAGE + 9, round);
                 }
-                // Paced, so that flushes run between rounds (no timing is asserted).
-                std::thread::sleep(std::time::Duration::from_micros(300));
+                // Paced by the flushes (a flush every two rounds), bounded in time.
+                while flushed.load(Ordering::Relaxed) < round as usize / 2
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::yield_now();
+                }
             }
         })
     };
@@ -990,12 +1002,14 @@ fn stores_racing_flushes_into_write_around_pages_are_kept() {
     while !writer.is_finished() && flushes < 400 {
         mapping.flush().expect("flush");
         flushes += 1;
+        flushed.store(flushes, Ordering::Relaxed);
     }
     writer.join().expect("writer");
     mapping.flush().expect("flush");
     let stats = mapping.stats();
     eprintln!("{flushes} flushes raced the writer; {stats:?}");
-    let mut file = vec![0u8; 2 * HUGE];
+    assert_eq!(stats.write_around_pages, 3 * 511 - 2, "{stats:?}");
+    let mut file = vec![0u8; 3 * HUGE];
     File::open(&path)
         .expect("open")
         .read_exact_at(&mut file, 0)
@@ -1016,4 +1030,67 @@ fn stores_racing_flushes_into_write_around_pages_are_kept() {
         .expect("one owner")
         .close()
         .expect("close");
+}
+
+/// Write-around over data: a write that continues a sequential write (the two pages
+/// before it Dirty) lifts the protection of the rest of its Clean 2 MiB range in one
+/// fault; flush then writes only the lifted pages whose bytes differ from the store's,
+/// and the others become Clean again (protected: their next write faults). Sparse writes
+/// lift nothing: one fault per page, as without write-around.
+#[test]
+fn a_sequential_write_over_data_lifts_the_rest_of_the_range_and_flush_writes_what_changed() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = file_store(dir.path(), 2 * HUGE, Some(0..2 * HUGE));
+    let path = store.path().to_path_buf();
+    let mapping = Mapping::new(store, huge()).expect("map");
+    touch_every_page(&mapping);
+    let changed = |at: usize| pattern(at) ^ 0xff;
+    for page in 0..300 {
+        poke(&mapping, page * PAGE + 1, changed(page * PAGE + 1));
+    }
+    poke(&mapping, 400 * PAGE + 1, pattern(400 * PAGE + 1)); // a store of the same byte
+    for page in [HUGE_PAGES + 10, HUGE_PAGES + 20] {
+        poke(&mapping, page * PAGE + 1, changed(page * PAGE + 1));
+    }
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.mkwrite_faults, stats.write_around_pages),
+        (3 + 2, 509),
+        "pages 0 and 1 fault alone, page 2 lifts 3..512 with it; range 1's sparse writes: {stats:?}"
+    );
+    mapping.flush().expect("flush");
+    let stats = mapping.stats();
+    assert_eq!(stats.pages_written_back, 300 + 2, "{stats:?}");
+    assert_eq!(stats.unwritten_skipped, 512 - 300, "{stats:?}");
+    poke(&mapping, 450 * PAGE + 1, changed(450 * PAGE + 1));
+    assert_eq!(
+        mapping.stats().mkwrite_faults,
+        6,
+        "page 450 is protected again"
+    );
+    mapping.flush().expect("flush");
+    assert_eq!(mapping.stats().pages_written_back, 303);
+    let written =
+        |page: usize| page < 300 || [450, HUGE_PAGES + 10, HUGE_PAGES + 20].contains(&page);
+    let expected = |at: usize| match at % PAGE {
+        1 if written(at / PAGE) => changed(at),
+        _ => pattern(at),
+    };
+    assert_reads(&mapping, expected);
+    mapping.close().expect("close");
+    let mut file = vec![0u8; 2 * HUGE];
+    File::open(&path)
+        .expect("open")
+        .read_exact_at(&mut file, 0)
+        .expect("read");
+    if let Some(at) = (0..file.len()).find(|&at| file[at] != expected(at)) {
+        panic!(
+            "file byte {at} is {:#x}, expected {:#x}",
+            file[at],
+            expected(at)
+        );
+    }
 }

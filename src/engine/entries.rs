@@ -24,9 +24,12 @@
 //!    clears it, so the read that brings the page back (policy: refill) consumes it.
 //! 7. The unwritten bit is set only on a Dirty entry that a 2 MiB write fault installed
 //!    writable, zero-filled, over a hole it did not allocate (write-around, `huge.rs`):
-//!    the store holds nothing there, so writeback may drop the page instead of writing it
-//!    while its bytes are still all zero. Every change of state clears it (a change can
-//!    only make writeback write the page, which is always correct).
+//!    the store holds nothing there, so writeback may skip the page instead of writing
+//!    it while its bytes are still all zero. The lifted bit is set only on a Dirty entry
+//!    whose protection a write fault lifted ahead of its first write, from Clean (a
+//!    sequential write over data, `huge.rs`): writeback may skip it while its bytes equal
+//!    the store's. Every change of state clears both (a change can only make writeback
+//!    write the page, which is always correct).
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -72,6 +75,8 @@ const REFERENCED: u32 = 1 << 4;
 const EVICTED_DIRTY: u32 = 1 << 5;
 /// Invariant 7: installed writable over an unallocated hole, maybe never written.
 const UNWRITTEN: u32 = 1 << 6;
+/// Invariant 7: made writable from Clean ahead of its first write, maybe never written.
+const LIFTED: u32 = 1 << 7;
 
 /// What the eviction clock finds at an entry (see [`Entries::age`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,15 +250,20 @@ impl EntryGuard<'_> {
         self.entries.words[self.index].load(Ordering::Relaxed) & UNWRITTEN != 0
     }
 
-    /// Write-around's mark on a Dirty entry it installed without allocating (invariant 7).
-    pub(crate) fn set_unwritten(&mut self) {
-        debug_assert_eq!(
-            self.state(),
-            State::Dirty,
-            "only Dirty entries are unwritten"
-        );
+    /// Whether the page was made writable from Clean ahead of its first write and may
+    /// still equal the store (invariant 7).
+    pub(crate) fn is_lifted(&self) -> bool {
+        self.entries.words[self.index].load(Ordering::Relaxed) & LIFTED != 0
+    }
+
+    /// Write-around's mark on a Dirty entry it made writable before any write to it
+    /// (invariant 7): `lifted` from Clean over data, else installed over a hole it did not
+    /// allocate.
+    pub(crate) fn set_ahead(&mut self, lifted: bool) {
+        debug_assert_eq!(self.state(), State::Dirty, "only Dirty entries are marked");
+        let bit = if lifted { LIFTED } else { UNWRITTEN };
         // Only this bit changes; the clock and waiters may change theirs meanwhile.
-        self.entries.words[self.index].fetch_or(UNWRITTEN, Ordering::Relaxed);
+        self.entries.words[self.index].fetch_or(bit, Ordering::Relaxed);
     }
 
     /// Eviction's transition: the page is dropped, the entry Empty, remembering whether
@@ -281,7 +291,8 @@ impl EntryGuard<'_> {
         // concurrently: update with a CAS loop. Invariants 6 and 7: any change clears the
         // evicted-dirty and unwritten bits.
         let _ = word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
-            Some((w & !(STATE_MASK | EVICTED_DIRTY | UNWRITTEN)) | state as u32 | referenced)
+            let marks = STATE_MASK | EVICTED_DIRTY | UNWRITTEN | LIFTED;
+            Some((w & !marks) | state as u32 | referenced)
         });
         if state == State::Dirty && old != State::Dirty {
             entries.dirty.mark(self.index);

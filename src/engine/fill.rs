@@ -124,7 +124,7 @@ fn mark_unwritten(run: &mut [&mut EntryGuard<'_>], held: usize) -> u64 {
     let mut marked = 0;
     for guard in run.iter_mut() {
         if guard.index() != held && guard.state() == State::Dirty {
-            guard.set_unwritten();
+            guard.set_ahead(false);
             marked += 1;
         }
     }

@@ -121,26 +121,70 @@ pub(crate) fn fill<'a>(
     count(region, fill_range(region, guard, write, scratch))
 }
 
-/// Serves a write to a present page by upgrading its whole range: with
-/// `Options::huge_dirty` when all of it is Clean (lift the protection of 2 MiB); with
-/// `huge_dirty` or write-around when all of it is Zero (drop the zero pages, install 2 MiB
-/// writable as a write to the Empty hole range would). `None` when the 4 KiB upgrade
-/// serves it.
+/// Serves a write to a present page by upgrading more than its page: with
+/// `Options::huge_dirty` its whole range when all of it is Clean (lift the protection of
+/// 2 MiB); with `huge_dirty` or write-around its whole range when all of it is Zero (drop
+/// the zero pages, install 2 MiB writable as a write to the Empty hole range would); with
+/// write-around, a write to a Clean page right after two Dirty ones (a sequential write
+/// over data) lifts the protection of the Clean pages after it to the range's end
+/// ([`lift_ahead`]). `None` when the 4 KiB upgrade serves it.
 pub(crate) fn upgrade<'a>(
     region: &'a Region,
     guard: &mut EntryGuard<'a>,
 ) -> Option<Result<(), Error>> {
     let config = &region.config;
-    let state = guard.state();
-    let whole = match state {
-        State::Clean => config.huge_dirty,
-        State::Zero => config.huge_dirty || write_around(region),
-        State::Empty | State::Dirty => false,
-    };
-    if config.granularity != Granularity::Huge || !whole {
+    if config.granularity != Granularity::Huge {
         return None;
     }
-    count(region, upgrade_range(region, guard, state))
+    let index = guard.index();
+    match guard.state() {
+        State::Clean if config.huge_dirty => {
+            count(region, upgrade_range(region, guard, State::Clean))
+        }
+        State::Zero if config.huge_dirty || write_around(region) => {
+            count(region, upgrade_range(region, guard, State::Zero))
+        }
+        State::Clean if config.write_around && continues_a_write(region, index) => {
+            Some(lift_ahead(region, guard))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a write to page `index` continues a sequential write: the two pages before it,
+/// in its range, are Dirty. Two, not one, so that sparse random writes (1% of the pages)
+/// almost never lift a range they will not write (one in 10,000 writes, not one in 100):
+/// a lifted page costs a read of the store at the next flush.
+fn continues_a_write(region: &Region, index: usize) -> bool {
+    let dirty = |index| region.entries.peek(index) == State::Dirty;
+    index % HUGE_PAGES >= 2 && dirty(index - 1) && dirty(index - 2)
+}
+
+/// A write to the Clean page `guard` that continues a sequential write: lifts the
+/// protection of it and of the free Clean pages after it, up to the end of its 2 MiB
+/// range, in one ioctl (one fault instead of one per page), all Dirty; the others marked
+/// lifted (entries invariant 7), so that a flush writes only those whose bytes then
+/// differ from the store's. No memory is added (the pages are resident already), so no
+/// budget check.
+fn lift_ahead<'a>(region: &'a Region, guard: &mut EntryGuard<'a>) -> Result<(), Error> {
+    let index = guard.index();
+    let end = (index - index % HUGE_PAGES + HUGE_PAGES).min(region.pages());
+    let mut span = Span::lock_ahead(&region.entries, index, end, State::Clean);
+    let mut run = span.join(guard);
+    let ahead = run.len() as u64 - 1;
+    // Counted before the insert wakes the faulting thread, as every fault is.
+    let counter = &region.counters.write_around_pages;
+    Counters::add(counter, ahead);
+    let lifted = insert(region, &mut run, Source::Hole, true);
+    let mut marked = 0;
+    for entry in run.iter_mut().skip(1) {
+        if entry.state() == State::Dirty {
+            entry.set_ahead(true);
+            marked += 1;
+        }
+    }
+    Counters::sub(counter, ahead - marked);
+    lifted
 }
 
 /// Whether a write into a hole range may install it whole (`Options::write_around`):

@@ -85,10 +85,26 @@ impl<'a> Span<'a> {
     /// Locks the free, Empty entries next to `held` inside `window` (which holds it),
     /// outwards on each side until the first that is locked or not Empty (never waits).
     pub(crate) fn lock_free(entries: &'a Entries, window: Range<usize>, held: usize) -> Span<'a> {
-        let mut below = lock_while_free(entries, (window.start..held).rev());
+        let mut below = lock_while_free(entries, (window.start..held).rev(), State::Empty);
         below.reverse();
-        let above = lock_while_free(entries, held + 1..window.end);
+        let above = lock_while_free(entries, held + 1..window.end, State::Empty);
         Span { held, below, above }
+    }
+
+    /// Locks the free entries in `state` after `held`, up to `end`, until the first that
+    /// is locked or in another state (never waits).
+    pub(crate) fn lock_ahead(
+        entries: &'a Entries,
+        held: usize,
+        end: usize,
+        state: State,
+    ) -> Span<'a> {
+        let above = lock_while_free(entries, held + 1..end, state);
+        Span {
+            held,
+            below: Guards::new(),
+            above,
+        }
     }
 
     /// The indices of the run, the held entry included.
@@ -130,13 +146,17 @@ impl<'a> Span<'a> {
     }
 }
 
-/// Locks the entries of `indices` in order while each is free and Empty; stops at the
-/// first that is not, or when the guards' room (2 MiB) is full.
-fn lock_while_free<'a>(entries: &'a Entries, indices: impl Iterator<Item = usize>) -> Guards<'a> {
+/// Locks the entries of `indices` in order while each is free and in `state`; stops at
+/// the first that is not, or when the guards' room (2 MiB) is full.
+fn lock_while_free<'a>(
+    entries: &'a Entries,
+    indices: impl Iterator<Item = usize>,
+    state: State,
+) -> Guards<'a> {
     let mut locked = Guards::new();
     for index in indices {
         match entries.try_lock(index) {
-            Some(guard) if guard.state() == State::Empty => {
+            Some(guard) if guard.state() == state => {
                 if locked.try_push(guard).is_err() {
                     break;
                 }

@@ -71,11 +71,13 @@ counters! {
     huge_zero_fallbacks,
     /// Neighbouring pages installed by fault-around.
     fault_around_pages,
-    /// Pages a 2 MiB write fault installed writable over a hole before they were written,
-    /// unallocated (write-around: `Options::write_around`).
+    /// Pages a 2 MiB write fault made writable before they were written (write-around:
+    /// `Options::write_around`): installed over a hole, unallocated, or lifted from Clean
+    /// by a sequential write over data.
     write_around_pages,
-    /// Write-around pages a writeback found still all zero: not written, the store's hole
-    /// kept (a flush leaves them writable and looks again at the next; each look counts).
+    /// Write-around pages a writeback found unchanged (a hole's still all zero, a lifted
+    /// page equal to the store's bytes): not written. A flush leaves the hole ones
+    /// writable and looks again at the next (each look counts); lifted ones become Clean.
     unwritten_skipped,
     /// Dirty pages written back to the store (by flush or eviction).
     pages_written_back,

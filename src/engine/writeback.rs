@@ -296,10 +296,12 @@ pub(crate) enum Then {
 }
 
 /// Writes back consecutive locked Dirty pages: write-protect, copy out, mark Clean;
-/// returns how many pages were written. A write-around page still all zero (entries
-/// invariant 7) is not written: the store's hole already reads the same ([`then`] says
-/// what becomes of it). The zero check follows the write-protect, so a store racing it
-/// either is in the bytes checked or faults and waits for our lock.
+/// returns how many pages were written. A page made writable ahead of its first write
+/// (entries invariant 7) is not written while it still equals the store: a write-around
+/// page still all zero over its hole ([`Then`] says what becomes of it), a lifted one
+/// equal to the store's bytes (read back for the comparison by a flush only; it becomes
+/// Clean). The comparison follows the write-protect, so a store racing it either is in
+/// the bytes compared or faults and waits for our lock.
 pub(crate) fn writeback_locked(
     region: &Region,
     guards: &mut [EntryGuard<'_>],
@@ -308,49 +310,93 @@ pub(crate) fn writeback_locked(
     let Some(first) = guards.first() else {
         return Ok(0);
     };
-    region.writeprotect(first.index(), guards.len(), true, false)?;
+    let first = first.index();
+    region.writeprotect(first, guards.len(), true, false)?;
+    let stored = match then {
+        Then::Keep if guards.iter().any(|guard| guard.is_lifted()) => {
+            stored_bytes(region, first, guards.len())
+        }
+        _ => None,
+    };
+    let fate = |guard: &EntryGuard<'_>| fate(region, guard, stored.as_deref(), first);
     let mut written = 0;
     let mut rest = guards;
-    while !rest.is_empty() {
-        let unwritten = rest.iter().take_while(|g| never_written(region, g)).count();
-        let (skipped, tail) = rest.split_at_mut(unwritten);
-        skip_unwritten(region, skipped, then)?;
-        let dirty = tail
-            .iter()
-            .take_while(|g| !never_written(region, g))
-            .count();
-        let (run, tail) = tail.split_at_mut(dirty);
-        write_out(region, run)?;
-        written += run.len() as u64;
+    while let Some(head) = rest.first() {
+        let kind = fate(head);
+        let len = rest.iter().take_while(|guard| fate(guard) == kind).count();
+        let (run, tail) = rest.split_at_mut(len);
+        match kind {
+            Fate::Write => {
+                write_out(region, run)?;
+                written += len as u64;
+            }
+            Fate::Unchanged => skip_unchanged(region, run, then)?,
+        }
         rest = tail;
     }
     Ok(written)
 }
 
-/// Whether a locked, write-protected Dirty page is a write-around page never written:
-/// still all zero over the hole it did not allocate. Never in an abandoned region,
-/// whose pages are all written and left writable (`keep_writable`).
-fn never_written(region: &Region, guard: &EntryGuard<'_>) -> bool {
-    if !guard.is_unwritten() || region.is_abandoned() {
-        return false;
-    }
-    // SAFETY: the page is present (Dirty), write-protected, and its entry locked by us.
-    let bytes = unsafe { region.bytes(guard.index(), 1) };
-    bytes.is_ok_and(is_zero)
+/// What a writeback does with a locked, write-protected Dirty page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Write,
+    /// Made writable ahead of its first write and still equal to the store.
+    Unchanged,
 }
 
-/// Write-around pages found never written: counted; for a flush, made writable again
-/// (waking a write that faulted on the protection) and marked for the next flush.
-fn skip_unwritten(region: &Region, guards: &[EntryGuard<'_>], then: Then) -> Result<(), Error> {
-    let Some(first) = guards.first() else {
-        return Ok(());
+/// The fate of page `guard` of a run from `first`, given the store's bytes of the run
+/// (`stored`, read for lifted pages). Never skips in an abandoned region, whose pages
+/// stay writable (`keep_writable`).
+fn fate(region: &Region, guard: &EntryGuard<'_>, stored: Option<&[u8]>, first: usize) -> Fate {
+    let (unwritten, lifted) = (guard.is_unwritten(), guard.is_lifted());
+    if !(unwritten || lifted) || region.is_abandoned() {
+        return Fate::Write;
+    }
+    // SAFETY: the page is present (Dirty), write-protected, and its entry locked by us.
+    let Ok(now) = (unsafe { region.bytes(guard.index(), 1) }) else {
+        return Fate::Write;
     };
+    let at = (guard.index() - first) * PAGE_SIZE;
+    let same = match stored.and_then(|stored| stored.get(at..at + PAGE_SIZE)) {
+        Some(stored) if lifted => now == stored,
+        _ => unwritten && is_zero(now),
+    };
+    if same { Fate::Unchanged } else { Fate::Write }
+}
+
+/// The store's bytes of `pages` pages from `first`, for comparing lifted pages; `None`
+/// if they cannot be read (the pages are then written: always correct).
+fn stored_bytes(region: &Region, first: usize, pages: usize) -> Option<Vec<u8>> {
+    let mut bytes = vec![0; pages * PAGE_SIZE];
+    region
+        .store
+        .read_at(region.page_offset(first), &mut bytes)
+        .ok()?;
+    Counters::add(&region.counters.bytes_read, bytes.len() as u64);
+    Some(bytes)
+}
+
+/// Pages made writable ahead of their first write and found unchanged: counted, not
+/// written. A lifted page equals the store's bytes: Clean (it stays protected). A
+/// write-around page, for a flush: made writable again (waking a write that faulted on
+/// the protection) and marked for the next flush, still unwritten; for eviction: left
+/// protected, dropped with its run.
+fn skip_unchanged(region: &Region, guards: &mut [EntryGuard<'_>], then: Then) -> Result<(), Error> {
     Counters::add(&region.counters.unwritten_skipped, guards.len() as u64);
-    if then == Then::Keep {
-        region.writeprotect(first.index(), guards.len(), false, true)?;
-        for guard in guards {
-            region.entries.remark_dirty(guard.index());
+    let mut rest = guards;
+    while let Some(head) = rest.first() {
+        let lifted = head.is_lifted();
+        let len = rest.iter().take_while(|g| g.is_lifted() == lifted).count();
+        let (run, tail) = rest.split_at_mut(len);
+        if lifted {
+            run.iter_mut().for_each(|guard| guard.set(State::Clean));
+        } else if then == Then::Keep {
+            region.writeprotect(run[0].index(), len, false, true)?;
+            run.iter()
+                .for_each(|guard| region.entries.remark_dirty(guard.index()));
         }
+        rest = tail;
     }
     Ok(())
 }
