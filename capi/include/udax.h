@@ -20,6 +20,7 @@ extern "C" {
 #define UDAX_ASYNC_DIRTY   4u  /* asynchronous dirty tracking (no budget with it) */
 #define UDAX_FIXED_REPLACE 8u  /* with address: replace what is mapped there (MAP_FIXED) */
 #define UDAX_HUGE_DIRTY   16u  /* with 2 MiB granularity: dirty tracking per 2 MiB */
+#define UDAX_NO_WRITE_AROUND 32u /* with 2 MiB granularity: a fault per page's first write */
 
 struct udax_map;     /* a mapping (opaque) */
 struct udax_budget;  /* a resident budget several mappings share (opaque) */

@@ -24,9 +24,16 @@ pub const UDAX_ASYNC_DIRTY: u32 = 4;
 pub const UDAX_FIXED_REPLACE: u32 = 8;
 /// `udax_options.flags`: with 2 MiB granularity, track dirty data per 2 MiB.
 pub const UDAX_HUGE_DIRTY: u32 = 16;
+/// `udax_options.flags`: with 2 MiB granularity, no write-around (each page's first
+/// write is its own fault, which allocates its block: ENOSPC is the access's SIGBUS).
+pub const UDAX_NO_WRITE_AROUND: u32 = 32;
 /// Every flag this version knows.
-const KNOWN_FLAGS: u32 =
-    UDAX_READ_ONLY | UDAX_IN_THREAD | UDAX_ASYNC_DIRTY | UDAX_FIXED_REPLACE | UDAX_HUGE_DIRTY;
+const KNOWN_FLAGS: u32 = UDAX_READ_ONLY
+    | UDAX_IN_THREAD
+    | UDAX_ASYNC_DIRTY
+    | UDAX_FIXED_REPLACE
+    | UDAX_HUGE_DIRTY
+    | UDAX_NO_WRITE_AROUND;
 
 /// `struct udax_options`: all zero is the default.
 #[repr(C)]
@@ -158,7 +165,8 @@ unsafe fn options_from(options: *const UdaxOptions) -> Result<(Options, bool), F
     let flag = |f: u32| o.flags & f != 0;
     let mut opts = Options::default()
         .read_only(flag(UDAX_READ_ONLY))
-        .huge_dirty(flag(UDAX_HUGE_DIRTY));
+        .huge_dirty(flag(UDAX_HUGE_DIRTY))
+        .write_around(!flag(UDAX_NO_WRITE_AROUND));
     if let Some(granularity) = granularity_of(o.granularity)? {
         opts = opts.granularity(granularity);
     }

@@ -44,8 +44,8 @@ pub(crate) enum Mkwrite {
     Yes,
     /// Writable and Dirty, but of a hole only the faulting page is allocated: the others
     /// are marked unwritten (entries invariant 7), allocated by their writeback if they
-    /// are written, dropped by it if they are not (write-around, `huge.rs`). Over data,
-    /// as `Yes`.
+    /// are written, skipped by it while they are not (write-around, `huge.rs`). Over
+    /// data, as `Yes`.
     Around,
 }
 

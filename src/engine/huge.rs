@@ -28,9 +28,15 @@
 //!   be had (THP off, no free slot, UFFDIO_MOVE unavailable, the move failed), one 2 MiB
 //!   UFFDIO_COPY with the write-protect mode: still one fault, as 512 small pages.
 //!
-//! A write fault installs the range as a read would, then upgrades its own page
-//! (`fill::upgrade`): dirty tracking stays exact at 4 KiB. Lifting the protection of one
-//! page of a huge mapping splits it in the kernel; the other 511 stay protected and Clean.
+//! A write fault on a hole range, with `Options::write_around` (the default) and room
+//! under the budget, installs the whole range writable and Dirty, allocating only its
+//! own page; the others are marked unwritten, and writeback skips them while they are
+//! all zero. A write fault on a data range (or without write-around) installs the range
+//! as a read would, then upgrades its own page (`fill::upgrade`): dirty tracking stays
+//! exact at 4 KiB; a later write that continues a sequential write lifts the rest of
+//! the range at once ([`lift_ahead`]), and flush compares those pages with the store.
+//! Lifting the protection of one page of a huge mapping splits it in the kernel; the
+//! other 511 stay protected and Clean.
 //! With `Options::huge_dirty` a write instead installs the whole range writable and Dirty
 //! (one writable huge mapping), and a write-protect fault on a range that is all Clean or
 //! all Zero upgrades the whole range ([`upgrade`]), like the kernel's PMD entries.
@@ -151,21 +157,24 @@ pub(crate) fn upgrade<'a>(
     }
 }
 
-/// Whether a write to page `index` continues a sequential write: the two pages before it,
-/// in its range, are Dirty. Two, not one, so that sparse random writes (1% of the pages)
-/// almost never lift a range they will not write (one in 10,000 writes, not one in 100):
-/// a lifted page costs a read of the store at the next flush.
+/// Whether a write to page `index` may lift the pages after it: the two pages before it,
+/// in its range, are Dirty (a sequential write), and the region has no budget. Two, not
+/// one, so that sparse random writes (1% of the pages) almost never lift a range they
+/// will not write (one in 10,000 writes, not one in 100): a lifted page costs a read of
+/// the store at the next flush. No budget, because eviction cannot compare (it may run
+/// in a signal handler, with no buffer): it would write every lifted page back.
 fn continues_a_write(region: &Region, index: usize) -> bool {
     let dirty = |index| region.entries.peek(index) == State::Dirty;
-    index % HUGE_PAGES >= 2 && dirty(index - 1) && dirty(index - 2)
+    region.budget.is_none() && index % HUGE_PAGES >= 2 && dirty(index - 1) && dirty(index - 2)
 }
 
 /// A write to the Clean page `guard` that continues a sequential write: lifts the
 /// protection of it and of the free Clean pages after it, up to the end of its 2 MiB
 /// range, in one ioctl (one fault instead of one per page), all Dirty; the others marked
 /// lifted (entries invariant 7), so that a flush writes only those whose bytes then
-/// differ from the store's. No memory is added (the pages are resident already), so no
-/// budget check.
+/// differ from the store's. No memory is added: the pages are resident already. The
+/// marks follow the ioctl that wakes the faulting thread; a flush racing that waits for
+/// our entry locks, so it never finds a lifted page unmarked.
 fn lift_ahead<'a>(region: &'a Region, guard: &mut EntryGuard<'a>) -> Result<(), Error> {
     let index = guard.index();
     let end = (index - index % HUGE_PAGES + HUGE_PAGES).min(region.pages());

@@ -35,6 +35,18 @@ int main(int argc, char **argv) {
     CHECK(udax_prefault(map, size, 1, 0) == -EINVAL); /* out of range */
     CHECK(udax_unmap(map) == 0);
 
+    /* Without write-around, a write to a range read as zero pages is a fault of its page
+       (zero_to_dirty); with it (the default above), one write fault for the range. */
+    struct udax_options exact = {0};
+    exact.flags = UDAX_NO_WRITE_AROUND;
+    CHECK(udax_map_path(path, &exact, &map) == 0);
+    p = udax_addr(map);
+    CHECK(p[(2 << 20) + 12345] == 0); /* the second 2 MiB range: a hole */
+    p[(2 << 20) + 4096] = 7;
+    CHECK(udax_stats(map, &st) == 0);
+    CHECK(st.zero_faults == 1 && st.zero_to_dirty == 1 && st.write_faults == 0);
+    CHECK(udax_unmap(map) == 0);
+
     /* By fd, with a shared budget over two mappings and fault-around. */
     struct udax_budget *budget = NULL;
     CHECK(udax_budget_new(1 << 20, &budget) == 0);
