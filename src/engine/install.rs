@@ -188,30 +188,25 @@ fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<
     run.iter_mut().for_each(|guard| guard.set(State::Zero));
     Counters::add(zero_faults, 1);
     let moved = move_zero_in(region, pages, first);
+    let strays = strays_of(region, first, moved, pages);
     // A ZEROPAGE wakes only waiters in its own range: after a (partial) move of the huge
-    // zero page the faulting page may lie in the moved part, so the run is woken at the end.
-    let zeropage_wakes = !sync && moved == 0;
-    let rest = match moved {
-        moved if moved == pages => Ok(()),
-        moved => region.zeropage(first + moved, pages - moved, zeropage_wakes),
-    };
-    let (zeroed, stopped) = match rest {
-        Ok(()) => (pages, None),
-        // Stopped at a present page: the prefix before it is mapped.
-        Err(UffdError::Again { op, done }) => {
-            let done = (moved * PAGE_SIZE) as u64 + done;
-            (
-                done as usize / PAGE_SIZE,
-                Some(UffdError::Again { op, done }),
-            )
+    // zero page the faulting page may lie in the moved part, or in a stray stepped over,
+    // so the run is woken at the end.
+    let zeropage_wakes = !sync && moved == 0 && strays.is_empty();
+    let (zeroed, stopped) = zero_gaps(region, first, moved, pages, &strays, zeropage_wakes);
+    // The page table is the truth: mapped are the prefix the move and the ZEROPAGEs
+    // reached, and every stray (even past a ZEROPAGE that stopped); the rest is Empty.
+    let mut mapped = PageSet::default();
+    (0..pages)
+        .filter(|&page| page < zeroed || strays.contains(page))
+        .for_each(|page| mapped.insert(page));
+    for (page, guard) in run.iter_mut().enumerate() {
+        if !mapped.contains(page) {
+            guard.set(State::Empty);
         }
-        Err(error) => (moved, Some(error)),
-    };
-    run[zeroed..]
-        .iter_mut()
-        .for_each(|guard| guard.set(State::Empty));
+    }
     // Nothing mapped (the mm is changing: EAGAIN) is no fault served; the caller retries.
-    if zeroed == 0 {
+    if mapped.is_empty() {
         Counters::sub(zero_faults, 1);
     }
     // Asynchronous tracking needs no protection: a store into the zero page makes the
@@ -219,7 +214,16 @@ fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<
     // written-page scan finds (`Region::scan_written`). Only synchronous tracking must
     // fault on the first write.
     if sync {
-        settle(region, &mut run[..zeroed], Expect::ZeroPage);
+        let mut page = 0;
+        while page < pages {
+            let end = (page..pages)
+                .find(|&end| !mapped.contains(end))
+                .unwrap_or(pages);
+            if end > page {
+                settle(region, &mut run[page..end], Expect::ZeroPage);
+            }
+            page = end + 1;
+        }
     }
     drop(window);
     // A stopped ZEROPAGE woke nobody either (the caller retries the rest).
@@ -230,6 +234,74 @@ fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<
         Some(error) => Err(error.into()),
         None => Ok(()),
     }
+}
+
+/// The pages of a 2 MiB hole range present past the `moved` prefix after a move of the
+/// huge zero page fell short (relative to the run's start at page `first`): empty
+/// unless the 2 MiB path may have tried a move, and always empty when it did not.
+///
+/// The race (the lost store at the first page of a hole range, issue 11): the range is
+/// dropped (MADV_DONTNEED) and then the huge zero PMD moved in; a racing fault of another
+/// thread in between allocates (inferred, not traced in the kernel) the range's page table again (the mapping is
+/// MADV_NOHUGEPAGE: its missing faults go to the PTE level, which allocates the table
+/// before it reaches userfaultfd). The kernel then splits the source PMD and moves zero
+/// PTEs one by one, and on 6.18 the move can fail with EEXIST, reporting nothing moved,
+/// having installed the range's first page (seen, as the data move's strays in
+/// [`take_over_strays`]). A ZEROPAGE from the start then met that page and stopped with
+/// EEXIST, and the entries went back to Empty while the page stayed mapped, unprotected:
+/// a store into it made a private copy without any fault, the entry said Empty, and no
+/// flush wrote it. So the page table is asked, and a stray is kept as the other zero
+/// pages are: protected, then Zero or (a store got in first) Dirty by its pfn.
+///
+/// If the scan fails, nothing is known to be present: a ZEROPAGE stops at a stray, which
+/// is left unaccounted as before (PAGEMAP_SCAN of our own range does not fail in practice).
+fn strays_of(region: &Region, first: usize, moved: usize, pages: usize) -> PageSet {
+    let mut strays = PageSet::default();
+    if moved >= pages || pages != HUGE_PAGES || !region.config.huge_move {
+        return strays;
+    }
+    let _ = region.for_each_run(first + moved, pages - moved, PageKind::Present, |run| {
+        run.for_each(|page| strays.insert(moved + page))
+    });
+    strays
+}
+
+/// Maps the zero page over pages `from..pages` of a run starting at page `first`, except
+/// the `strays` (present already: stepped over and kept), one ZEROPAGE per gap between
+/// them. Returns the pages mapped from the run's start (strays included) and the error
+/// that stopped it: a ZEROPAGE stopped at a present page (EAGAIN with the bytes done,
+/// reported from `first`), or failed.
+fn zero_gaps(
+    region: &Region,
+    first: usize,
+    from: usize,
+    pages: usize,
+    strays: &PageSet,
+    wake: bool,
+) -> (usize, Option<UffdError>) {
+    let mut at = from;
+    while at < pages {
+        if strays.contains(at) {
+            at += 1;
+            continue;
+        }
+        let end = (at..pages)
+            .find(|&page| strays.contains(page))
+            .unwrap_or(pages);
+        match region.zeropage(first + at, end - at, wake) {
+            Ok(()) => at = end,
+            // Stopped at a present page: the prefix before it is mapped.
+            Err(UffdError::Again { op, done }) => {
+                let done = (at * PAGE_SIZE) as u64 + done;
+                return (
+                    done as usize / PAGE_SIZE,
+                    Some(UffdError::Again { op, done }),
+                );
+            }
+            Err(error) => return (at, Some(error)),
+        }
+    }
+    (pages, None)
 }
 
 /// Moves the huge zero page over a run of `pages` Empty entries from `first` when it is a

@@ -18,13 +18,13 @@
 //! Either failing, [`get`] answers `None` for the life of the process, and 2 MiB holes
 //! are 512 zero pages as before.
 //!
-//! **Off by default** ([`enable`] turns it on, for tests): with it on, the race tests
-//! (`tests/races.rs`, `racing_first_touches_lose_no_write_huge*`) lose a store to the
-//! first page of a hole range now and then (the mapping holds it, the entry says Zero, so
-//! flush skips it), on this 6.18.44 kernel, in both resolution modes. The store lands in
-//! the window between the move and the write-protect; with 4 KiB zero pages the same
-//! window is closed by the PFNZERO check. Until it is understood (a writable moved PMD
-//! would mean writing the shared huge zero page itself), no mapping uses the path.
+//! **Off by default** ([`enable`] turns it on, for tests). With it on, the race tests lost
+//! a store to the first page of a hole range now and then (issue 11): a racing fault made
+//! the range's page table again between the MADV_DONTNEED and the move, so the kernel split
+//! the PMD and moved zero PTEs, and the move could fail with EEXIST, reporting nothing
+//! moved, having installed the first page; the entries then said Empty over a mapped,
+//! unprotected page. `install::strays_of` now keeps such pages (fixed; the reproducer is
+//! `tests/races.rs`, `huge_zero_page_on_parallel_mappings_lose_no_write`).
 //!
 //! Invariant 1: a slot that is not claimed maps the huge zero page, or nothing (a move
 //! that fell short empties its slot before the claim is released).
