@@ -147,5 +147,18 @@ def test_errors_are_typed(tmp_path, words):
     assert os.path.exists(path)
 
 
-def test_the_default_granularity_is_documented():
-    assert udax.DEFAULT_GRANULARITY == "2m"
+def test_the_default_granularity_is_the_librarys(words):
+    """2 MiB without a budget; under one, a random read reads 4 KiB (a 2 MiB fault
+    under a small budget would evict half of it to read the range in)."""
+    path, data = words
+    with udax.map_file(path) as m:
+        a = np.frombuffer(m, dtype=np.uint64)
+        assert a[5 * 512 + 7] == data[5 * 512 + 7]
+        assert m.stats()["huge_faults"] == 1
+        del a
+    with udax.map_file(path, budget=4 * MIB) as m:
+        a = np.frombuffer(m, dtype=np.uint64)
+        assert a[5 * 512 + 7] == data[5 * 512 + 7]
+        stats = m.stats()
+        assert (stats["read_faults"], stats["huge_faults"], stats["fault_around_pages"]) == (1, 0, 0)
+        del a
