@@ -61,6 +61,9 @@ int udax_flush(struct udax_map *map);
 /* Makes [offset, offset+len) present as reads (or writes) would. */
 int udax_prefault(struct udax_map *map, size_t offset, size_t len, int write);
 int udax_stats(const struct udax_map *map, struct udax_stats *out);
+/* One counter by name, e.g. "write_around_pages": every counter the library keeps,
+ * also those struct udax_stats (a fixed layout) lacks; -ENOENT for an unknown name. */
+int udax_stat(const struct udax_map *map, const char *name, uint64_t *out);
 /* Flushes, stops and unmaps; frees the handle even when the flush fails. */
 int udax_unmap(struct udax_map *map);
 

@@ -364,6 +364,45 @@ pub unsafe extern "C" fn udax_stats(map: *const UdaxMap, out: *mut UdaxStats) ->
     })
 }
 
+/// `int udax_stat(const struct udax_map *map, const char *name, uint64_t *out)`: one
+/// counter by its Rust name (`udax::Stats::fields`), every counter the library has, also
+/// those newer than `struct udax_stats`, whose layout stays fixed. `-ENOENT` for a name
+/// the library does not count.
+///
+/// # Safety
+/// `map` is NULL or a live handle; `name` NULL or a NUL-terminated string; `out` NULL or
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn udax_stat(
+    map: *const UdaxMap,
+    name: *const c_char,
+    out: *mut u64,
+) -> c_int {
+    guard_status(|| {
+        // SAFETY: the caller's promise.
+        let stats = unsafe { mapping(map)? }.stats();
+        if name.is_null() {
+            return Err(Failure::new(libc::EINVAL, "name is NULL"));
+        }
+        // SAFETY: the caller's promise.
+        let name = unsafe { CStr::from_ptr(name) }.to_bytes();
+        // SAFETY: the caller's promise.
+        let out =
+            unsafe { out.as_mut() }.ok_or_else(|| Failure::new(libc::EINVAL, "out is NULL"))?;
+        let (_, value) = stats
+            .fields()
+            .into_iter()
+            .find(|(field, _)| field.as_bytes() == name)
+            .ok_or_else(|| {
+                let name = String::from_utf8_lossy(name);
+                let hint = "udax_stat takes a udax::Stats field name, e.g. \"write_faults\"";
+                Failure::new(libc::ENOENT, format!("no counter named {name:?} ({hint})"))
+            })?;
+        *out = value;
+        Ok(())
+    })
+}
+
 /// `int udax_unmap(struct udax_map *map)`: flushes, stops, unmaps and frees the handle
 /// (always, even when the flush fails: its error is returned).
 ///

@@ -27,8 +27,16 @@ int main(int argc, char **argv) {
     /* one fault each: the hole read (the 2 MiB around it at the default granularity), then
        the write, on that zero page (zero_to_dirty) or, at 4 KiB, on an empty one */
     CHECK(st.zero_faults == 1 && st.write_faults + st.zero_to_dirty == 1);
+    uint64_t around = 0, skipped = 0, n = 0;
+    CHECK(udax_stat(map, "write_faults", &n) == 0 && n == st.write_faults);
+    CHECK(udax_stat(map, "write_around_pages", &around) == 0 && around == 511);
     CHECK(udax_flush(map) == 0);
     CHECK(udax_stats(map, &st) == 0 && st.pages_written_back == 1 && st.flushes == 1);
+    /* the 511 pages the write made writable around its own are still zero: not written */
+    CHECK(udax_stat(map, "unwritten_skipped", &skipped) == 0 && skipped == 511);
+    CHECK(udax_stat(map, "no_such_counter", &n) == -ENOENT);
+    CHECK(strstr(udax_strerror(-ENOENT), "no_such_counter") != NULL);
+    CHECK(udax_stat(map, NULL, &n) == -EINVAL && udax_stat(map, "flushes", NULL) == -EINVAL);
     char back[5];
     CHECK(pread(fd, back, 5, 8192) == 5 && memcmp(back, "hello", 5) == 0);
     CHECK(udax_prefault(map, 0, 65536, 0) == 0);
@@ -105,6 +113,7 @@ int main(int argc, char **argv) {
     CHECK(strstr(udax_strerror(-EINVAL), "too small") != NULL);
     CHECK(udax_budget_new(1, &budget) == -EINVAL);
     CHECK(udax_flush(NULL) == -EINVAL && udax_unmap(NULL) == -EINVAL);
+    CHECK(udax_stat(NULL, "flushes", &(uint64_t){0}) == -EINVAL);
     CHECK(udax_stats(NULL, &st) == -EINVAL && udax_addr(NULL) == NULL && udax_len(NULL) == 0);
     CHECK(udax_budget_resident_pages(NULL) == 0 && udax_budget_peak_pages(NULL) == 0);
     CHECK(strlen(udax_strerror(-ENOSPC)) > 0); /* no failure of that errno: strerror's */
