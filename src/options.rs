@@ -300,8 +300,8 @@ impl Options {
     /// The engine's configuration for a region served by `resolution`, in this process's
     /// own memory (`own_memory`: a mapping) or another's (an adopted region, which only
     /// fills: no dirty tracking, no huge-page moves). Huge pages are moved in only outside
-    /// a signal handler (in-thread faults have a page of scratch, not 2 MiB: their wide
-    /// faults install holes and fall back to 4 KiB for data), and where the kernel can.
+    /// a signal handler (in-thread faults copy wide data ranges from their mapping's
+    /// staging buffer, `resolve::in_thread`), and where the kernel can.
     pub(crate) fn config(&self, resolution: Resolution, own_memory: bool) -> Config {
         let in_thread = resolution == Resolution::InThread;
         let granularity = self.granularity_for(own_memory);

@@ -233,6 +233,22 @@ fn reading_a_written_store_takes_one_fault_per_2mib_with_the_right_bytes() {
     );
 }
 
+/// In-thread resolution fills a 2 MiB data range through its mapping's staging buffer:
+/// one fault per 2 MiB, copied in (without the buffer, a signal handler had a page of
+/// scratch and every data fault fell back to 4 KiB: 512 faults a range).
+#[test]
+fn in_thread_a_written_store_is_one_fault_per_2mib() {
+    if !common::require_uffd() {
+        return;
+    }
+    let in_thread = huge().resolution(udax::Resolution::InThread);
+    let anon_huge = read_written_store(in_thread);
+    assert_eq!(
+        anon_huge, 0,
+        "in-thread mappings copy: no huge page is moved in"
+    );
+}
+
 /// Where no huge page can be had, a 2 MiB range is still one fault, copied in.
 #[test]
 fn without_huge_pages_a_range_is_copied_in_one_fault() {
@@ -613,6 +629,15 @@ fn fault_around_reads_a_window_per_fault() {
     if !common::require_uffd() {
         return;
     }
+    let in_thread = udax::Resolution::InThread;
+    for resolution in [udax::Resolution::HandlerThreads, in_thread] {
+        fault_around_reads_a_window_per_fault_with(resolution);
+    }
+}
+
+/// The test above, with faults served by `resolution` (in-thread: through the mapping's
+/// staging buffer; without it, data windows fell back to one page per fault).
+fn fault_around_reads_a_window_per_fault_with(resolution: udax::Resolution) {
     let dir = tempfile::tempdir().expect("tempdir");
     let len = 4 << 20;
     // Alternate 64 KiB of data and 64 KiB of hole.
@@ -621,12 +646,15 @@ fn fault_around_reads_a_window_per_fault() {
         .map(|at| at..at + (64 << 10))
         .collect();
     let store = file_store(dir.path(), len, data.clone());
-    let options = Options::default().granularity(Granularity::FaultAround(64 << 10));
+    let options = Options::default()
+        .granularity(Granularity::FaultAround(64 << 10))
+        .resolution(resolution);
     let mapping = Mapping::new(store, options).expect("map");
+    assert_eq!(mapping.resolution(), resolution);
     touch_every_page(&mapping);
     let stats = mapping.stats();
     let pages = (len / PAGE) as u64;
-    assert_eq!(faults(&stats), pages / 16, "{stats:?}");
+    assert_eq!(faults(&stats), pages / 16, "{resolution:?}: {stats:?}");
     assert_eq!(stats.zero_faults, stats.read_faults, "{stats:?}");
     assert_eq!(stats.fault_around_pages, pages - pages / 16, "{stats:?}");
     let rss = common::mapping_rss_kib(mapping.as_ptr(), mapping.len());

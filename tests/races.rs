@@ -359,8 +359,9 @@ fn store_inside_the_zero_page_window_is_flushed(options: Options) {
     mapping.close().expect("close");
 }
 
-/// In-thread resolution at 2 MiB: hole ranges come in whole (in the faulting thread's
-/// SIGBUS handler), data ranges fall back to 4 KiB (no 2 MiB buffer there).
+/// In-thread resolution at 2 MiB: ranges come in whole in the faulting thread's SIGBUS
+/// handler (data through the mapping's one staging buffer: a thread that finds it taken
+/// falls back to 4 KiB).
 #[test]
 fn racing_first_touches_lose_no_write_huge_in_thread() {
     let in_thread = huge().resolution(Resolution::InThread);

@@ -10,6 +10,12 @@
 //! The interrupted code is user code touching a mapping, which never holds udax's entry
 //! locks (udax never touches mapping memory from user space while holding one).
 //!
+//! A region whose faults may fill more than a page (2 MiB, fault-around) has a staging
+//! buffer of 2 MiB in its slot, reserved when it registers: the handler has no heap and
+//! its stack is the program's. One faulting thread at a time claims it (an atomic flag);
+//! another, meanwhile, gets a page of scratch on its stack, and its wide data faults
+//! fall back to 4 KiB, as every one did before (holes need no buffer).
+//!
 //! Regions are found through a fixed table of slots, read without locks. A signal that
 //! is not for a registered region (another address, a poisoned page, a `kill`) goes to
 //! the handler the program had installed before, or to the default action.
@@ -19,13 +25,16 @@
 
 use std::mem::MaybeUninit;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::PAGE_SIZE;
+use crate::engine::config::Granularity;
 use crate::engine::fault;
 use crate::engine::region::Region;
+use crate::error::Error;
+use crate::sys::memory::Reservation;
 use crate::sys::uffd::Fault;
+use crate::{HUGE_PAGE_SIZE, PAGE_SIZE};
 
 /// How many in-thread regions may exist at once.
 pub(crate) const SLOTS: usize = 64;
@@ -35,12 +44,23 @@ struct Slot {
     region: AtomicPtr<Region>,
     /// Signal handlers currently using `region`; unregistering waits for zero.
     users: AtomicU32,
+    /// The region's staging buffer ([`STAGING`] bytes) or null. Set before `region` and
+    /// cleared after `users` drops to zero, so a handler counted in `users` that saw the
+    /// region sees its buffer, alive.
+    staging: AtomicPtr<u8>,
+    /// Whether a handler holds `staging` (one at a time).
+    staging_busy: AtomicBool,
 }
+
+/// Bytes of a staging buffer: the widest fill, a 2 MiB range.
+const STAGING: usize = HUGE_PAGE_SIZE;
 
 static TABLE: [Slot; SLOTS] = [const {
     Slot {
         region: AtomicPtr::new(ptr::null_mut()),
         users: AtomicU32::new(0),
+        staging: AtomicPtr::new(ptr::null_mut()),
+        staging_busy: AtomicBool::new(false),
     }
 }; SLOTS];
 
@@ -55,31 +75,52 @@ pub(crate) struct Registration {
     slot: usize,
     /// Keeps the region alive while the table points at it.
     _region: Arc<Region>,
+    /// The memory of the slot's staging buffer, if the region has one; unmapped after
+    /// the slot lets go of it.
+    _staging: Option<Reservation>,
 }
 
-/// Enters `region` in the table (installing the handler on first use). `None` when the
-/// table is full.
-pub(crate) fn register(region: &Arc<Region>) -> Result<Option<Registration>, std::io::Error> {
+/// Enters `region` in the table (installing the handler on first use), with a staging
+/// buffer if its faults may fill more than a page. `None` when the table is full.
+pub(crate) fn register(region: &Arc<Region>) -> Result<Option<Registration>, Error> {
     let _serial = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
-    install()?;
-    let raw = Arc::as_ptr(region).cast_mut();
-    for (index, slot) in TABLE.iter().enumerate() {
-        if slot
-            .region
-            .compare_exchange(ptr::null_mut(), raw, SeqCst, SeqCst)
-            .is_ok()
-        {
-            return Ok(Some(Registration {
-                slot: index,
-                _region: Arc::clone(region),
-            }));
-        }
-    }
-    Ok(None)
+    install().map_err(|source| Error::Os {
+        op: "sigaction(SIGBUS)",
+        source,
+    })?;
+    // Only `register` fills slots, under `REGISTER`: a free slot stays free until we fill it.
+    let Some(index) = TABLE
+        .iter()
+        .position(|slot| slot.region.load(SeqCst).is_null())
+    else {
+        return Ok(None);
+    };
+    let slot = &TABLE[index];
+    // Address space only until a wide fill touches it (huge pages: a few faults, not 512).
+    let staging = match region.config.granularity {
+        Granularity::Page => None,
+        _ => Some(Reservation::new(STAGING, true).map_err(|source| Error::Os {
+            op: "mmap of the in-thread staging buffer",
+            source,
+        })?),
+    };
+    let buffer = staging
+        .as_ref()
+        .map_or(ptr::null_mut(), |r| r.base() as *mut u8);
+    slot.staging.store(buffer, SeqCst);
+    slot.region.store(Arc::as_ptr(region).cast_mut(), SeqCst);
+    Ok(Some(Registration {
+        slot: index,
+        _region: Arc::clone(region),
+        _staging: staging,
+    }))
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        // Under `REGISTER`, so that the slot is not filled again before we let go of its
+        // buffer (a registration in between would lose its own).
+        let _serial = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
         let slot = &TABLE[self.slot];
         slot.region.store(ptr::null_mut(), SeqCst);
         // A handler that loaded the pointer before we cleared it counted itself in
@@ -87,6 +128,8 @@ impl Drop for Registration {
         while slot.users.load(SeqCst) != 0 {
             std::thread::yield_now();
         }
+        // No handler holds the buffer now (one that did was counted in `users`).
+        slot.staging.store(ptr::null_mut(), SeqCst);
     }
 }
 
@@ -147,7 +190,8 @@ fn serve(info: *mut libc::siginfo_t, context: *mut libc::c_void) -> bool {
         let region = slot.region.load(SeqCst);
         // SAFETY: a non-null pointer stays valid while `users` counts us (Registration
         // waits for zero after clearing it, and holds an Arc until then).
-        let served = !region.is_null() && unsafe { serve_in(&*region, address, write, present) };
+        let served =
+            !region.is_null() && unsafe { serve_in(slot, &*region, address, write, present) };
         slot.users.fetch_sub(1, SeqCst);
         if served {
             return true;
@@ -156,8 +200,9 @@ fn serve(info: *mut libc::siginfo_t, context: *mut libc::c_void) -> bool {
     false
 }
 
-/// Resolves a fault at `address` if it lies in `region` and is a userfaultfd fault.
-fn serve_in(region: &Region, address: usize, write: bool, present: bool) -> bool {
+/// Resolves a fault at `address` if it lies in `region` (in `slot`, which counts us in
+/// its users) and is a userfaultfd fault.
+fn serve_in(slot: &Slot, region: &Region, address: usize, write: bool, present: bool) -> bool {
     if region.page_index(address).is_none() {
         return false;
     }
@@ -171,10 +216,49 @@ fn serve_in(region: &Region, address: usize, write: bool, present: bool) -> bool
         write,
         write_protect: present && write,
     };
-    let mut scratch = [0u8; PAGE_SIZE];
+    let mut page = [0u8; PAGE_SIZE];
+    let mut staged = Staged::claim(slot);
+    let scratch = match staged.as_mut() {
+        Some(staged) => staged.bytes(),
+        None => &mut page[..],
+    };
     // No events are read in-thread: an EAGAIN fails the fault (nothing retries it).
-    let _ = fault::resolve(region, &fault, &mut scratch, false);
+    let _ = fault::resolve(region, &fault, scratch, false);
     true
+}
+
+/// A slot's staging buffer, held by this handler until dropped.
+struct Staged<'a> {
+    slot: &'a Slot,
+    buffer: *mut u8,
+}
+
+impl<'a> Staged<'a> {
+    /// The buffer of `slot` (whose users count us), unless it has none or another
+    /// handler holds it (another thread's fault, or this thread's, interrupted by a
+    /// fault on another region: lock-free, so never a deadlock).
+    fn claim(slot: &'a Slot) -> Option<Staged<'a>> {
+        let buffer = slot.staging.load(SeqCst);
+        if buffer.is_null() || slot.staging_busy.swap(true, SeqCst) {
+            return None;
+        }
+        Some(Staged { slot, buffer })
+    }
+
+    /// The buffer's bytes.
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `buffer` is the base of a live, writable reservation of STAGING bytes
+        // (it stays mapped while the slot's users count us, and the registration drops
+        // it only after clearing the slot), and the busy flag we set makes this the only
+        // reference to it until we drop.
+        unsafe { std::slice::from_raw_parts_mut(self.buffer, STAGING) }
+    }
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        self.slot.staging_busy.store(false, SeqCst);
+    }
 }
 
 /// (write, page present) from the x86-64 page-fault error code (bit 1: write; bit 0:

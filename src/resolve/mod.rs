@@ -85,10 +85,7 @@ impl Resolver {
             Resolution::InThread => {
                 let mut registrations = Vec::with_capacity(regions.len());
                 for region in &regions {
-                    let registration = in_thread::register(region).map_err(|source| Error::Os {
-                        op: "sigaction(SIGBUS)",
-                        source,
-                    })?;
+                    let registration = in_thread::register(region)?;
                     registrations.push(registration.ok_or(Error::IncompatibleOptions {
                         reason: "too many in-thread mappings at once (64): close one or use \
                                  handler threads",
