@@ -97,7 +97,9 @@ impl Mapping {
         };
         let uffd = match pool {
             Some(pool) => Arc::clone(pool.uffd()),
-            None => Arc::new(Uffd::open(features, user_mode_only).map_err(Error::uffd_open)?),
+            None => {
+                Arc::new(Uffd::open(features, user_mode_only, false).map_err(Error::uffd_open)?)
+            }
         };
         check_placement(&options)?;
         let budget_bytes = match &options.shared_budget {

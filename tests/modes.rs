@@ -552,3 +552,59 @@ fn asynchronous_flush_writes_exactly_the_written_former_zero_pages() {
         assert_eq!(&bytes, b"seven");
     }
 }
+
+const SLEEPERS_TEST: &str = "handler_threads_wait_for_faults_in_one_read_not_a_poll_and_a_read";
+
+/// Handler threads of the process's pool wait for a fault in read(2) of the blocking uffd,
+/// one syscall a fault, not in poll(2) followed by a read. Their waiting syscall shows in
+/// /proc (a child process: its only threads of that name are the pool's).
+#[test]
+fn handler_threads_wait_for_faults_in_one_read_not_a_poll_and_a_read() {
+    common::run_case(
+        "sleepers",
+        SLEEPERS_TEST,
+        std::time::Duration::from_secs(60),
+        || {
+            let store = Arc::new(udax::MemStore::new(4 * PAGE as u64));
+            let options = Options::default().handler_threads(2);
+            let mapping = Mapping::new(store, options).expect("map");
+            let mut byte = [1u8; 1];
+            mapping.read_at(PAGE, &mut byte).expect("read a hole");
+            assert_eq!(mapping.stats().zero_faults, 1);
+            let waiting = waiting_syscalls_of("udax-fault");
+            assert_eq!(waiting.len(), 2, "two handler threads: {waiting:?}");
+            assert!(
+                waiting.iter().all(|&nr| nr == libc::SYS_preadv2),
+                "each sleeps in preadv2 ({}) of the uffd: {waiting:?}",
+                libc::SYS_preadv2
+            );
+            mapping.close().expect("close");
+        },
+    );
+}
+
+/// The syscall each thread whose name starts with `prefix` is blocked in, once all are
+/// blocked (bounded: 1,000 looks, 1 ms apart).
+fn waiting_syscalls_of(prefix: &str) -> Vec<i64> {
+    for _ in 0..1000 {
+        let mut numbers = Vec::new();
+        let mut running = false;
+        for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+            let dir = task.expect("task").path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if !comm.starts_with(prefix) {
+                continue;
+            }
+            let syscall = std::fs::read_to_string(dir.join("syscall")).unwrap_or_default();
+            match syscall.split_whitespace().next().map(str::parse::<i64>) {
+                Some(Ok(number)) => numbers.push(number),
+                _ => running = true,
+            }
+        }
+        if !running {
+            return numbers;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    panic!("threads {prefix}* never all blocked");
+}

@@ -67,9 +67,34 @@ impl Reader {
             Ok(record) => record,
             Err(poisoned) => poisoned.into_inner(),
         });
-        let mut record = guard.as_deref_mut().and_then(Option::as_mut);
+        let record = guard.as_deref_mut().and_then(Option::as_mut);
         let count = uffd.read_events(messages)?;
-        for message in &messages[..count] {
+        self.take(record, regions, &messages[..count], faults);
+        Ok(count)
+    }
+
+    /// Takes messages read by [`Uffd::wait_events`] (which sleeps, so no lock is held
+    /// across it), as `read` takes its own: only for a reader that is not `ordered`, whose
+    /// uffd reports no events, so that no order between readers matters.
+    pub(crate) fn take_waited(
+        &self,
+        regions: &[Arc<Region>],
+        messages: &[UffdMsg],
+        faults: &mut VecDeque<Fault>,
+    ) {
+        debug_assert!(!self.ordered);
+        self.take(None, regions, messages, faults);
+    }
+
+    /// Applies the removes among `messages` to `regions` and appends the faults to `faults`.
+    fn take(
+        &self,
+        mut record: Option<&mut Record>,
+        regions: &[Arc<Region>],
+        messages: &[UffdMsg],
+        faults: &mut VecDeque<Fault>,
+    ) {
+        for message in messages {
             if let Some(fault) = Fault::from_msg(message) {
                 self.faults.fetch_add(1, Ordering::Relaxed);
                 self.first.get_or_init(Instant::now);
@@ -86,7 +111,11 @@ impl Reader {
                 }
             }
         }
-        Ok(count)
+    }
+
+    /// Whether reads are ordered under a lock (a uffd with events).
+    pub(crate) fn is_ordered(&self) -> bool {
+        self.ordered
     }
 
     /// Store offsets of the faulted pages (2 MiB units in hugetlbfs memory), in the

@@ -108,7 +108,8 @@ impl Resolver {
         reader: &Arc<events::Reader>,
     ) -> Result<Resolver, Error> {
         let table = Arc::new(threads::Table::new(regions, threads::Unknown::Poison));
-        threads::Handlers::start(uffd, &table, threads, reader).map(Resolver::Threads)
+        threads::Handlers::start(uffd, &table, threads, reader, threads::Lives::UntilStopped)
+            .map(Resolver::Threads)
     }
 
     /// Stops serving: joins the handler threads, or leaves the SIGBUS table (waiting out

@@ -9,8 +9,9 @@
 //! asynchronous tracking, move), and the thread count is the caller's choice, so there is
 //! one pool per (features, threads) pair; a program with one kind of mapping has one.
 //!
-//! Pools are never torn down: their threads sleep in poll(2) while no mapping needs them,
-//! and end with the process.
+//! Pools are never torn down: their threads sleep in read(2) of the uffd (opened
+//! blocking; poll(2) where the kernel cannot read a uffd without waiting) while no
+//! mapping needs them, and end with the process.
 //!
 //! **fork.** A child inherits the pools' values but none of their threads, and the uffd it
 //! inherits still serves the parent's memory (a uffd acts on the memory of the process
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::region::Region;
 use crate::error::Error;
-use crate::resolve::threads::{Handlers, Table, Unknown};
+use crate::resolve::threads::{Handlers, Lives, Table, Unknown};
 use crate::sys::uffd::Uffd;
 
 /// One uffd, its handler threads, and the regions they serve.
@@ -65,11 +66,12 @@ impl Pool {
         if let Some(pool) = found {
             return Ok(pool);
         }
-        let uffd = Uffd::open(features, user_mode_only).map_err(Error::uffd_open)?;
+        let uffd = Uffd::open(features, user_mode_only, true).map_err(Error::uffd_open)?;
         let uffd = Arc::new(uffd);
         let table = Arc::new(Table::new(Vec::new(), Unknown::Wake));
         // A mapping's uffd reports no events: the default reader, which takes no lock.
-        let handlers = Handlers::start(&uffd, &table, threads, &Arc::default())?;
+        let handlers =
+            Handlers::start(&uffd, &table, threads, &Arc::default(), Lives::WithProcess)?;
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             owner,
             features,

@@ -1,16 +1,19 @@
 //! Handler threads (the fault context): read a userfaultfd's events and hand each fault
 //! to the engine, for the region holding its address; stop cleanly on request.
 //!
-//! Each thread polls the uffd and a stop eventfd. Several threads may read the same uffd,
+//! Each thread polls the uffd and a stop eventfd, or, if its threads live as long as the
+//! process (a pool's: [`Lives::WithProcess`]) and the uffd blocks, sleeps in read(2): one
+//! syscall a fault instead of a poll and a read (see [`Uffd::wait_events`]). Several threads may read the same uffd,
 //! through one shared `events::Reader` (which applies the events in order); each message
 //! goes to one of them, and two faults on one page serialize on the entry lock inside
 //! `fault::resolve`. A fault that finds the mm changing (EAGAIN: an event is queued) is
 //! retried after the events are read.
 //!
 //! With more than one thread, thread `i` is pinned to the `i`-th CPU the process may run
-//! on. A fault wakes every thread polling the uffd; the one on the faulting thread's CPU
+//! on. A fault wakes every thread waiting on the uffd; the one on the faulting thread's CPU
 //! runs as soon as the faulting thread blocks, and resolves the fault without a wake
-//! crossing CPUs (the others wake, find nothing, and sleep again). On this kind of
+//! crossing CPUs (the others wake, find nothing, and sleep again: back in poll(2) after
+//! a read that finds nothing, or, sleeping in read(2), without leaving the kernel). On this kind of
 //! machine that is 3.7x cheaper than one unpinned thread: a wake across vCPUs costs
 //! ~55 µs, and `udax bench` measured sparse reads at 18.7 µs a fault against 69.9 µs.
 
@@ -125,10 +128,22 @@ impl Table {
     }
 }
 
+/// How long a set of handler threads runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lives {
+    /// Until [`Handlers::stop`] (or drop).
+    UntilStopped,
+    /// As long as the process (a pool's): the threads may sleep in read(2), where no stop
+    /// reaches them, and `stop` leaves them running.
+    WithProcess,
+}
+
 /// The running handler threads of one uffd.
 pub(crate) struct Handlers {
     threads: Vec<JoinHandle<()>>,
     stop: OwnedFd,
+    /// The threads sleep in read(2) (see [`Lives::WithProcess`]): they cannot be stopped.
+    sleep_in_read: bool,
     /// The process that started the threads. A forked child inherits this value but not
     /// the threads, and shares the stop eventfd with the parent: it must never signal it.
     owner: u32,
@@ -136,12 +151,14 @@ pub(crate) struct Handlers {
 
 impl Handlers {
     /// Starts `count` threads serving the faults `uffd` reports in the regions of
-    /// `table`, pinned one per CPU if several, reading through `reader`.
+    /// `table`, pinned one per CPU if several, reading through `reader`, for as long as
+    /// `lives` says.
     pub(crate) fn start(
         uffd: &Arc<Uffd>,
         table: &Arc<Table>,
         count: usize,
         reader: &Arc<Reader>,
+        lives: Lives,
     ) -> Result<Handlers, Error> {
         let cpus = if count > 1 {
             allowed_cpus()
@@ -159,9 +176,13 @@ impl Handlers {
         }
         // SAFETY: eventfd just returned this fd; nothing else owns it.
         let stop = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Sleeping in read(2) needs a blocking uffd, and a reader that takes no lock (one
+        // with events holds its lock while it reads: a sleeper would hold it for good).
+        let sleep_in_read = lives == Lives::WithProcess && uffd.blocks() && !reader.is_ordered();
         let mut handlers = Handlers {
             threads: Vec::new(),
             stop,
+            sleep_in_read,
             owner: std::process::id(),
         };
         // Each thread says when it runs: std sets a new thread up (its signal stack) only
@@ -180,7 +201,7 @@ impl Handlers {
                         pin_to(cpu);
                     }
                     let _ = started.send(());
-                    serve(&uffd, &table, &reader, stop_fd)
+                    serve(&uffd, &table, &reader, stop_fd, sleep_in_read)
                 })
                 .map_err(Error::thread_spawn)?;
             handlers.threads.push(thread);
@@ -197,8 +218,9 @@ impl Handlers {
     /// first by the poll loop only if they arrive before the stop is seen; callers stop
     /// handlers only when no thread touches the regions any more.
     pub(crate) fn stop(&mut self) {
-        if self.owner != std::process::id() {
+        if self.owner != std::process::id() || self.sleep_in_read {
             // A forked child's copy: the threads are the parent's, and so is the eventfd.
+            // Or threads asleep in read(2), which live with the process.
             return;
         }
         let one: u64 = 1;
@@ -232,34 +254,46 @@ fn refuse(uffd: &Uffd, address: usize, unknown: Unknown) {
     }
 }
 
-/// One handler thread's loop. `stop_fd` outlives the thread: `Handlers` joins before
-/// closing it. A failure of the loop itself is handled by `failure::on_serve_error`: the
-/// thread retries, or gives up on the uffd so that no access waits for it.
-fn serve(uffd: &Uffd, table: &Table, reader: &Reader, stop_fd: libc::c_int) {
+/// One handler thread's loop, waiting in read(2) if `sleep_in_read`, else in poll(2).
+/// `stop_fd` outlives the thread: `Handlers` joins before closing it. A failure of the
+/// loop itself is handled by `failure::on_serve_error`: the thread retries, or gives up
+/// on the uffd so that no access waits for it.
+fn serve(uffd: &Uffd, table: &Table, reader: &Reader, stop_fd: libc::c_int, sleep_in_read: bool) {
     let mut messages = [UffdMsg::default(); BATCH];
     let mut faults = VecDeque::with_capacity(BATCH);
     // Room for a 2 MiB fill (touched only by wide faults, so it costs no memory else).
     let mut scratch = vec![0u8; HUGE_PAGE_SIZE];
     let mut failures = 0;
     loop {
-        let read = match wait_for_events(uffd, stop_fd) {
-            Ok(false) => return,
-            // The table is read-locked while its faults are served: a region stays in it
-            // (and alive) for its faults, and joining or leaving waits for them, not the
-            // other way round (serving a fault never takes the table's lock).
-            Ok(true) => {
-                let regions = table.read();
-                serve_batch(
-                    uffd,
-                    &regions,
-                    table.unknown,
-                    reader,
-                    &mut messages,
-                    &mut faults,
-                    &mut scratch,
-                )
+        let read = if sleep_in_read {
+            serve_waited(
+                uffd,
+                table,
+                reader,
+                &mut messages,
+                &mut faults,
+                &mut scratch,
+            )
+        } else {
+            match wait_for_events(uffd, stop_fd) {
+                Ok(false) => return,
+                // The table is read-locked while its faults are served: a region stays in it
+                // (and alive) for its faults, and joining or leaving waits for them, not the
+                // other way round (serving a fault never takes the table's lock).
+                Ok(true) => {
+                    let regions = table.read();
+                    serve_batch(
+                        uffd,
+                        &regions,
+                        table.unknown,
+                        reader,
+                        &mut messages,
+                        &mut faults,
+                        &mut scratch,
+                    )
+                }
+                Err(error) => Err(error),
             }
-            Err(error) => Err(error),
         };
         let Err(error) = read else {
             failures = 0;
@@ -294,6 +328,53 @@ fn serve_batch(
         return Err(error);
     }
     reader.read(uffd, regions, messages, faults)?;
+    serve_faults(uffd, regions, unknown, reader, messages, faults, scratch);
+    Ok(())
+}
+
+/// Sleeps in read(2) until the uffd has messages, then serves their faults as
+/// `serve_batch` does. The table is read-locked only after the read: a region joins or
+/// leaves without waiting for a sleeping thread. Faults read before a failure (injected
+/// after the read, as a poll's thread fails before its read) are kept, and served first
+/// on the next turn instead of waiting.
+fn serve_waited(
+    uffd: &Uffd,
+    table: &Table,
+    reader: &Reader,
+    messages: &mut [UffdMsg],
+    faults: &mut VecDeque<Fault>,
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    if faults.is_empty() {
+        let count = uffd.wait_events(messages)?;
+        reader.take_waited(&table.read(), &messages[..count], faults);
+    }
+    if let Some(error) = failure::injected() {
+        return Err(error);
+    }
+    serve_faults(
+        uffd,
+        &table.read(),
+        table.unknown,
+        reader,
+        messages,
+        faults,
+        scratch,
+    );
+    Ok(())
+}
+
+/// Serves the `faults` read, retrying one that finds the memory changing (EAGAIN: an
+/// event is queued) after reading the events again.
+fn serve_faults(
+    uffd: &Uffd,
+    regions: &[Arc<Region>],
+    unknown: Unknown,
+    reader: &Reader,
+    messages: &mut [UffdMsg],
+    faults: &mut VecDeque<Fault>,
+    scratch: &mut [u8],
+) {
     while let Some(fault) = faults.pop_front() {
         let Some(region) = region_of(regions, fault.address) else {
             refuse(uffd, fault.address, unknown);
@@ -308,7 +389,6 @@ fn serve_batch(
             }
         }
     }
-    Ok(())
 }
 
 /// Waits until `uffd` has events (true; also when interrupted, to read nothing) or

@@ -145,7 +145,7 @@ pub(crate) fn is_fixed_release(release: &str) -> bool {
 fn self_test(zero: &HugeZero) -> Result<bool, UffdError> {
     let pagemap = Pagemap::open()?;
     let scratch = Reservation::new(HUGE_PAGE_SIZE, false)?;
-    let uffd = Uffd::open(features::MOVE, true)?;
+    let uffd = Uffd::open(features::MOVE, true, false)?;
     let dst = scratch.base();
     // SAFETY: the scratch was just reserved and nothing references it; its faults are
     // never taken (it is only touched after the uffd is closed, below).

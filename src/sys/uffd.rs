@@ -183,6 +183,10 @@ pub(crate) struct Uffd {
     fd: OwnedFd,
     /// Opened with UFFD_USER_MODE_ONLY (false for an adopted fd: its creator knows).
     user_mode_only: bool,
+    /// The fd blocks (no O_NONBLOCK): [`Uffd::wait_events`] sleeps in read(2), and
+    /// [`Uffd::read_events`] asks each read not to wait (RWF_NOWAIT). Otherwise the fd is
+    /// non-blocking and waiting is poll(2)'s.
+    blocking: bool,
 }
 
 /// Turns an ioctl's -1 into the errno, keeping the signed result until checked.
@@ -213,8 +217,8 @@ fn partial(err: UffdError, field: i64) -> UffdError {
 /// user-mode-only mode (where kernel-side accesses to the range get EFAULT), which is
 /// taken only when `user_mode_only` allows it and refused with
 /// [`UffdError::UserModeOnly`] otherwise. Returns the fd and whether it is user-mode-only.
-fn open_raw(user_mode_only: bool) -> Result<(OwnedFd, bool), UffdError> {
-    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+fn open_raw(user_mode_only: bool, blocking: bool) -> Result<(OwnedFd, bool), UffdError> {
+    let flags = libc::O_CLOEXEC | if blocking { 0 } else { libc::O_NONBLOCK };
     let syscall_err = match open_syscall(flags) {
         Ok(fd) => return Ok((fd, false)),
         Err(e) => e,
@@ -270,7 +274,7 @@ pub(crate) fn available_features() -> Result<u64, UffdError> {
         return Ok(*features);
     }
     // Features do not depend on the mode: any fd will do for the probe.
-    let (fd, _) = open_raw(true)?;
+    let (fd, _) = open_raw(true, false)?;
     let features = api(&fd, 0)?;
     Ok(*AVAILABLE.get_or_init(|| features))
 }
@@ -290,12 +294,34 @@ fn api(fd: &OwnedFd, features: u64) -> Result<u64, UffdError> {
 
 impl Uffd {
     /// Opens a userfaultfd with exactly `features` enabled; a user-mode-only one (which
-    /// never sees kernel-side faults) only if `user_mode_only` accepts it.
-    pub(crate) fn open(features: u64, user_mode_only: bool) -> Result<Uffd, UffdError> {
+    /// never sees kernel-side faults) only if `user_mode_only` accepts it. A `blocking`
+    /// one if the kernel can also read it without waiting (RWF_NOWAIT on a uffd: 6.9 and
+    /// later); else, as without `blocking`, a non-blocking one (see [`Uffd::blocks`]).
+    pub(crate) fn open(
+        features: u64,
+        user_mode_only: bool,
+        blocking: bool,
+    ) -> Result<Uffd, UffdError> {
         check_features(available_features()?, features)?;
-        let (fd, user_mode_only) = open_raw(user_mode_only)?;
+        let (fd, user_mode_only) = open_raw(user_mode_only, blocking)?;
         api(&fd, features)?;
-        Ok(Uffd { fd, user_mode_only })
+        let mut uffd = Uffd {
+            fd,
+            user_mode_only,
+            blocking,
+        };
+        // Nothing is registered yet, so a read that may not wait finds nothing: EAGAIN.
+        // Any other answer (EOPNOTSUPP: a uffd without read_iter) means it cannot be asked.
+        if blocking && !matches!(uffd.read_events(&mut [UffdMsg::default()]), Ok(0)) {
+            set_nonblocking(uffd.fd.as_raw_fd())?;
+            uffd.blocking = false;
+        }
+        Ok(uffd)
+    }
+
+    /// Whether the fd blocks: [`Uffd::wait_events`] may be used to wait for messages.
+    pub(crate) fn blocks(&self) -> bool {
+        self.blocking
     }
 
     /// Whether the fd is user-mode-only: faults taken inside the kernel (a system call
@@ -314,19 +340,11 @@ impl Uffd {
         if what != "anon_inode:[userfaultfd]" {
             return Err(UffdError::NotUserfaultfd { fd: raw, what });
         }
-        // SAFETY: F_GETFL/F_SETFL on an fd we own change only its status flags.
-        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            let source = io::Error::last_os_error();
-            return Err(UffdError::Ioctl {
-                op: "fcntl(O_NONBLOCK)",
-                source,
-            });
-        }
+        set_nonblocking(raw)?;
         Ok(Uffd {
             fd,
             user_mode_only: false,
+            blocking: false,
         })
     }
 
@@ -503,13 +521,33 @@ impl Uffd {
 
     /// Reads pending event messages without blocking; returns how many were filled.
     pub(crate) fn read_events(&self, out: &mut [UffdMsg]) -> Result<usize, UffdError> {
-        let bytes = size_of_val(out);
-        // SAFETY: `out` is a writable buffer of `bytes` bytes of plain-old-data messages.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), out.as_mut_ptr().cast(), bytes) };
+        self.read_messages(out, false)
+    }
+
+    /// Reads event messages, sleeping in read(2) until there is one; returns how many
+    /// were filled (0 if a signal interrupted the wait). A non-blocking fd does not wait.
+    pub(crate) fn wait_events(&self, out: &mut [UffdMsg]) -> Result<usize, UffdError> {
+        self.read_messages(out, true)
+    }
+
+    /// One read(2) of messages into `out`, which waits only if `wait` and the fd blocks.
+    fn read_messages(&self, out: &mut [UffdMsg], wait: bool) -> Result<usize, UffdError> {
+        let iov = libc::iovec {
+            iov_base: out.as_mut_ptr().cast(),
+            iov_len: size_of_val(out),
+        };
+        let flags = if self.blocking && !wait {
+            libc::RWF_NOWAIT
+        } else {
+            0
+        };
+        // SAFETY: `iov` describes `out`, a writable buffer of plain-old-data messages;
+        // offset -1 reads at the fd's position, as read(2) does.
+        let n = unsafe { libc::preadv2(self.fd.as_raw_fd(), &iov, 1, -1, flags) };
         if n < 0 {
             let err = io::Error::last_os_error();
             return match err.raw_os_error() {
-                Some(libc::EAGAIN) => Ok(0),
+                Some(libc::EAGAIN | libc::EINTR) => Ok(0),
                 _ => Err(UffdError::Ioctl {
                     op: "read(userfaultfd)",
                     source: err,
@@ -524,6 +562,21 @@ impl AsFd for Uffd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Makes `raw` non-blocking (O_NONBLOCK), keeping its other status flags.
+fn set_nonblocking(raw: libc::c_int) -> Result<(), UffdError> {
+    // SAFETY: F_GETFL/F_SETFL on an fd we own change only its status flags.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        let source = io::Error::last_os_error();
+        return Err(UffdError::Ioctl {
+            op: "fcntl(O_NONBLOCK)",
+            source,
+        });
+    }
+    Ok(())
 }
 
 fn range(start: usize, len: usize) -> abi::UffdioRange {
