@@ -305,23 +305,38 @@ fn wide_open_huge_windows() -> (Options, Shape) {
 /// the zero-pfn check has to see the copy, and flush has to wait for the window to close.
 #[test]
 fn a_store_inside_the_zero_page_window_is_flushed() {
-    store_inside_the_zero_page_window_is_flushed(Options::default());
+    store_inside_the_zero_page_window_is_flushed(Options::default(), false);
 }
 
 #[test]
 fn a_store_inside_the_zero_page_window_is_flushed_in_thread() {
     store_inside_the_zero_page_window_is_flushed(
         Options::default().resolution(Resolution::InThread),
+        false,
     );
 }
 
-fn store_inside_the_zero_page_window_is_flushed(options: Options) {
+/// At 2 MiB, a write to another page of the range then upgrades the whole range, which
+/// drops its zero pages to install 2 MiB writable: it must first find the page holding
+/// the store (no longer the zero pfn) and keep it.
+#[test]
+fn a_store_inside_a_2_mib_zero_window_survives_the_range_upgrade() {
+    store_inside_the_zero_page_window_is_flushed(
+        Options::default().granularity(Granularity::Huge),
+        true,
+    );
+}
+
+/// The store lands in page 1's zero-page window; with `then_upgrade`, page 2 is written
+/// after the window closed (a write to a Zero page of the same range), before the flush.
+fn store_inside_the_zero_page_window_is_flushed(options: Options, then_upgrade: bool) {
     if !common::require_uffd() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("window.img");
-    let store = Arc::new(FileStore::create(&path, (4 * PAGE) as u64).expect("create"));
+    let len = if then_upgrade { 4 << 20 } else { 4 * PAGE };
+    let store = Arc::new(FileStore::create(&path, len as u64).expect("create"));
     let delay = std::time::Duration::from_millis(50);
     let mapping = Mapping::new(store, options.zero_window_delay(delay)).expect("map");
     let base = mapping.as_ptr() as usize;
@@ -338,8 +353,16 @@ fn store_inside_the_zero_page_window_is_flushed(options: Options) {
         );
         // SAFETY: as above; the atomic store is data-race free.
         unsafe { &*((page + 100) as *const AtomicU8) }.store(0xab, Ordering::Relaxed);
-        mapping.flush().expect("flush");
-        assert_eq!(reader.join().expect("reader"), 0, "the read saw a hole");
+        let read = if then_upgrade {
+            let read = reader.join();
+            mapping.write_at(2 * PAGE, &[0xcd]).expect("write page 2");
+            mapping.flush().expect("flush");
+            read
+        } else {
+            mapping.flush().expect("flush");
+            reader.join()
+        };
+        assert_eq!(read.expect("reader"), 0, "the read saw a hole");
     });
     let mut found = [0u8; 1];
     std::fs::File::open(&path)
@@ -351,12 +374,30 @@ fn store_inside_the_zero_page_window_is_flushed(options: Options) {
         "the store into the zero-page window was lost"
     );
     let stats = mapping.stats();
-    assert_eq!(
-        (stats.zero_faults, stats.pages_written_back),
-        (1, 1),
-        "{stats:?}"
-    );
+    if then_upgrade {
+        let mut written = [0u8; 1];
+        mapping
+            .read_at(2 * PAGE, &mut written)
+            .expect("read page 2");
+        assert_eq!(written[0], 0xcd, "{stats:?}");
+    } else {
+        assert_eq!(
+            (stats.zero_faults, stats.pages_written_back),
+            (1, 1),
+            "{stats:?}"
+        );
+    }
     mapping.close().expect("close");
+    if then_upgrade {
+        std::fs::File::open(&path)
+            .expect("open")
+            .read_exact_at(&mut found, (2 * PAGE) as u64)
+            .expect("read");
+        assert_eq!(
+            found[0], 0xcd,
+            "the write after the window reached the store"
+        );
+    }
 }
 
 /// In-thread resolution at 2 MiB: ranges come in whole in the faulting thread's SIGBUS

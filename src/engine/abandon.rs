@@ -16,6 +16,7 @@
 //! and per present page.
 
 use crate::engine::entries::State;
+use crate::engine::install::holds_window_store;
 use crate::engine::region::Region;
 use crate::engine::run::Guards;
 
@@ -30,6 +31,10 @@ pub(crate) fn abandon(region: &Region, errno: i32) {
     let mut missing = Guards::new();
     for index in 0..region.pages() {
         let mut guard = region.entries.lock(index);
+        if guard.state() == State::Zero && holds_window_store(region, index) {
+            // A store got into its zero-page window (`install::settle`): kept, as Dirty.
+            guard.set(State::Dirty);
+        }
         if guard.state() == State::Zero {
             // The zero page equals the store: dropping it loses nothing.
             let _ = region.discard(index, 1);

@@ -14,6 +14,7 @@ use crate::engine::evict;
 use crate::engine::fill::{self, Mkwrite, Width, extent_run};
 use crate::engine::huge;
 use crate::engine::hugetlb;
+use crate::engine::install::holds_window_store;
 use crate::engine::policy::{Access, Decision, decide};
 use crate::engine::region::Region;
 use crate::engine::stats::Counters;
@@ -147,6 +148,10 @@ fn fill_page(
 fn fail(region: &Region, guard: &mut EntryGuard<'_>, error: Error) {
     let index = guard.index();
     region.record_error(index, &error);
+    if guard.state() == State::Zero && holds_window_store(region, index) {
+        // Another thread's store got into its zero-page window (`install::settle`).
+        guard.set(State::Dirty);
+    }
     if guard.state() == State::Dirty {
         // Unwritten data is never dropped: only lifting a protection failed (an ioctl
         // error, recorded above); the access retries.

@@ -51,10 +51,10 @@ use crate::engine::config::Granularity;
 use crate::engine::entries::{EntryGuard, State};
 use crate::engine::evict;
 use crate::engine::fill::{self, Mkwrite, Width, has_room};
-use crate::engine::install::{Source, insert};
+use crate::engine::install::{Source, insert, window_stores};
 use crate::engine::policy::{Access, Decision, decide};
 use crate::engine::region::Region;
-use crate::engine::run::Span;
+use crate::engine::run::{PageSet, Span};
 use crate::engine::stats::Counters;
 use crate::error::Error;
 use crate::store::{Extent, ExtentKind};
@@ -267,6 +267,19 @@ fn upgrade_range<'a>(
         Span::lock_all(&region.entries, range.clone(), index, state).ok_or(Fallback::Occupied)?;
     let mut run = span.join(guard);
     let upgraded = if state == State::Zero {
+        // A store that got into a zero page's window (`install::settle`): that page is
+        // Dirty, the range no longer all zeros; the 4 KiB upgrade serves the write.
+        let mut all = PageSet::default();
+        (0..HUGE_PAGES).for_each(|page| all.insert(page));
+        let stores = window_stores(region, range.start, HUGE_PAGES, &all);
+        if !stores.is_empty() {
+            for (page, entry) in run.iter_mut().enumerate() {
+                if stores.contains(page) {
+                    entry.set(State::Dirty);
+                }
+            }
+            return Err(Fallback::Occupied);
+        }
         // Zero pages hold nothing: drop them (a store to one faults and waits for our
         // locks) and install the range as a write to the Empty hole range would.
         let _ = region.discard(range.start, HUGE_PAGES);

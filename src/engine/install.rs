@@ -8,9 +8,12 @@
 //!   step, so no write can land unseen; without, it is installed writable and Dirty;
 //! - the zero page (UFFDIO_ZEROPAGE), which has no write-protect mode: between mapping it
 //!   and protecting it, another thread's store can copy it into a private page without
-//!   any fault (the zero-page window, closed by [`settle`] and `window`);
+//!   any fault (the zero-page window: protected by [`settle`], waited out by flush through
+//!   `window`, and the store found later by the page table: [`window_stores`]);
 //! - a moved-in huge page (UFFDIO_MOVE, 2 MiB of data), which arrives writable: the same
-//!   window, closed the same way, by comparing bytes instead of the zero pfn.
+//!   window, closed at once by comparing the bytes.
+
+use std::sync::atomic::Ordering;
 
 use crate::engine::config::DirtyTracking;
 use crate::engine::entries::{EntryGuard, State};
@@ -158,20 +161,21 @@ fn is_run(run: &[&mut EntryGuard<'_>], state: State) -> bool {
         .all(|(i, guard)| guard.index() == first + i && guard.state() == state)
 }
 
-/// Maps the zero page over a run of Empty entries: one ZEROPAGE, one write-protect, one
-/// PAGEMAP_SCAN and one WAKE, however long the run (in a region that only fills or tracks
-/// writes asynchronously: one ZEROPAGE, which wakes). A whole 2 MiB range is the huge zero
-/// page where the region moves it in ([`move_zero_in`], off unless enabled): one PMD
-/// instead of 512 PTEs, closed by the same write-protect and scan (PAGEMAP_SCAN reports
-/// PFNZERO on the huge zero PMD).
+/// Maps the zero page over a run of Empty entries: one ZEROPAGE, one write-protect and
+/// one WAKE, however long the run (in a region that only fills or tracks writes
+/// asynchronously: one ZEROPAGE, which wakes). A whole 2 MiB range is the huge zero page
+/// where the region moves it in ([`move_zero_in`], off unless enabled): one PMD instead
+/// of 512 PTEs, closed by the same write-protect.
 ///
 /// UFFDIO_ZEROPAGE has no write-protect mode, and a moved-in PMD arrives unprotected. If
 /// a write from another thread races the window between the zero page and the
 /// protection, either it comes after the protection (a write-protect fault, which waits
 /// for our entry lock and then upgrades), or it came before and the kernel copied the
-/// zero page into a private page (splitting a huge zero PMD first) that we then protected:
-/// PAGEMAP_SCAN tells, and such a page is Dirty, not Zero. Such a write completes without
-/// any fault, so a flush racing the window could miss it: flush waits for open windows.
+/// zero page into a private page (splitting a huge zero PMD first) that we then protected.
+/// Such a page holds a store but its entry says Zero, and no fault will tell: it is found
+/// later, by the page table (PAGEMAP_SCAN: it is no longer the zero pfn), before anything
+/// relies on a Zero entry holding zeros (see [`settle`]). The write completes without any
+/// fault, so a flush racing the window could miss it: flush waits for open windows.
 fn insert_zero_page(region: &Region, run: &mut [&mut EntryGuard<'_>]) -> Result<(), Error> {
     let first = run[0].index();
     let pages = run.len();
@@ -332,9 +336,16 @@ enum Expect<'a> {
 }
 
 /// Closes a window over a run of freshly installed pages: write-protects them, then sets
-/// each entry by what is mapped now: Zero (or Clean) where the page still holds what was
-/// installed, Dirty where a write got in first. If the kernel cannot tell us (an ioctl
-/// failed), the pages count as Dirty: never clean by mistake.
+/// each entry by what is mapped now: Clean where a moved-in page still holds its bytes,
+/// Dirty where a write got in first. If the kernel cannot tell us (an ioctl failed), the
+/// pages count as Dirty: never clean by mistake.
+///
+/// Zero pages are not compared now (a PAGEMAP_SCAN a fault, for a race between threads
+/// that almost never happens): they are Zero, and the region is marked unverified. Every
+/// path that relies on a Zero entry holding zeros asks the page table first, which tells
+/// a store that got in (a private page): flush over the whole region, and eviction,
+/// abandonment and a 2 MiB upgrade over the pages they drop ([`window_stores`]). A write
+/// fault on such a page lifts its protection and keeps its bytes, as on the zero page.
 fn settle(region: &Region, run: &mut [&mut EntryGuard<'_>], expect: Expect<'_>) {
     let Some(first) = run.first().map(|guard| guard.index()) else {
         return;
@@ -353,9 +364,10 @@ fn settle(region: &Region, run: &mut [&mut EntryGuard<'_>], expect: Expect<'_>) 
     if region.writeprotect(first, run.len(), true, false).is_ok() {
         match expect {
             Expect::ZeroPage => {
-                let _ = region.for_each_run(first, run.len(), PageKind::ZeroPage, |zero| {
-                    zero.for_each(&mut mark)
-                });
+                // After the protection: a store that got in is in the page table before
+                // a flush can clear the mark (which it does only after reading it).
+                region.unverified_zero.store(true, Ordering::SeqCst);
+                (0..run.len()).for_each(&mut mark);
             }
             Expect::Bytes(bytes) => {
                 // SAFETY: the pages were just installed (present) and are now
@@ -377,6 +389,41 @@ fn settle(region: &Region, run: &mut [&mut EntryGuard<'_>], expect: Expect<'_>) 
         let kept = unchanged.contains(page);
         guard.set(if kept { clean } else { State::Dirty });
     }
+}
+
+/// The pages among `zero` (relative to page `first`, a run of at most 2 MiB whose entries
+/// the caller holds locked and Zero) that hold a store which got in before their zero
+/// page was protected (see [`settle`]): private pages, no longer the zero pfn. One
+/// PAGEMAP_SCAN, and only while the region has unverified zero pages. If the scan fails,
+/// every page of `zero` counts: Dirty (written back as it is) is never wrong.
+pub(crate) fn window_stores(
+    region: &Region,
+    first: usize,
+    pages: usize,
+    zero: &PageSet,
+) -> PageSet {
+    let mut stores = PageSet::default();
+    if zero.is_empty() || !region.unverified_zero.load(Ordering::SeqCst) {
+        return stores;
+    }
+    debug_assert!(pages <= HUGE_PAGES);
+    let scanned = region.for_each_run(first, pages, PageKind::Private, |private| {
+        private
+            .filter(|&page| zero.contains(page))
+            .for_each(|page| stores.insert(page))
+    });
+    if scanned.is_err() {
+        return *zero;
+    }
+    stores
+}
+
+/// Whether the Zero page `index` (locked by the caller) holds a store that got into its
+/// window: [`window_stores`] for one page.
+pub(crate) fn holds_window_store(region: &Region, index: usize) -> bool {
+    let mut one = PageSet::default();
+    one.insert(0);
+    !window_stores(region, index, 1, &one).is_empty()
 }
 
 /// Moves a transparent huge page holding `source` into the 2 MiB range of `run`, whose

@@ -11,7 +11,7 @@
 //! nor which thread serves its faults.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::budget::Budget;
@@ -36,8 +36,8 @@ use crate::{HUGE_PAGES, PAGE_SIZE};
 pub(crate) enum PageKind {
     /// Any present page.
     Present,
-    /// The shared zero page.
-    ZeroPage,
+    /// A present page that is not the zero page (a private page of the region's own).
+    Private,
 }
 
 /// Whose memory a region is.
@@ -102,6 +102,11 @@ pub(crate) struct Region {
     pub(crate) flushing: Mutex<()>,
     /// The pages written back since the last good sync, and a loss that sticks.
     pub(crate) unsynced: Unsynced,
+    /// Set when zero pages were protected without asking the page table whether a store
+    /// got in before the protection (`install::settle`); cleared by the flush that asks
+    /// for the whole region (`writeback::claim_window_stores`). While it is set, every
+    /// path that drops a Zero page asks first (`install::window_stores`).
+    pub(crate) unverified_zero: AtomicBool,
     /// 0 while the region's faults are read and served; else the errno that made its
     /// handler threads give up (`engine::abandon`).
     abandoned: AtomicI32,
@@ -172,6 +177,7 @@ impl Region {
             poisoned: AtomicU64::new(0),
             flushing: Mutex::new(()),
             unsynced: Unsynced::default(),
+            unverified_zero: AtomicBool::new(false),
             abandoned: AtomicI32::new(0),
         })
     }
@@ -399,12 +405,13 @@ impl Region {
             .pagemap
             .as_ref()
             .ok_or_else(|| foreign("PAGEMAP_SCAN"))?;
-        let required = match kind {
-            PageKind::Present => category::PRESENT,
-            PageKind::ZeroPage => category::PFNZERO,
+        let (required, excluded) = match kind {
+            PageKind::Present => (category::PRESENT, 0),
+            PageKind::Private => (category::PRESENT, category::PFNZERO),
         };
         let query = Query {
             required,
+            excluded,
             ..Query::default()
         };
         pagemap.for_each_region(start, start + len, query, |region| {

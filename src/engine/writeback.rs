@@ -10,6 +10,7 @@
 use crate::PAGE_SIZE;
 use crate::engine::config::DirtyTracking;
 use crate::engine::entries::{EntryGuard, State};
+use crate::engine::region::PageKind;
 use crate::engine::region::Region;
 use crate::engine::stats::Counters;
 use crate::engine::zero::is_zero;
@@ -32,7 +33,8 @@ pub(crate) fn flush(region: &Region) -> Result<(), Error> {
     region.wait_zero_windows();
     let collected = match region.config.tracking {
         Some(DirtyTracking::Async) => collect_written(region),
-        Some(DirtyTracking::Sync) | None => Ok(()),
+        Some(DirtyTracking::Sync) => claim_window_stores(region),
+        None => Ok(()),
     };
     let mut truncated = drop_beyond_end(region)?;
     let dirty = region.entries.take_dirty();
@@ -225,6 +227,48 @@ fn new_ranges(regions: &[PageRegion], done: &mut usize) -> Vec<std::ops::Range<u
         }
     }
     ranges
+}
+
+/// Synchronous tracking: finds the Zero pages that hold a store which got into their
+/// zero-page window (`install::settle`) and makes them Dirty, so that this flush writes
+/// them. One PAGEMAP_SCAN of the region for its private pages, only while it has zero
+/// pages protected unverified; each one whose entry says Zero is asked again under its
+/// lock (the first answer may be stale: the page evicted and mapped again since).
+///
+/// The mark is cleared before the scan: a zero page protected after the clear marks it
+/// again (and its store, if any, is in the page table before the mark), so none is left
+/// unasked by every later flush.
+fn claim_window_stores(region: &Region) -> Result<(), Error> {
+    if !region
+        .unverified_zero
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        return Ok(());
+    }
+    let mut candidates = Vec::new();
+    let scanned = region.for_each_run(0, region.pages(), PageKind::Private, |pages| {
+        candidates.extend(pages.filter(|&index| region.entries.peek(index) == State::Zero))
+    });
+    if let Err(error) = scanned {
+        // Not known: ask again next time.
+        region
+            .unverified_zero
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        return Err(error);
+    }
+    for index in candidates {
+        let mut guard = region.entries.lock(index);
+        if guard.state() != State::Zero {
+            continue;
+        }
+        let mut private = false;
+        let asked = region.for_each_run(index, 1, PageKind::Private, |_| private = true);
+        // Not known (the scan failed): Dirty, never wrong.
+        if private || asked.is_err() {
+            guard.set(State::Dirty);
+        }
+    }
+    Ok(())
 }
 
 /// A page the kernel saw written: make its entry Dirty (allocating behind a zero page).
