@@ -81,7 +81,14 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
             .collect::<Vec<_>>()
             .join(", ");
         if !summary.is_empty() {
-            bar.println(format!("{:>16} udax/kernel {summary}", workload.name()));
+            let line = format!("{:>16} udax/kernel {summary}", workload.name());
+            // A hidden bar (stderr not a terminal: a log, CI) prints nothing: the line goes
+            // to stderr itself, so a long run that is killed still leaves what it measured.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
     }
     bar.finish_and_clear();

@@ -655,6 +655,27 @@ fn file_with_holes(path: &Path) -> File {
 }
 
 #[test]
+fn bench_reports_each_workload_on_stderr_as_it_ends_when_stderr_is_a_log() {
+    // stderr is a pipe here, as in a log: the progress bar is hidden, and the per-workload
+    // ratios must still come out before the table (a killed run keeps them).
+    let output = Command::new(UDAX)
+        .args(["bench", "--size", "256KiB", "--repeat", "1"])
+        .args(["--workload", "sparse-read,seq-write", "--granularity", "4k"])
+        .output()
+        .expect("run udax");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let log = text(&output.stderr);
+    for workload in ["sparse-read", "seq-write"] {
+        assert!(
+            log.lines().any(|l| l
+                .trim_start()
+                .starts_with(&format!("{workload} udax/kernel 4k "))),
+            "no line for {workload} in: {log}"
+        );
+    }
+}
+
+#[test]
 fn inspect_reports_known_holes() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("holes.img");
