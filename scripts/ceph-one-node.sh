@@ -2,6 +2,7 @@
 # A one-node Ceph cluster on loopback, for udax's RBD tests and benchmarks.
 #
 #   scripts/ceph-one-node.sh start DIR   # mon, mgr, one memstore OSD, pool "rbd"; ~1 minute
+#   scripts/ceph-one-node.sh wait DIR    # waits (bounded) for the OSD up and every PG clean
 #   scripts/ceph-one-node.sh stop DIR    # stops the daemons by their PID files
 #
 # Everything lives in DIR (config, monitor store, logs, sockets, PID files); nothing is
@@ -15,7 +16,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 start|stop DIR" >&2
+    echo "usage: $0 start|wait|stop DIR" >&2
     exit 2
 }
 [ $# -eq 2 ] || usage
@@ -155,6 +156,9 @@ start)
     trap 'stop' ERR
     start
     ;;
+# After tests that kill, stop or restart the OSD: the cluster serves again only once it
+# has peered, and a client started before may fail (or worse: see .ci/run).
+wait) wait_for 120 osd_up && wait_for 120 pgs_clean ;;
 stop) stop ;;
 *) usage ;;
 esac
