@@ -6,16 +6,13 @@
 //! atomics, and a futex wake when it asks for something; no lock, no allocation, so it is
 //! signal-safe for in-thread resolution). A read that continues the last one (a
 //! sequential fault) and has come within [`DEPTH`] windows of what was asked ahead (one
-//! under a budget, and for reads of 2 MiB) asks for the next window, sized by [`Ramp`] (128 KiB doubling to 2
-//! MiB); the thread reads it into the page cache with `posix_fadvise(WILLNEED)` while the
-//! faults go on. Windows asked before the thread wakes join the pending request if they
-//! continue it (else the newer replaces it), so about `DEPTH` windows are in flight.
-//! Random reads ask nothing.
-//!
-//! Why windows of our own when the kernel reads a sequential `pread` ahead by itself:
-//! measured on cold 1 GiB files, the kernel's read-ahead alone was fast in half the runs
-//! and 2-3x slower in the others, while `WILLNEED` windows kept every run within 10% (see
-//! [`DEPTH`]); 4 windows in flight were 5-10% faster than one.
+//! under a budget, and for reads of 2 MiB) asks for the next window, sized by [`Ramp`]
+//! (128 KiB doubling to 2 MiB); the thread reads it into the page cache with
+//! `posix_fadvise(WILLNEED)` while the faults go on. Windows asked before the thread wakes
+//! join the pending request if they continue it (else the newer replaces it), so about
+//! `DEPTH` windows are in flight. Random reads ask nothing. Windows of our own although
+//! the kernel reads a sequential `pread` ahead by itself: measured, its read-ahead alone
+//! was 2-3x slower in half the runs, ours kept every run within 10% (see [`DEPTH`]).
 //!
 //! **Drop-behind, under a budget.** A mapping with a resident budget holds the bytes it
 //! read in its own pages; their page-cache copy costs the machine memory on top of the
