@@ -9,8 +9,8 @@ with posix_fadvise(WILLNEED), as the thread does. Runs alternate their order; pr
 
 Usage: scripts/read-ahead-probe.py [FILE [SIZE_MIB [REQ_KIB...]]]
   (default /var/tmp/read-ahead-probe.bin, 1024 MiB, reads of 2048, 64 and 4 KiB; the file is
-  filled with random bytes if it is not SIZE long. Needs root for nothing; the disk under
-  FILE is what is measured.)
+  filled with random bytes if it is not SIZE long. Needs no root; what it measures is the
+  disk under FILE.)
 """
 import os
 import sys

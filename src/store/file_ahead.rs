@@ -195,9 +195,8 @@ impl FileAhead {
 
     /// How many windows a sequential run of reads of `len` bytes keeps asked ahead of it:
     /// [`DEPTH`]; one under a budget (whose page cache the trims keep to the run's window
-    /// and the one ahead), and one for reads of a whole window (2 MiB faults: measured,
-    /// four in flight made in-thread 2m seq-read slower, 1.66-1.94x the kernel's mmap
-    /// against 1.50-1.56x, and handler mode no faster).
+    /// and the one ahead), and one for reads of a whole window (2 MiB faults, where four
+    /// measured slower: DESIGN.md, "Read-ahead").
     fn depth(&self, len: u64) -> u64 {
         if self.kernel_reads_ahead() && len < MAX_WINDOW {
             DEPTH
