@@ -592,7 +592,10 @@ fn a_store_inside_the_move_window_is_flushed() {
         // Wait until the range is mapped (the move is done) but the window still open.
         let started = std::time::Instant::now();
         while smaps_kib(base as *const u8, HUGE, "Rss") == 0 {
-            assert!(started.elapsed() < delay, "the range was never moved in");
+            assert!(
+                started.elapsed() < 10 * delay,
+                "the range was never moved in"
+            );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         // Moved in and not yet protected: the store below lands in the window (unless

@@ -337,18 +337,26 @@ fn store_inside_the_zero_page_window_is_flushed(options: Options, then_upgrade: 
     let path = dir.path().join("window.img");
     let len = if then_upgrade { 4 << 20 } else { 4 * PAGE };
     let store = Arc::new(FileStore::create(&path, len as u64).expect("create"));
-    let delay = std::time::Duration::from_millis(50);
+    let delay = std::time::Duration::from_millis(200);
     let mapping = Mapping::new(store, options.zero_window_delay(delay)).expect("map");
     let base = mapping.as_ptr() as usize;
     let page = base + PAGE;
     std::thread::scope(|scope| {
         // SAFETY: `page` lies inside the mapping, which outlives the scope.
         let reader = scope.spawn(|| unsafe { std::ptr::read_volatile(page as *const u8) });
-        // Give the reader's fault time to map the zero page and enter the window.
+        // Wait for the reader's fault to be served (counted just before the ZEROPAGE), not
+        // for a fixed time: on a loaded machine the reader thread may not have run yet, and
+        // the store would then be a plain write fault, not the race. A few milliseconds
+        // more let the ZEROPAGE finish; the window stays open `delay` after it.
         let started = std::time::Instant::now();
-        std::thread::sleep(delay / 5);
+        while mapping.stats().zero_faults == 0 {
+            assert!(started.elapsed() < 10 * delay, "the reader never faulted");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let served = std::time::Instant::now();
+        std::thread::sleep(delay / 20);
         assert!(
-            started.elapsed() < delay / 2,
+            served.elapsed() < delay / 2,
             "the store must land inside the window"
         );
         // SAFETY: as above; the atomic store is data-race free.
