@@ -335,12 +335,11 @@ fn check_under_budget(udax: &Value, kernel: &Value) {
         u64_of(kernel, "rss_peak_bytes") > DEFAULT_BUDGET,
         "the kernel has no budget: {kernel:#}"
     );
-    // What the mapping cost the machine: udax's Rss plus the store's page cache, which
-    // udax reads through (so at least the pages it holds resident).
-    let cost = u64_of(udax, "memory_cost_peak_bytes");
-    let cache = u64_of(udax, "page_cache_peak_bytes");
-    assert!(cache > 0, "{udax:#}");
-    assert!(cost >= u64_of(udax, "rss_peak_bytes") + cache, "{udax:#}");
+    // What the mapping cost the machine (Rss plus the store's page cache, at least their
+    // larger peak) is checked for every run by `bench_workload`. Not that udax's cache
+    // is non-zero: it is sampled at phase ends, when the store's drop-behind may have
+    // emptied it (CI saw 0 once); nor that the cost is the sum of the two peaks, which
+    // may come from different phases.
     assert!(
         u64_of(kernel, "memory_cost_peak_bytes") > DEFAULT_BUDGET,
         "{kernel:#}"
