@@ -6,7 +6,8 @@ mod common;
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -1123,5 +1124,73 @@ fn a_sequential_write_over_data_lifts_the_rest_of_the_range_and_flush_writes_wha
             file[at],
             expected(at)
         );
+    }
+}
+
+/// Pages of `file` the page cache holds, by cachestat(2) (Linux 6.5+; `None` before).
+fn cached_pages(file: &File) -> Option<u64> {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    let range = Range { off: 0, len: 0 }; // len 0: to the end of the file
+    let mut stat = [0u64; 5];
+    // SAFETY: cachestat(451) reads `range` and writes the five u64 of `stat`, both live and
+    // laid out as <linux/mman.h>'s structs; the fd is open while `file` is borrowed.
+    let ret = unsafe {
+        libc::syscall(
+            451,
+            file.as_raw_fd(),
+            &range as *const Range,
+            stat.as_mut_ptr(),
+            0,
+        )
+    };
+    (ret == 0).then_some(stat[0])
+}
+
+/// A 2 MiB data fault of a range the page cache does not hold reads it around the cache
+/// (O_DIRECT): the mapping holds the range, the store's file gains no cached page, so the
+/// mapping costs the machine its own memory, not twice it. In handler mode and in-thread:
+/// each reads into a page-aligned buffer, which a direct read needs.
+#[test]
+fn a_2_mib_read_fault_of_an_uncached_range_fills_no_page_cache() {
+    if !common::require_uffd() {
+        return;
+    }
+    let in_thread = huge().resolution(udax::Resolution::InThread);
+    for options in [huge(), in_thread] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = file_store(dir.path(), 4 * HUGE, Some(0..4 * HUGE));
+        let file = File::open(store.path()).expect("open");
+        file.sync_all().expect("fsync");
+        // SAFETY: advice on an open descriptor; it touches no memory of ours.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(store.path());
+        if direct.is_err() || cached_pages(&file) != Some(0) {
+            eprintln!("skipped: no O_DIRECT or cachestat here, or the cache stays");
+            return;
+        }
+        let mapping = Mapping::new(store, options).expect("map");
+        // SAFETY: inside the live mapping.
+        let byte = unsafe { std::ptr::read_volatile(mapping.as_ptr().add(2 * HUGE + 5)) };
+        assert_eq!(byte, pattern(2 * HUGE + 5));
+        let stats = mapping.stats();
+        assert_eq!(
+            (stats.huge_faults, stats.bytes_read),
+            (1, HUGE as u64),
+            "{stats:?}"
+        );
+        assert_eq!(
+            cached_pages(&file),
+            Some(0),
+            "the fault filled the page cache"
+        );
+        assert_eq!(smaps_kib(mapping.as_ptr(), mapping.len(), "Rss"), 2048);
+        mapping.close().expect("close");
     }
 }

@@ -32,6 +32,7 @@ use crate::error::Error;
 use crate::resolve::events::Reader;
 use crate::resolve::failure::{self, Next};
 use crate::sys::cpu::{allowed_cpus, pin_to};
+use crate::sys::memory::Reservation;
 use crate::sys::uffd::{Fault, Uffd, UffdMsg};
 
 /// Messages read per `read(2)` of the uffd.
@@ -261,19 +262,26 @@ fn refuse(uffd: &Uffd, address: usize, unknown: Unknown) {
 fn serve(uffd: &Uffd, table: &Table, reader: &Reader, stop_fd: libc::c_int, sleep_in_read: bool) {
     let mut messages = [UffdMsg::default(); BATCH];
     let mut faults = VecDeque::with_capacity(BATCH);
-    // Room for a 2 MiB fill (touched only by wide faults, so it costs no memory else).
-    let mut scratch = vec![0u8; HUGE_PAGE_SIZE];
+    // Room for a 2 MiB fill (touched only by wide faults, so it costs no memory else):
+    // one transparent huge page where the kernel allows, as the in-thread staging buffer
+    // is, so that a direct read into it (`file_direct`) is one 2 MiB request rather than
+    // 512 page segments split into three, and its copy and compare walk one TLB entry.
+    // The heap (unaligned: reads stay buffered) should that mapping fail.
+    let mut reserved = Reservation::new(HUGE_PAGE_SIZE, true).ok();
+    let mut heap: Vec<u8>;
+    let scratch: &mut [u8] = match reserved.as_mut() {
+        // SAFETY: the reservation is this thread's own, never registered with userfaultfd,
+        // and only ever used as this scratch buffer.
+        Some(reserved) => unsafe { reserved.bytes_mut() },
+        None => {
+            heap = vec![0u8; HUGE_PAGE_SIZE];
+            &mut heap
+        }
+    };
     let mut failures = 0;
     loop {
         let read = if sleep_in_read {
-            serve_waited(
-                uffd,
-                table,
-                reader,
-                &mut messages,
-                &mut faults,
-                &mut scratch,
-            )
+            serve_waited(uffd, table, reader, &mut messages, &mut faults, scratch)
         } else {
             match wait_for_events(uffd, stop_fd) {
                 Ok(false) => return,
@@ -289,7 +297,7 @@ fn serve(uffd: &Uffd, table: &Table, reader: &Reader, stop_fd: libc::c_int, slee
                         reader,
                         &mut messages,
                         &mut faults,
-                        &mut scratch,
+                        scratch,
                     )
                 }
                 Err(error) => Err(error),

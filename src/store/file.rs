@@ -18,7 +18,8 @@
 //! random one first asks the kernel to read the 128 KiB around it (`WILLNEED`), as the
 //! kernel's own mmap faults read around a miss, so random faults cost one I/O per window,
 //! not one per page. Under a budget ([`Store::serve_mapping`]) there is no read-around
-//! and the thread keeps the file's page cache small (see `file_ahead`).
+//! and the thread keeps the file's page cache small (see `file_ahead`). A random 2 MiB
+//! read of a range the cache does not hold goes around it (O_DIRECT, `file_direct`).
 //!
 //! `punch_hole` uses `fallocate(PUNCH_HOLE)`; where the file system has none (EOPNOTSUPP:
 //! NFSv3, some FUSE and 9p mounts) it writes zeros over the data: reads keep their meaning,
@@ -45,6 +46,7 @@ use std::path::{Path, PathBuf};
 
 use crate::store::extent_cache::{ExtentCache, Token};
 use crate::store::file_ahead::FileAhead;
+use crate::store::file_direct::DirectReads;
 use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
 
 /// Size of the zero buffer the no-`fallocate` fallbacks write from.
@@ -79,6 +81,8 @@ pub struct FileStore {
     hole_run: ExtentCache,
     /// Read-ahead and, under a budget, drop-behind, off the fault path.
     ahead: FileAhead,
+    /// Large random reads around the page cache (`file_direct`).
+    direct: DirectReads,
 }
 
 impl FileStore {
@@ -117,14 +121,7 @@ impl FileStore {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(FileStore {
-            file,
-            path: path.to_path_buf(),
-            len: size,
-            data_run: ExtentCache::default(),
-            hole_run: ExtentCache::default(),
-            ahead: FileAhead::new(size),
-        })
+        Ok(FileStore::assemble(file, path.to_path_buf(), size))
     }
 
     /// Opens the existing regular file at `path` read-write; its length is the store's.
@@ -159,14 +156,7 @@ impl FileStore {
             .open(path)
             .map_err(|e| open_error(path, e, false))?;
         let len = regular_len(&file, path)?;
-        Ok(FileStore {
-            file,
-            path: path.to_path_buf(),
-            len,
-            data_run: ExtentCache::default(),
-            hole_run: ExtentCache::default(),
-            ahead: FileAhead::new(len),
-        })
+        Ok(FileStore::assemble(file, path.to_path_buf(), len))
     }
 
     /// A store over an open file descriptor (a caller's `dup`), with the access mode it
@@ -221,14 +211,20 @@ impl FileStore {
             File::from(fd)
         };
         let len = regular_len(&file, &path)?;
-        Ok(FileStore {
+        Ok(FileStore::assemble(file, path, len))
+    }
+
+    /// The store over the open `file` of `len` bytes, opened at `path`.
+    fn assemble(file: File, path: PathBuf, len: u64) -> FileStore {
+        FileStore {
+            direct: DirectReads::open(&file),
             file,
             path,
             len,
             data_run: ExtentCache::default(),
             hole_run: ExtentCache::default(),
             ahead: FileAhead::new(len),
-        })
+        }
     }
 
     /// The path the store was opened at.
@@ -419,6 +415,9 @@ impl Store for FileStore {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
         check_range(offset, buf.len() as u64, self.len)?;
         let sequential = self.ahead.note_read(offset, buf.len() as u64);
+        if self.direct.read(&self.file, offset, buf, sequential) {
+            return Ok(());
+        }
         if buf.len() < READ_AROUND as usize {
             // Cached: done in one call. Not cached (EAGAIN, or short): a sequential read
             // is read ahead by the kernel and by `ahead`, off this path; a random one reads
@@ -913,5 +912,41 @@ mod tests {
         assert!(oor(store.punch_hole(u64::MAX, 2)));
         assert!(store.allocate(SIZE, 0).is_ok());
         assert!(store.punch_hole(0, 0).is_ok());
+    }
+
+    /// A random 2 MiB read of a range the page cache does not hold goes around the cache
+    /// (`file_direct`): the right bytes, and no page of the range cached after it. Then a
+    /// page of it written and not synced (cached, dirty) is read back as written.
+    #[test]
+    fn a_random_2_mib_read_of_an_uncached_range_leaves_the_page_cache_empty() {
+        use crate::store::file_direct::cached_pages;
+        let (_dir, store) = sparse();
+        let huge = crate::HUGE_PAGE_SIZE;
+        let at = 4 * MIB;
+        let bytes: Vec<u8> = (0..huge).map(|i| (i / 4096 * 7 + i % 251) as u8).collect();
+        store.write_at(at, &bytes).expect("write");
+        store.sync().expect("sync");
+        sys::fadvise(&store.file, 0, SIZE, libc::POSIX_FADV_DONTNEED).expect("drop");
+        let cached = || cached_pages(&store.file, at, huge as u64).expect("cachestat");
+        if !store.direct.available() || cached() != 0 {
+            eprintln!("skipped: no O_DIRECT here, or the page cache cannot be dropped");
+            return;
+        }
+        let mut heap = vec![0u8; huge + crate::PAGE_SIZE];
+        let skew =
+            (crate::PAGE_SIZE - heap.as_ptr() as usize % crate::PAGE_SIZE) % crate::PAGE_SIZE;
+        let buf = &mut heap[skew..skew + huge];
+        store.read_at(at, buf).expect("read");
+        assert!(buf == &bytes[..], "the direct read read other bytes");
+        assert_eq!(cached(), 0, "the read filled the page cache");
+        store
+            .write_at(at + 8192, &[0xee; 4096])
+            .expect("write a page");
+        store.read_at(at, buf).expect("read again");
+        assert!(
+            buf[8192..12288].iter().all(|&b| b == 0xee),
+            "the unsynced write is lost"
+        );
+        assert!(buf[..8192] == bytes[..8192] && buf[12288..] == bytes[12288..]);
     }
 }

@@ -13,6 +13,7 @@ mod extent_cache;
 mod extent_runs;
 mod file;
 mod file_ahead;
+mod file_direct;
 mod layered;
 mod mem;
 #[cfg(feature = "nbd")]
