@@ -270,8 +270,8 @@ fn serve(uffd: &Uffd, table: &Table, reader: &Reader, stop_fd: libc::c_int, slee
     let mut reserved = Reservation::new(HUGE_PAGE_SIZE, true).ok();
     let mut heap: Vec<u8>;
     let scratch: &mut [u8] = match reserved.as_mut() {
-        // SAFETY: the reservation is this thread's own, never registered with userfaultfd,
-        // and only ever used as this scratch buffer.
+        // SAFETY: made writable by `Reservation::new`, this thread's own, never registered
+        // with userfaultfd, and only ever used as this scratch buffer.
         Some(reserved) => unsafe { reserved.bytes_mut() },
         None => {
             heap = vec![0u8; HUGE_PAGE_SIZE];

@@ -79,13 +79,12 @@ impl Reservation {
     /// The reservation's bytes, for a buffer of this process's own.
     ///
     /// # Safety
-    /// The range is not registered with userfaultfd (an access would wait for a handler,
-    /// which may be the caller) and nothing else references its bytes while they are
-    /// borrowed.
+    /// The reservation was made writable ([`Reservation::new`] always is), its range is
+    /// not registered with userfaultfd (an access would wait for a handler, which may be
+    /// the caller), and nothing else references its bytes while they are borrowed.
     pub(crate) unsafe fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `base..base + len` is mapped readable and writable while `self` lives
-        // (the invariant; a read-only placement is never asked for its bytes), and the
-        // caller vouches that nothing else uses it and no fault on it waits for us.
+        // SAFETY: `base..base + len` is mapped while `self` lives (the invariant), and
+        // writable, unregistered and unshared by the caller's word.
         unsafe { std::slice::from_raw_parts_mut(self.base as *mut u8, self.len) }
     }
 
