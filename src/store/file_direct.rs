@@ -33,7 +33,7 @@ use crate::PAGE_SIZE;
 
 /// The shortest read that goes direct: a 2 MiB fault's. Shorter (4 KiB, 64 KiB) reads
 /// gain from the cache: a random one reads the 128 KiB around it there, for its neighbours.
-pub(crate) const DIRECT_MIN: usize = crate::HUGE_PAGE_SIZE;
+const DIRECT_MIN: usize = crate::HUGE_PAGE_SIZE;
 
 /// The O_DIRECT descriptor of a store's file, if it has one.
 #[derive(Debug)]
