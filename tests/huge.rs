@@ -1194,3 +1194,49 @@ fn a_2_mib_read_fault_of_an_uncached_range_fills_no_page_cache() {
         mapping.close().expect("close");
     }
 }
+
+/// A flush writes a dirty 2 MiB range back around the page cache (O_DIRECT): the store's
+/// file has no cached page after it, so the written range costs the machine the mapping's
+/// memory only, and the file holds the bytes written. In handler mode and in-thread.
+#[test]
+fn a_flush_of_a_dirty_2_mib_range_fills_no_page_cache() {
+    if !common::require_uffd() {
+        return;
+    }
+    let in_thread = huge().resolution(udax::Resolution::InThread);
+    for options in [huge(), in_thread] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = file_store(dir.path(), 4 * HUGE, None);
+        let file = File::open(store.path()).expect("open");
+        let direct = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(store.path());
+        if direct.is_err() || cached_pages(&file) != Some(0) {
+            eprintln!("skipped: no O_DIRECT or cachestat here");
+            return;
+        }
+        let mapping = Mapping::new(store, options).expect("map");
+        for offset in (HUGE..2 * HUGE).step_by(PAGE / 2) {
+            poke(&mapping, offset, pattern(offset));
+        }
+        mapping.flush().expect("flush");
+        let stats = mapping.stats();
+        assert_eq!(stats.pages_written_back, HUGE_PAGES as u64, "{stats:?}");
+        assert_eq!(
+            cached_pages(&file),
+            Some(0),
+            "the flush filled the page cache"
+        );
+        mapping.close().expect("close");
+        let mut bytes = Vec::new();
+        (&file).read_to_end(&mut bytes).expect("read the file");
+        assert!(
+            (0..4 * HUGE).all(|i| {
+                let poked = i / HUGE == 1 && i % (PAGE / 2) == 0;
+                bytes[i] == if poked { pattern(i) } else { 0 }
+            }),
+            "the file holds other bytes"
+        );
+    }
+}

@@ -19,7 +19,8 @@
 //! kernel's own mmap faults read around a miss, so random faults cost one I/O per window,
 //! not one per page. Under a budget ([`Store::serve_mapping`]) there is no read-around
 //! and the thread keeps the file's page cache small (see `file_ahead`). A random 2 MiB
-//! read of a range the cache does not hold goes around it (O_DIRECT, `file_direct`).
+//! read of a range the cache does not hold, and any 2 MiB aligned write (a writeback run),
+//! go around it (O_DIRECT, `file_direct`).
 //!
 //! `punch_hole` uses `fallocate(PUNCH_HOLE)`; where the file system has none (EOPNOTSUPP:
 //! NFSv3, some FUSE and 9p mounts) it writes zeros over the data: reads keep their meaning,
@@ -46,7 +47,7 @@ use std::path::{Path, PathBuf};
 
 use crate::store::extent_cache::{ExtentCache, Token};
 use crate::store::file_ahead::FileAhead;
-use crate::store::file_direct::DirectReads;
+use crate::store::file_direct::DirectIo;
 use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
 
 /// Size of the zero buffer the no-`fallocate` fallbacks write from.
@@ -81,8 +82,8 @@ pub struct FileStore {
     hole_run: ExtentCache,
     /// Read-ahead and, under a budget, drop-behind, off the fault path.
     ahead: FileAhead,
-    /// Large random reads around the page cache (`file_direct`).
-    direct: DirectReads,
+    /// Large random reads and large writes around the page cache (`file_direct`).
+    direct: DirectIo,
 }
 
 impl FileStore {
@@ -217,7 +218,7 @@ impl FileStore {
     /// The store over the open `file` of `len` bytes, opened at `path`.
     fn assemble(file: File, path: PathBuf, len: u64) -> FileStore {
         FileStore {
-            direct: DirectReads::open(&file),
+            direct: DirectIo::open(&file),
             file,
             path,
             len,
@@ -286,13 +287,19 @@ impl FileStore {
     }
 
     /// pwrite(2) of all of `buf` at `offset`, with no size check: callers have checked.
+    /// A 2 MiB aligned write goes around the page cache (`file_direct`); only a buffered
+    /// one counts toward the drop-behind, which has nothing to drop of a direct one.
     /// The range written is no longer hole: it is cut out of the remembered hole run
     /// (after the write, so that a query racing it either sees the data or has its answer
     /// dropped by the cut; see `extent_cache`). A failed write may have written part of
     /// the range: cut too.
     fn write_unchecked(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
-        self.ahead.note_write(buf.len() as u64);
-        let written = self.file.write_all_at(buf, offset);
+        let written = if self.direct.write(offset, buf) {
+            Ok(())
+        } else {
+            self.ahead.note_write(buf.len() as u64);
+            self.file.write_all_at(buf, offset)
+        };
         self.hole_run.cut(offset, offset + buf.len() as u64);
         written.map_err(|e| StoreError::from_io("write", offset, e))
     }
@@ -932,10 +939,8 @@ mod tests {
             eprintln!("skipped: no O_DIRECT here, or the page cache cannot be dropped");
             return;
         }
-        let mut heap = vec![0u8; huge + crate::PAGE_SIZE];
-        let skew =
-            (crate::PAGE_SIZE - heap.as_ptr() as usize % crate::PAGE_SIZE) % crate::PAGE_SIZE;
-        let buf = &mut heap[skew..skew + huge];
+        let mut heap = Vec::new();
+        let buf = aligned(&mut heap, |_| 0);
         store.read_at(at, buf).expect("read");
         assert!(buf == &bytes[..], "the direct read read other bytes");
         assert_eq!(cached(), 0, "the read filled the page cache");
@@ -948,5 +953,72 @@ mod tests {
             "the unsynced write is lost"
         );
         assert!(buf[..8192] == bytes[..8192] && buf[12288..] == bytes[12288..]);
+    }
+
+    /// A page-aligned 2 MiB buffer, filled by `byte` (index a page-aligned offset).
+    fn aligned(heap: &mut Vec<u8>, byte: impl Fn(usize) -> u8) -> &mut [u8] {
+        let (page, huge) = (crate::PAGE_SIZE, crate::HUGE_PAGE_SIZE);
+        *heap = vec![0u8; huge + page];
+        let skew = (page - heap.as_ptr() as usize % page) % page;
+        let buf = &mut heap[skew..skew + huge];
+        buf.iter_mut().enumerate().for_each(|(i, b)| *b = byte(i));
+        buf
+    }
+
+    /// A 2 MiB aligned write (a writeback run) goes around the page cache (`file_direct`):
+    /// the range has no cached page after it, even where a dirty cached page of an earlier
+    /// buffered write was, and every read after it, cached or not, and the file after a
+    /// reopen, hold the new bytes.
+    #[test]
+    fn a_2_mib_aligned_write_leaves_no_page_of_it_cached() {
+        use crate::store::file_direct::cached_pages;
+        let (dir, store) = sparse();
+        let huge = crate::HUGE_PAGE_SIZE;
+        let at = 4 * MIB;
+        if !store.direct.writes_available() {
+            eprintln!("skipped: no O_DIRECT here");
+            return;
+        }
+        store
+            .write_at(at + 8192, &[0x11; 4096])
+            .expect("write a page");
+        let cached = || cached_pages(&store.file, at, huge as u64).expect("cachestat");
+        assert_eq!(cached(), 1, "the buffered page write is cached");
+        let mut heap = Vec::new();
+        let new = |i: usize| (i / 4096 * 13 + i % 241) as u8;
+        let buf = aligned(&mut heap, new);
+        store.write_at(at, buf).expect("write 2 MiB");
+        assert_eq!(cached(), 0, "the write filled the page cache");
+        let mut page = [0u8; 4096];
+        for (n, chunk) in buf.chunks(4096).enumerate() {
+            store
+                .read_at(at + (n * 4096) as u64, &mut page)
+                .expect("read");
+            assert!(page == chunk, "page {n} reads other bytes");
+        }
+        store.sync().expect("sync");
+        drop(store);
+        let bytes = std::fs::read(dir.path().join("store.img")).expect("read the file");
+        let at = at as usize;
+        assert!(bytes[at..at + huge] == *buf, "the file holds other bytes");
+    }
+
+    /// A store over a read-only descriptor writes nothing, direct or not: its O_DIRECT
+    /// descriptor is opened read-only too, though the file's permissions allow writing.
+    #[test]
+    fn a_store_over_a_read_only_descriptor_does_not_write_directly() {
+        let (dir, store) = sparse();
+        drop(store);
+        let path = dir.path().join("store.img");
+        let file = File::open(&path).expect("open read-only");
+        let store = FileStore::from_fd(file.into()).expect("from_fd");
+        let mut heap = Vec::new();
+        let buf = aligned(&mut heap, |_| 0x5a);
+        assert!(
+            store.write_at(4 * MIB, buf).is_err(),
+            "a read-only store wrote"
+        );
+        let bytes = std::fs::read(&path).expect("read the file");
+        assert!(bytes.iter().all(|&b| b == 0), "the file changed");
     }
 }
