@@ -294,7 +294,7 @@ impl FileStore {
     /// dropped by the cut; see `extent_cache`). A failed write may have written part of
     /// the range: cut too.
     fn write_unchecked(&self, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
-        let written = if self.direct.write(offset, buf) {
+        let written = if self.direct.write(&self.file, offset, buf) {
             Ok(())
         } else {
             self.ahead.note_write(buf.len() as u64);
@@ -926,7 +926,7 @@ mod tests {
     /// page of it written and not synced (cached, dirty) is read back as written.
     #[test]
     fn a_random_2_mib_read_of_an_uncached_range_leaves_the_page_cache_empty() {
-        use crate::store::file_direct::cached_pages;
+        use crate::store::file_direct::cache_stat;
         let (_dir, store) = sparse();
         let huge = crate::HUGE_PAGE_SIZE;
         let at = 4 * MIB;
@@ -934,7 +934,11 @@ mod tests {
         store.write_at(at, &bytes).expect("write");
         store.sync().expect("sync");
         sys::fadvise(&store.file, 0, SIZE, libc::POSIX_FADV_DONTNEED).expect("drop");
-        let cached = || cached_pages(&store.file, at, huge as u64).expect("cachestat");
+        let cached = || {
+            cache_stat(&store.file, at, huge as u64)
+                .expect("cachestat")
+                .cached
+        };
         if !store.direct.available() || cached() != 0 {
             eprintln!("skipped: no O_DIRECT here, or the page cache cannot be dropped");
             return;
@@ -971,7 +975,7 @@ mod tests {
     /// reopen, hold the new bytes.
     #[test]
     fn a_2_mib_aligned_write_leaves_no_page_of_it_cached() {
-        use crate::store::file_direct::cached_pages;
+        use crate::store::file_direct::cache_stat;
         let (dir, store) = sparse();
         let huge = crate::HUGE_PAGE_SIZE;
         let at = 4 * MIB;
@@ -982,7 +986,11 @@ mod tests {
         store
             .write_at(at + 8192, &[0x11; 4096])
             .expect("write a page");
-        let cached = || cached_pages(&store.file, at, huge as u64).expect("cachestat");
+        let cached = || {
+            cache_stat(&store.file, at, huge as u64)
+                .expect("cachestat")
+                .cached
+        };
         assert_eq!(cached(), 1, "the buffered page write is cached");
         let mut heap = Vec::new();
         let new = |i: usize| (i / 4096 * 13 + i % 241) as u8;
@@ -1001,6 +1009,37 @@ mod tests {
         let bytes = std::fs::read(dir.path().join("store.img")).expect("read the file");
         let at = at as usize;
         assert!(bytes[at..at + huge] == *buf, "the file holds other bytes");
+    }
+
+    /// A 2 MiB aligned write over a range whose pages are dirty in the cache (4 KiB write
+    /// faults allocated each by writing zeros there) stays buffered: it overwrites them in
+    /// the cache, where a direct write would first write all of them back, writing the
+    /// range twice. The bytes are the new ones either way.
+    #[test]
+    fn a_2_mib_write_over_dirty_cached_pages_overwrites_them_in_the_cache() {
+        use crate::store::file_direct::cache_stat;
+        let (dir, store) = sparse();
+        let huge = crate::HUGE_PAGE_SIZE as u64;
+        let at = 2 * MIB;
+        if !store.direct.writes_available() {
+            eprintln!("skipped: no O_DIRECT here");
+            return;
+        }
+        store.allocate(at, huge).expect("allocate");
+        let stat = || cache_stat(&store.file, at, huge).expect("cachestat");
+        assert_eq!(stat().unwritten, 512, "the zeros are dirty in the cache");
+        let mut heap = Vec::new();
+        let buf = aligned(&mut heap, |i| (i % 199) as u8);
+        store.write_at(at, buf).expect("write 2 MiB");
+        assert_eq!(stat().cached, 512, "the write went around the cache");
+        store.sync().expect("sync");
+        drop(store);
+        let bytes = std::fs::read(dir.path().join("store.img")).expect("read the file");
+        let at = at as usize;
+        assert!(
+            bytes[at..at + huge as usize] == *buf,
+            "the file holds other bytes"
+        );
     }
 
     /// A store over a read-only descriptor writes nothing, direct or not: its O_DIRECT

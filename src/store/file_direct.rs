@@ -16,7 +16,12 @@
 //! - a read does not continue the last read: a sequential run is read ahead into the page
 //!   cache (`file_ahead`), and a direct read there would read the same bytes twice;
 //! - the page cache holds none of a read's range (`cachestat(2)`): a cached page is read
-//!   from memory, and a dirty one would first be written back by the direct read.
+//!   from memory, and a dirty one would first be written back by the direct read;
+//! - fewer than half the pages of a write's range are dirty in the cache: the direct
+//!   write first writes those back, which costs nothing much for the one page a 2 MiB
+//!   write fault allocated (by writing zeros through the cache), but writes the range
+//!   twice where the faults allocated every page (4 KiB faults); there the buffered write
+//!   overwrites the dirty zeros in the cache, and the range reaches the disk once.
 //!
 //! Coherence: the kernel writes back any dirty cached page of the range before a direct
 //! read or write (so a store's own buffered write racing the `cachestat` is still read),
@@ -118,8 +123,8 @@ impl DirectIo {
         if sequential || !self.fits(offset, buf) {
             return false;
         }
-        match cached_pages(file, offset, buf.len() as u64) {
-            Ok(0) => {}
+        match cache_stat(file, offset, buf.len() as u64) {
+            Ok(stat) if stat.cached == 0 => {}
             Ok(_) => return false,
             Err(e) => {
                 self.turn_off_on(&e);
@@ -138,12 +143,21 @@ impl DirectIo {
     /// Writes `buf` at `offset` around the page cache if the rules of the module doc
     /// allow. Returns whether it did; if not (or only in part), the caller writes it
     /// buffered, which reports any error.
-    pub(crate) fn write(&self, offset: u64, buf: &[u8]) -> bool {
+    pub(crate) fn write(&self, file: &File, offset: u64, buf: &[u8]) -> bool {
         let Some(direct) = self.direct.as_ref().filter(|_| self.writable) else {
             return false;
         };
         if !self.fits(offset, buf) {
             return false;
+        }
+        let pages = (buf.len() / PAGE_SIZE) as u64;
+        match cache_stat(file, offset, buf.len() as u64) {
+            Ok(stat) if stat.unwritten < pages / 2 => {}
+            Ok(_) => return false,
+            Err(e) => {
+                self.turn_off_on(&e);
+                return false;
+            }
         }
         match direct.write_all_at(buf, offset) {
             Ok(()) => true,
@@ -165,9 +179,18 @@ impl DirectIo {
 /// cachestat(2)'s number on x86_64 and aarch64 (the libc crate names none yet).
 const SYS_CACHESTAT: libc::c_long = 451;
 
-/// How many pages of `offset..offset + len` of `file` the page cache holds, by
-/// cachestat(2) (Linux 6.5+; ENOSYS before).
-pub(crate) fn cached_pages(file: &File, offset: u64, len: u64) -> io::Result<u64> {
+/// What the page cache holds of a range of a file.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CacheStat {
+    /// Pages cached.
+    pub(crate) cached: u64,
+    /// Pages cached and not yet on the disk: dirty, or being written back.
+    pub(crate) unwritten: u64,
+}
+
+/// What the page cache holds of `offset..offset + len` of `file`, by cachestat(2) (Linux
+/// 6.5+; ENOSYS before).
+pub(crate) fn cache_stat(file: &File, offset: u64, len: u64) -> io::Result<CacheStat> {
     /// `struct cachestat_range` of <linux/mman.h>.
     #[repr(C)]
     struct Range {
@@ -195,5 +218,8 @@ pub(crate) fn cached_pages(file: &File, offset: u64, len: u64) -> io::Result<u64
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(stat.0[0])
+    Ok(CacheStat {
+        cached: stat.0[0],
+        unwritten: stat.0[1] + stat.0[2],
+    })
 }
