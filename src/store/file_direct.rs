@@ -6,9 +6,9 @@
 //! (`scripts/direct-io-probe.py`, cold random 2 MiB reads of 1 GiB: 954-1,488 ns of CPU
 //! a page buffered against 153-229 direct, and 3,377-3,898 ns of wall against
 //! 2,593-2,724). A writeback of a 2 MiB run is the same copy the other way, and leaves
-//! the run cached twice until the kernel writes it back (a probe writing 1 GiB in 2 MiB
-//! `pwrite`s, then `fdatasync`: 2,695-14,493 ns a page buffered, 2,113-2,184 direct, CPU
-//! 1,311-12,922 against 206-325). So such reads and writes go through a second descriptor
+//! the run cached twice until the kernel writes it back (the same probe writing 1 GiB in
+//! 2 MiB `pwrite`s, then `fdatasync`: 2,294-14,657 ns a page buffered, 1,877-2,011
+//! direct; CPU 916-12,817 against 191-305). So such reads and writes go through a second descriptor
 //! of the same file, opened with O_DIRECT (read-write if the store's is), when:
 //!
 //! - they are at least [`DIRECT_MIN`] long, and offset, length and buffer are
