@@ -8,8 +8,9 @@
 //! 2,593-2,724). A writeback of a 2 MiB run is the same copy the other way, and leaves
 //! the run cached twice until the kernel writes it back (the same probe writing 1 GiB in
 //! 2 MiB `pwrite`s, then `fdatasync`: 2,294-14,657 ns a page buffered, 1,877-2,011
-//! direct; CPU 916-12,817 against 191-305). So such reads and writes go through a second descriptor
-//! of the same file, opened with O_DIRECT (read-write if the store's is), when:
+//! direct; CPU 916-12,817 against 191-305). So such reads and writes go through a
+//! second descriptor of the same file, opened with O_DIRECT (read-write if the store's
+//! is), when:
 //!
 //! - they are at least [`DIRECT_MIN`] long, and offset, length and buffer are
 //!   page-aligned (O_DIRECT's rule, at the strictest block size a file system asks);
