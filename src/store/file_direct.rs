@@ -124,21 +124,9 @@ impl DirectIo {
         if sequential || !self.fits(offset, buf) {
             return false;
         }
-        match cache_stat(file, offset, buf.len() as u64) {
-            Ok(stat) if stat.cached == 0 => {}
-            Ok(_) => return false,
-            Err(e) => {
-                self.turn_off_on(&e);
-                return false;
-            }
-        }
-        match direct.read_exact_at(buf, offset) {
-            Ok(()) => true,
-            Err(e) => {
-                self.turn_off_on(&e);
-                false
-            }
-        }
+        let len = buf.len() as u64;
+        self.done(cache_stat(file, offset, len).map(|stat| stat.cached == 0))
+            && self.done(direct.read_exact_at(buf, offset).map(|()| true))
     }
 
     /// Writes `buf` at `offset` around the page cache if the rules of the module doc
@@ -151,28 +139,22 @@ impl DirectIo {
         if !self.fits(offset, buf) {
             return false;
         }
-        let pages = (buf.len() / PAGE_SIZE) as u64;
-        match cache_stat(file, offset, buf.len() as u64) {
-            Ok(stat) if stat.unwritten < pages / 2 => {}
-            Ok(_) => return false,
-            Err(e) => {
-                self.turn_off_on(&e);
-                return false;
-            }
-        }
-        match direct.write_all_at(buf, offset) {
-            Ok(()) => true,
-            Err(e) => {
-                self.turn_off_on(&e);
-                false
-            }
-        }
+        let (len, pages) = (buf.len() as u64, (buf.len() / PAGE_SIZE) as u64);
+        self.done(cache_stat(file, offset, len).map(|stat| stat.unwritten < pages / 2))
+            && self.done(direct.write_all_at(buf, offset).map(|()| true))
     }
 
-    /// Turns direct I/O off for good if `e` says this file or kernel cannot do them.
-    fn turn_off_on(&self, e: &io::Error) {
-        if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
-            self.off.store(true, Relaxed);
+    /// The answer of a step of a direct call, false if it failed; a failure turns direct
+    /// I/O off for good if it says this file or kernel cannot do it (EINVAL, ENOSYS).
+    fn done(&self, result: io::Result<bool>) -> bool {
+        match result {
+            Ok(answer) => answer,
+            Err(e) => {
+                if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+                    self.off.store(true, Relaxed);
+                }
+                false
+            }
         }
     }
 }
