@@ -299,16 +299,19 @@ impl Options {
 
     /// The engine's configuration for a region served by `resolution`, in this process's
     /// own memory (`own_memory`: a mapping) or another's (an adopted region, which only
-    /// fills: no dirty tracking, no huge-page moves). Huge pages are moved in only outside
-    /// a signal handler (in-thread faults copy wide data ranges from their mapping's
-    /// staging buffer, `resolve::in_thread`), and where the kernel can.
+    /// fills: no dirty tracking, no huge-page moves). Huge pages are moved in where the
+    /// kernel can, by handler threads and in-thread faults alike (those fill through their
+    /// mapping's staging buffer, `resolve::in_thread`; slots are claimed lock-free, so a
+    /// signal handler may). Measured, 1 GiB at 2 MiB in-thread, alternated against copying
+    /// (UFFDIO_COPY into 4 KiB pages): seq-write 1.34-1.44x the kernel to 1.03-1.09x,
+    /// mkwrite 1.53x to 1.38x, rand-read 1.01-1.04x to 1.10-1.11x (a moved page is
+    /// compared after its write-protect; a copied one comes protected).
     pub(crate) fn config(&self, resolution: Resolution, own_memory: bool) -> Config {
         let in_thread = resolution == Resolution::InThread;
         let granularity = self.granularity_for(own_memory);
         let huge_move = own_memory
             && granularity == Granularity::Huge
             && self.huge_move
-            && !in_thread
             // UFFDIO_MOVE wants source and destination of the same protection.
             && !self.read_only
             && HugeSlots::usable();

@@ -234,9 +234,10 @@ fn reading_a_written_store_takes_one_fault_per_2mib_with_the_right_bytes() {
     );
 }
 
-/// In-thread resolution fills a 2 MiB data range through its mapping's staging buffer:
-/// one fault per 2 MiB, copied in (without the buffer, a signal handler had a page of
-/// scratch and every data fault fell back to 4 KiB: 512 faults a range).
+/// In-thread resolution fills a 2 MiB data range as handler threads do: read into its
+/// mapping's staging buffer, then moved in as one huge page (or copied where none can be
+/// had): one fault per 2 MiB (without the buffer, a signal handler had a page of scratch
+/// and every data fault fell back to 4 KiB: 512 faults a range).
 #[test]
 fn in_thread_a_written_store_is_one_fault_per_2mib() {
     if !common::require_uffd() {
@@ -244,10 +245,8 @@ fn in_thread_a_written_store_is_one_fault_per_2mib() {
     }
     let in_thread = huge().resolution(udax::Resolution::InThread);
     let anon_huge = read_written_store(in_thread);
-    assert_eq!(
-        anon_huge, 0,
-        "in-thread mappings copy: no huge page is moved in"
-    );
+    // As for handler threads, whether the kernel gave true huge mappings is recorded.
+    eprintln!("in-thread 2 MiB data path: AnonHugePages {anon_huge} KiB of 65536 KiB");
 }
 
 /// Where no huge page can be had, a 2 MiB range is still one fault, copied in.
@@ -849,9 +848,9 @@ fn a_hole_range_is_512_zero_pages_and_a_write_dirties_one_page() {
     }
     assert!(!udax::huge_zero_available(), "off unless enabled");
     one_hole_range(Options::default(), (0, 1));
-    // In-thread mappings do not move huge pages in (nor the huge zero page): not counted.
+    // In-thread mappings take the same 2 MiB path (huge-page moves too): counted alike.
     let in_thread = Options::default().resolution(udax::Resolution::InThread);
-    one_hole_range(in_thread, (0, 0));
+    one_hole_range(in_thread, (0, 1));
 }
 
 /// Enabled (a child process), a 2 MiB hole range is one huge zero PMD (no memory, one
