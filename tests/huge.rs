@@ -1149,18 +1149,24 @@ fn cached_pages(file: &File) -> Option<u64> {
     (ret == 0).then_some(stat[0])
 }
 
-/// Whether the page cache of a file in `dir` can be dropped (with cachestat to say so):
-/// not where the file system is the page cache (tmpfs), where nothing goes around it.
-fn page_cache_drops(dir: &Path) -> bool {
+/// Whether direct I/O can be tested in `dir`: a file there opens with O_DIRECT, read and
+/// write, and its page cache can be dropped (cachestat saying so); not where the file
+/// system is the page cache (tmpfs), where nothing goes around it.
+fn direct_io_testable(dir: &Path) -> bool {
     let path = dir.join("cache-probe");
     let file = File::create(&path).expect("create");
     file.write_all_at(&[1; PAGE], 0).expect("write");
     file.sync_all().expect("fsync");
     // SAFETY: advice on an open descriptor; it touches no memory of ours.
     unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    let drops = cached_pages(&file) == Some(0);
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path);
+    let testable = direct.is_ok() && cached_pages(&file) == Some(0);
     std::fs::remove_file(&path).expect("remove");
-    drops
+    testable
 }
 
 /// A 2 MiB data fault of a range the page cache does not hold reads it around the cache
@@ -1180,11 +1186,7 @@ fn a_2_mib_read_fault_of_an_uncached_range_fills_no_page_cache() {
         file.sync_all().expect("fsync");
         // SAFETY: advice on an open descriptor; it touches no memory of ours.
         unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        let direct = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(store.path());
-        if direct.is_err() || cached_pages(&file) != Some(0) {
+        if !direct_io_testable(dir.path()) || cached_pages(&file) != Some(0) {
             eprintln!("skipped: no O_DIRECT or cachestat here, or the cache stays");
             return;
         }
@@ -1221,11 +1223,7 @@ fn a_flush_of_a_dirty_2_mib_range_fills_no_page_cache() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = file_store(dir.path(), 4 * HUGE, None);
         let file = File::open(store.path()).expect("open");
-        let direct = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(store.path());
-        if direct.is_err() || !page_cache_drops(dir.path()) {
+        if !direct_io_testable(dir.path()) {
             eprintln!("skipped: no O_DIRECT or cachestat here, or the cache stays (tmpfs)");
             return;
         }
