@@ -60,7 +60,7 @@ pub use store::{NbdConfig, NbdStats, NbdStore};
 #[cfg(feature = "rbd")]
 pub use store::{RbdConfig, RbdStats, RbdStore, RbdTarget};
 #[doc(hidden)]
-pub use sys::huge_zero::{available as huge_zero_available, enable as enable_huge_zero};
+pub use sys::huge_zero::available as huge_zero_available;
 pub use sys::uffd::UffdError;
 
 /// The base page size udax tracks (x86-64 and arm64 4 KiB kernels).

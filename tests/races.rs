@@ -420,7 +420,7 @@ fn racing_first_touches_lose_no_write_huge_in_thread() {
 }
 
 /// Issue 11 item 1: the plain race shapes with the huge zero page on, in one child process
-/// (`udax::enable_huge_zero()` is process-wide), the windows of the last held open 2 ms.
+/// (the huge zero page is on by default), the windows of the last held open 2 ms.
 /// Not a reproducer of the lost store (alone in its child it passed 4 of 4 runs before the
 /// fix); `huge_zero_page_on_parallel_mappings_lose_no_write` is. Ignored: it takes minutes.
 #[test]
@@ -431,7 +431,6 @@ fn huge_zero_page_on_racing_first_touches_lose_no_write() {
         "huge_zero_page_on_racing_first_touches_lose_no_write",
         std::time::Duration::from_secs(240),
         || {
-            udax::enable_huge_zero();
             if !udax::huge_zero_available() {
                 eprintln!("huge zero page refused by the gate or the self-test: fallback only");
             }
@@ -457,7 +456,6 @@ fn huge_zero_page_on_parallel_mappings_lose_no_write() {
         "huge_zero_page_on_parallel_mappings_lose_no_write",
         std::time::Duration::from_secs(240),
         || {
-            udax::enable_huge_zero();
             if !udax::huge_zero_available() {
                 eprintln!("huge zero page refused by the gate or the self-test: fallback only");
             }

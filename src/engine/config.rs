@@ -54,6 +54,9 @@ pub(crate) struct Config {
     /// Whether 2 MiB data ranges are moved in as huge pages (UFFDIO_MOVE, this process's
     /// memory only); decided by the front-end once it knows the kernel has MOVE and THP.
     pub(crate) huge_move: bool,
+    /// Whether 2 MiB hole ranges may be the huge zero page (`Options::huge_zero_page`;
+    /// only with `huge_move`, and where `sys::huge_zero` trusts the kernel).
+    pub(crate) huge_zero: bool,
     /// Whether faulting threads wait to be woken: false when each serves its own faults
     /// (in-thread resolution), so nothing is woken.
     pub(crate) wakes: bool,

@@ -309,10 +309,12 @@ fn zero_gaps(
 }
 
 /// Moves the huge zero page over a run of `pages` Empty entries from `first` when it is a
-/// whole 2 MiB range of a region that moves huge pages in, counting the outcome; returns
-/// the pages mapped from the start (0: map zero pages instead).
+/// whole 2 MiB range of a region that moves huge pages in and may use the huge zero page
+/// (`Options::huge_zero_page`), counting the outcome; returns the pages mapped from the
+/// start (0: map zero pages instead).
 fn move_zero_in(region: &Region, pages: usize, first: usize) -> usize {
-    if pages != HUGE_PAGES || !region.config.huge_move {
+    let config = &region.config;
+    if pages != HUGE_PAGES || !config.huge_move || !config.huge_zero {
         return 0;
     }
     let moved = region.move_zero_in(first);

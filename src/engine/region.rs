@@ -93,7 +93,7 @@ pub(crate) struct Region {
     /// Buffers for filling huge pages to move in; `None` unless `config.huge_move`.
     pub(crate) huge_slots: Option<Arc<HugeSlots>>,
     /// Where 2 MiB holes get the huge zero page from; `None` unless `config.huge_move` and
-    /// the kernel can be trusted to move it (`sys::huge_zero`).
+    /// `config.huge_zero`, and the kernel can be trusted to move it (`sys::huge_zero`).
     huge_zero: Option<&'static HugeZero>,
     /// Pages ever poisoned; while zero, no SIGBUS can come from a poison marker.
     poisoned: AtomicU64,
@@ -172,7 +172,9 @@ impl Region {
             } else {
                 None
             },
-            huge_zero: config.huge_move.then(huge_zero::get).flatten(),
+            huge_zero: (config.huge_move && config.huge_zero)
+                .then(huge_zero::get)
+                .flatten(),
             config,
             poisoned: AtomicU64::new(0),
             flushing: Mutex::new(()),

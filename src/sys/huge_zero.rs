@@ -18,7 +18,7 @@
 //! Either failing, [`get`] answers `None` for the life of the process, and 2 MiB holes
 //! are 512 zero pages as before.
 //!
-//! **Off by default** ([`enable`] turns it on, for tests). With it on, the race tests lost
+//! On by default (`Options::huge_zero_page`). It was off for a while: the race tests lost
 //! a store to the first page of a hole range now and then (issue 11): a racing fault made
 //! the range's page table again between the MADV_DONTNEED and the move, so the kernel split
 //! the PMD and moved zero PTEs, and the move could fail with EEXIST, reporting nothing
@@ -29,7 +29,7 @@
 //! Invariant 1: a slot that is not claimed maps the huge zero page, or nothing (a move
 //! that fell short empties its slot before the claim is released).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::HUGE_PAGE_SIZE;
 use crate::sys::memory::Reservation;
@@ -59,17 +59,12 @@ pub(crate) struct Source<'a> {
 /// The process's source, once decided: (pid, source or `None`). A forked child does not
 /// inherit the source's memory (MADV_DONTFORK), so it decides again for itself.
 static DECIDED: PerProcess<Option<&'static HugeZero>> = PerProcess::new();
-/// Testing only: see [`enable`].
-static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// The huge zero source of this process, or `None` where the kernel cannot be trusted to
 /// move the huge zero page (the release gate, then the self-test, decided once per
 /// process). Takes a lock and may allocate: call it when a region is made, never from a
 /// fault path.
 pub(crate) fn get() -> Option<&'static HugeZero> {
-    if !ENABLED.load(Ordering::Relaxed) {
-        return None;
-    }
     // A parent's source (memory the child does not have) is forgotten, not dropped.
     let decided = DECIDED.get_or_make(|| Ok::<_, ()>(decide().map(|z| &*Box::leak(Box::new(z)))));
     decided.ok().flatten()
@@ -80,14 +75,6 @@ pub(crate) fn get() -> Option<&'static HugeZero> {
 #[doc(hidden)]
 pub fn available() -> bool {
     get().is_some()
-}
-
-/// Testing only: mappings made from now on in this process may use the huge zero page
-/// (where the gate and the self-test allow). Off by default: see the module doc; never
-/// with threads that may store into a hole range while it is being mapped.
-#[doc(hidden)]
-pub fn enable() {
-    ENABLED.store(true, Ordering::Relaxed);
 }
 
 /// The gate, then the self-test on a fresh source.
