@@ -337,10 +337,13 @@ fn a_present_entry_makes_the_range_fall_back() {
     mapping.close().expect("close");
 }
 
-/// A store that fails reads touching one page (`MemStore` otherwise).
+/// A store whose reads touching one page wait `delay`, then fail unless `slow_only`
+/// (`MemStore` otherwise).
 struct FailingReads {
     inner: MemStore,
     bad_page: u64,
+    delay: std::time::Duration,
+    slow_only: bool,
 }
 
 impl Store for FailingReads {
@@ -353,6 +356,9 @@ impl Store for FailingReads {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
         let bad = self.bad_page * PAGE as u64;
         if offset < bad + PAGE as u64 && offset + buf.len() as u64 > bad {
+            std::thread::sleep(self.delay);
+        }
+        if offset < bad + PAGE as u64 && offset + buf.len() as u64 > bad && !self.slow_only {
             let source = std::io::Error::from_raw_os_error(libc::EIO);
             return Err(StoreError::Io {
                 op: "read",
@@ -386,6 +392,8 @@ fn a_store_error_elsewhere_in_the_range_falls_back_and_serves_the_page() {
     let store = Arc::new(FailingReads {
         inner: MemStore::with_data(&bytes),
         bad_page: 300,
+        delay: std::time::Duration::ZERO,
+        slow_only: false,
     });
     let mapping = Mapping::new(store, huge()).expect("map");
     let mut page = vec![0u8; PAGE];
@@ -1245,5 +1253,154 @@ fn a_flush_of_a_dirty_2_mib_range_fills_no_page_cache() {
             }),
             "the file holds other bytes"
         );
+    }
+}
+
+/// Reads one byte of every page of ranges `ranges` in order, on another thread; panics if
+/// that does not end within 20 s (a fault nobody wakes would hang it).
+fn touch_ranges_within(mapping: &Arc<Mapping>, ranges: std::ops::Range<usize>) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let mapping = Arc::clone(mapping);
+    std::thread::spawn(move || {
+        for page in ranges.start * HUGE_PAGES..ranges.end * HUGE_PAGES {
+            // SAFETY: inside the live mapping (the thread holds it).
+            unsafe { std::ptr::read_volatile(mapping.as_ptr().add(page * PAGE)) };
+        }
+        drop(mapping); // before saying so: the caller then owns the mapping alone
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the reads did not return: a fault was never woken");
+}
+
+/// Waits (at most 10 s) until `ready` holds of the mapping's counters; returns them.
+fn stats_when(mapping: &Mapping, ready: impl Fn(&Stats) -> bool) -> Stats {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stats = mapping.stats();
+        if ready(&stats) || std::time::Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Handler threads read a sequential run of 2 MiB faults ahead (`engine::read_ahead`),
+/// two ranges past its last fault and no further, installed as read faults install them:
+/// Clean and write-protected (a write is one mkwrite fault, a flush writes that page
+/// only), with the store's bytes. Without the read-ahead, nothing is ever read ahead and
+/// the first wait below times out.
+#[test]
+fn a_sequential_run_is_read_ahead_two_ranges_past_its_last_fault() {
+    if !common::require_uffd() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let len = 8 * HUGE;
+    let store = file_store(dir.path(), len, Some(0..len));
+    let path = store.path().to_path_buf();
+    let mapping = Arc::new(Mapping::new(store, huge()).expect("map"));
+    touch_ranges_within(&mapping, 0..2);
+    // The fault on range 1 continued the run of range 0's: ranges 2 and 3 come in.
+    let stats = stats_when(&mapping, |stats| stats.read_ahead_ranges >= 2);
+    assert_eq!(
+        stats.read_ahead_ranges, 2,
+        "ranges 2 and 3 read ahead: {stats:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.read_ahead_ranges, stats.resident_pages),
+        (2, 4 * HUGE_PAGES as u64),
+        "nothing past two ranges ahead of the last fault: {stats:?}"
+    );
+    touch_ranges_within(&mapping, 2..8);
+    assert_reads(&mapping, pattern);
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.read_faults, stats.huge_faults, stats.huge_fallbacks),
+        (8, 8, 0),
+        "each range once, by its fault or ahead of it: {stats:?}"
+    );
+    assert!(stats.read_ahead_ranges >= 2, "{stats:?}");
+    // Read ahead means Clean and protected: one write is one mkwrite fault, one page back.
+    poke(&mapping, 2 * HUGE + 7 * PAGE + 1, 0xa5);
+    assert_eq!(mapping.stats().mkwrite_faults, 1);
+    mapping.flush().expect("flush");
+    assert_eq!(mapping.stats().pages_written_back, 1);
+    Arc::try_unwrap(mapping)
+        .ok()
+        .expect("one owner")
+        .close()
+        .expect("close");
+    let bytes = common::read_file(&path);
+    let expected = |at: usize| {
+        if at == 2 * HUGE + 7 * PAGE + 1 {
+            0xa5
+        } else {
+            pattern(at)
+        }
+    };
+    if let Some(at) = (0..len).find(|&at| bytes[at] != expected(at)) {
+        panic!("byte {at} of the store reads {:#x} after reopen", bytes[at]);
+    }
+}
+
+/// A fault on a range being read ahead is left to the reader, who wakes it: with the
+/// read of range 2 held up 300 ms, the run's access to range 2 faults while the range is
+/// being read, and returns with the store's bytes once it is in. A failed read-ahead
+/// installs nothing and the range's own fault serves the access (here: range 2's read
+/// fails at page 300, so the fault falls back to 4 KiB and serves its page). Without the
+/// reader's wake, the access never returns (20 s limit).
+#[test]
+fn a_fault_on_a_range_being_read_ahead_is_woken_by_the_reader() {
+    if !common::require_uffd() {
+        return;
+    }
+    for slow_only in [true, false] {
+        let bytes: Vec<u8> = (0..4 * HUGE).map(pattern).collect();
+        let store = Arc::new(FailingReads {
+            inner: MemStore::with_data(&bytes),
+            bad_page: (2 * HUGE_PAGES + 300) as u64,
+            delay: std::time::Duration::from_millis(300),
+            slow_only,
+        });
+        let mapping = Arc::new(Mapping::new(store, huge()).expect("map"));
+        touch_ranges_within(&mapping, 0..2);
+        // Range 2 is being read ahead now (300 ms); its first page faults meanwhile.
+        let (done, finished) = std::sync::mpsc::channel();
+        let reader = Arc::clone(&mapping);
+        std::thread::spawn(move || {
+            let mut page = vec![0u8; PAGE];
+            let read = reader.read_at(2 * HUGE, &mut page).map(|()| page);
+            drop(reader);
+            let _ = done.send(read);
+        });
+        let page = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the access to a range being read ahead was never woken")
+            .expect("read");
+        assert!(
+            page.iter()
+                .enumerate()
+                .all(|(i, &b)| b == pattern(2 * HUGE + i))
+        );
+        let stats = mapping.stats();
+        let (ahead, fallbacks) = if slow_only { (1, 0) } else { (0, 1) };
+        assert_eq!(
+            (stats.huge_fallbacks, stats.sigbus_delivered),
+            (fallbacks, 0),
+            "slow only: {slow_only}: {stats:?}"
+        );
+        assert!(
+            stats.read_ahead_ranges >= ahead,
+            "slow only: {slow_only}: {stats:?}"
+        );
+        Arc::try_unwrap(mapping)
+            .ok()
+            .expect("one owner")
+            .close()
+            .expect("close");
     }
 }

@@ -299,7 +299,7 @@ pub fn ratios(results: &[ResultRow]) -> Vec<Ratio> {
 }
 
 /// The counters a table row shows, with short names, when non-zero.
-const KEY_COUNTERS: [(&str, &str); 14] = [
+const KEY_COUNTERS: [(&str, &str); 15] = [
     ("zero_faults", "zero"),
     ("read_faults", "read"),
     ("write_faults", "write"),
@@ -307,6 +307,7 @@ const KEY_COUNTERS: [(&str, &str); 14] = [
     ("zero_to_dirty", "zero>dirty"),
     ("huge_faults", "huge"),
     ("huge_fallbacks", "fallback"),
+    ("read_ahead_ranges", "ahead"),
     ("fault_around_pages", "around"),
     ("write_around_pages", "write_around"),
     ("pages_written_back", "written_back"),

@@ -217,7 +217,9 @@ fn count(
     }
 }
 
-fn fill_range<'a>(
+/// Fills the Empty range of the locked entry `guard` for a `write` or a read, uncounted
+/// when it falls back (`fill` counts; a read-ahead, `engine::read_ahead`, does not).
+pub(crate) fn fill_range<'a>(
     region: &'a Region,
     guard: &mut EntryGuard<'a>,
     write: bool,

@@ -14,6 +14,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::engine::ahead::Ahead;
 use crate::engine::budget::Budget;
 use crate::engine::config::Config;
 use crate::engine::entries::Entries;
@@ -90,6 +91,9 @@ pub(crate) struct Region {
     /// The last faults' page ranges: which read faults are sequential
     /// (`Granularity::SequentialAround`).
     pub(crate) streams: Streams,
+    /// The sequential run of 2 MiB faults and the ranges read ahead of it
+    /// (`engine::read_ahead`).
+    pub(crate) ahead: Ahead,
     /// Buffers for filling huge pages to move in; `None` unless `config.huge_move`.
     pub(crate) huge_slots: Option<Arc<HugeSlots>>,
     /// Where 2 MiB holes get the huge zero page from; `None` unless `config.huge_move` and
@@ -167,6 +171,7 @@ impl Region {
             zero_windows: Windows::new(),
             budget: budget.transpose()?,
             streams: Streams::default(),
+            ahead: Ahead::default(),
             huge_slots: if config.huge_move {
                 Some(HugeSlots::shared()?)
             } else {

@@ -69,6 +69,10 @@ counters! {
     /// kernel cannot be trusted to move the huge zero page (see `sys::huge_zero`), no
     /// source slot was free, or the move fell short.
     huge_zero_fallbacks,
+    /// 2 MiB data ranges read in ahead of a sequential run of faults by a handler thread
+    /// (`engine::read_ahead`), before the run faulted there; each also counts in
+    /// `read_faults` and `huge_faults`.
+    read_ahead_ranges,
     /// Neighbouring pages installed by fault-around.
     fault_around_pages,
     /// Pages a 2 MiB write fault made writable before they were written (write-around:

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::HUGE_PAGE_SIZE;
 use crate::engine::fault::{self, Outcome};
+use crate::engine::read_ahead;
 use crate::engine::region::{Region, region_of};
 use crate::error::Error;
 use crate::resolve::events::Reader;
@@ -373,7 +374,10 @@ fn serve_waited(
 }
 
 /// Serves the `faults` read, retrying one that finds the memory changing (EAGAIN: an
-/// event is queued) after reading the events again.
+/// event is queued) after reading the events again; a fault on a range being read ahead
+/// is left to its reader. Then, if a fault continued a sequential run of 2 MiB faults,
+/// reads ahead of it (`engine::read_ahead`): the other handler threads serve the faults
+/// that come meanwhile.
 fn serve_faults(
     uffd: &Uffd,
     regions: &[Arc<Region>],
@@ -383,11 +387,20 @@ fn serve_faults(
     faults: &mut VecDeque<Fault>,
     scratch: &mut [u8],
 ) {
+    // The region whose sequential run a fault continued: read ahead of it once the
+    // queue is empty (the faults queued first are served first).
+    let mut run = None;
     while let Some(fault) = faults.pop_front() {
         let Some(region) = region_of(regions, fault.address) else {
             refuse(uffd, fault.address, unknown);
             continue;
         };
+        if read_ahead::continues_run(region, &fault) {
+            run = Some(region);
+        }
+        if read_ahead::is_being_read(region, &fault) {
+            continue; // its reader wakes it
+        }
         let (deadline, mut pause) = (Instant::now() + RETRY_FOR, Duration::from_micros(10));
         while fault::resolve(region, &fault, scratch, Instant::now() < deadline) == Outcome::Again {
             // Read the queued events (faults read meanwhile wait their turn here).
@@ -396,6 +409,9 @@ fn serve_faults(
                 pause = (pause * 2).min(Duration::from_millis(1));
             }
         }
+    }
+    if let Some(region) = run {
+        read_ahead::read_ahead(region, scratch);
     }
 }
 
