@@ -54,7 +54,9 @@ pub use options::Options;
 pub use resolve::Resolution;
 #[doc(hidden)]
 pub use resolve::failure::inject_serve_failures;
-pub use store::{Extent, ExtentKind, FileStore, LayeredStore, MemStore, Store, StoreError};
+pub use store::{
+    Extent, ExtentKind, FileStore, LayeredStore, MemStore, Serving, Store, StoreError,
+};
 #[cfg(feature = "nbd")]
 pub use store::{NbdConfig, NbdStats, NbdStore};
 #[cfg(feature = "rbd")]

@@ -16,7 +16,7 @@ use crate::exit;
 use crate::options::Options;
 use crate::resolve::pool::Pool;
 use crate::resolve::{Resolution, Resolver};
-use crate::store::Store;
+use crate::store::{Serving, Store};
 use crate::sys::memory::{Placement, Reservation};
 use crate::sys::uffd::Uffd;
 use crate::{HUGE_PAGE_SIZE, PAGE_SIZE};
@@ -106,7 +106,14 @@ impl Mapping {
             Some(shared) => Some(shared.bytes()),
             None => options.budget,
         };
-        store.serve_mapping(budget_bytes);
+        // Handler threads read the runs of 2 MiB faults ahead (`engine::read_ahead`).
+        let reads_ahead = resolution == Resolution::HandlerThreads
+            && config.granularity == Granularity::Huge
+            && budget_bytes.is_none();
+        store.serve_mapping(Serving {
+            budget: budget_bytes,
+            reads_ahead,
+        });
         // SAFETY: a replacing placement is the caller's promise (`Options::address_replacing`
         // is unsafe and states it).
         let memory =

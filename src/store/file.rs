@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 use crate::store::extent_cache::{ExtentCache, Token};
 use crate::store::file_ahead::FileAhead;
 use crate::store::file_direct::DirectIo;
-use crate::store::{Extent, ExtentKind, Store, StoreError, check_range};
+use crate::store::{Extent, ExtentKind, Serving, Store, StoreError, check_range};
 
 /// Size of the zero buffer the no-`fallocate` fallbacks write from.
 const ZERO_CHUNK: u64 = 64 << 10;
@@ -422,7 +422,9 @@ impl Store for FileStore {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
         check_range(offset, buf.len() as u64, self.len)?;
         let sequential = self.ahead.note_read(offset, buf.len() as u64);
-        if self.direct.read(&self.file, offset, buf, sequential) {
+        // A sequential read is read ahead into the cache, unless its caller reads ahead.
+        let cached_ahead = sequential && !self.ahead.caller_reads_ahead(buf.len() as u64);
+        if self.direct.read(&self.file, offset, buf, cached_ahead) {
             return Ok(());
         }
         if buf.len() < READ_AROUND as usize {
@@ -497,12 +499,16 @@ impl Store for FileStore {
         self.size_now()
     }
 
-    /// Starts the read-ahead thread; under a budget, bounds the file's page cache
-    /// (see `file_ahead`).
-    fn serve_mapping(&self, budget: Option<u64>) {
+    /// Starts the read-ahead thread; under a budget, bounds the file's page cache; for a
+    /// mapping that reads its 2 MiB runs ahead itself, asks no window ahead of those and
+    /// reads them around the cache (see `file_ahead`, `file_direct`).
+    fn serve_mapping(&self, serving: Serving) {
         self.ahead.start(&self.file);
-        if let Some(budget) = budget {
+        if let Some(budget) = serving.budget {
             self.ahead.bound(&self.file, budget);
+        }
+        if serving.reads_ahead {
+            self.ahead.leave_huge_runs();
         }
     }
 
@@ -957,6 +963,55 @@ mod tests {
             "the unsynced write is lost"
         );
         assert!(buf[..8192] == bytes[..8192] && buf[12288..] == bytes[12288..]);
+    }
+
+    /// A run of 2 MiB reads in order goes through the page cache (read ahead into it),
+    /// unless the store's mapping reads ahead itself (`Serving::reads_ahead`): then every
+    /// read of the run goes around the cache, which holds none of the file after it, and
+    /// no window is asked ahead. Without the rule the run fills the cache (fails at the
+    /// second read, which continues the first).
+    #[test]
+    fn a_run_of_2_mib_reads_its_caller_reads_ahead_goes_around_the_cache() {
+        use crate::store::file_direct::cache_stat;
+        let huge = crate::HUGE_PAGE_SIZE as u64;
+        for reads_ahead in [false, true] {
+            let (_dir, store) = sparse();
+            let byte = |at: u64| (at / 4096 * 7 + at % 251) as u8;
+            let bytes: Vec<u8> = (0..SIZE).map(byte).collect();
+            store.write_at(0, &bytes).expect("write");
+            store.sync().expect("sync");
+            sys::fadvise(&store.file, 0, SIZE, libc::POSIX_FADV_DONTNEED).expect("drop");
+            let cached = || cache_stat(&store.file, 0, SIZE).expect("cachestat").cached;
+            if !store.direct.available() || cached() != 0 {
+                eprintln!("skipped: no O_DIRECT here, or the page cache cannot be dropped");
+                return;
+            }
+            store.serve_mapping(Serving {
+                budget: None,
+                reads_ahead,
+            });
+            let mut heap = Vec::new();
+            let buf = aligned(&mut heap, |_| 0);
+            for at in (0..SIZE).step_by(huge as usize) {
+                store.read_at(at, buf).expect("read");
+                assert!(
+                    buf == &bytes[at as usize..(at + huge) as usize],
+                    "bytes at {at}"
+                );
+            }
+            if reads_ahead {
+                assert_eq!(
+                    cached(),
+                    0,
+                    "a run its caller reads ahead filled the page cache"
+                );
+            } else {
+                assert!(
+                    cached() > 0,
+                    "a run nobody else reads ahead went around the cache"
+                );
+            }
+        }
     }
 
     /// A page-aligned 2 MiB buffer, filled by `byte` (index a page-aligned offset).

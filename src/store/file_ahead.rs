@@ -70,6 +70,8 @@ struct Shared {
     trimmed: AtomicU32,
     /// Bumped by every request; the thread sleeps on it (a futex word).
     word: AtomicU32,
+    /// Whether the caller reads runs of 2 MiB reads ahead itself ([`FileAhead::leave_huge_runs`]).
+    caller_reads_huge: AtomicBool,
     /// Whether the thread runs (before, nothing is asked).
     running: AtomicBool,
     /// The process the thread runs in (a forked child has no thread to wait for).
@@ -134,6 +136,20 @@ impl FileAhead {
         let _ = fadvise(file, 0, 0, libc::POSIX_FADV_RANDOM);
     }
 
+    /// Leaves runs of 2 MiB reads to the caller, which reads them ahead itself
+    /// (`Serving::reads_ahead`): no window is asked ahead of them (it would be read twice:
+    /// into the cache, and by the caller's own read of it). Sticky: one mapping of the store
+    /// that reads ahead is enough (another, in-thread, mapping's 2 MiB runs are then read
+    /// one range at a time: slower, nothing else).
+    pub(crate) fn leave_huge_runs(&self) {
+        self.shared.caller_reads_huge.store(true, Relaxed);
+    }
+
+    /// Whether the caller reads ahead of sequential reads of `len` bytes itself.
+    pub(crate) fn caller_reads_ahead(&self, len: u64) -> bool {
+        len >= MAX_WINDOW && self.shared.caller_reads_huge.load(Relaxed)
+    }
+
     /// Whether reads of the file read ahead on their own (no budget bounds its cache).
     pub(crate) fn kernel_reads_ahead(&self) -> bool {
         self.shared.trim_every.load(Relaxed) == 0
@@ -151,7 +167,8 @@ impl FileAhead {
         if !shared.running.load(Relaxed) {
             return sequential;
         }
-        let ask = self.count(len) | (sequential && self.ask_ahead(offset + len, len));
+        let ahead_here = sequential && !self.caller_reads_ahead(len);
+        let ask = self.count(len) | (ahead_here && self.ask_ahead(offset + len, len));
         if ask {
             wake(shared);
         }

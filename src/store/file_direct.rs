@@ -115,13 +115,20 @@ impl DirectIo {
     }
 
     /// Reads `buf` from `offset` around the page cache of `file` if the rules of the module
-    /// doc allow (`sequential`: the read continues the last one). Returns whether it did;
-    /// if not, `buf` holds nothing meaningful and the caller reads it buffered.
-    pub(crate) fn read(&self, file: &File, offset: u64, buf: &mut [u8], sequential: bool) -> bool {
+    /// doc allow (`cached_ahead`: the read continues a run the store reads ahead into the
+    /// cache). Returns whether it did; if not, `buf` holds nothing meaningful and the
+    /// caller reads it buffered.
+    pub(crate) fn read(
+        &self,
+        file: &File,
+        offset: u64,
+        buf: &mut [u8],
+        cached_ahead: bool,
+    ) -> bool {
         let Some(direct) = self.direct.as_ref() else {
             return false;
         };
-        if sequential || !self.fits(offset, buf) {
+        if cached_ahead || !self.fits(offset, buf) {
             return false;
         }
         let len = buf.len() as u64;

@@ -37,6 +37,19 @@ pub use rbd::{RbdConfig, RbdStats, RbdStore, RbdTarget};
 
 use std::io;
 
+/// How a mapping reads from its store, told to the store before its first fault
+/// ([`Store::serve_mapping`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Serving {
+    /// The mapping's resident budget in bytes, if it has one.
+    pub budget: Option<u64>,
+    /// The mapping reads the 2 MiB ranges ahead of its sequential faults itself (handler
+    /// threads at 2 MiB granularity, no budget): a sequential 2 MiB read is needed now,
+    /// and the next ones are already asked for, so the store need not read ahead of it.
+    pub reads_ahead: bool,
+}
+
 /// What a store holds at an offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExtentKind {
@@ -230,15 +243,15 @@ pub trait Store: Send + Sync {
         false
     }
 
-    /// Tells the store that a mapping serves its faults from it from now on; `budget` is
-    /// the mapping's resident budget in bytes, if it has one. Called once per mapping,
-    /// before its first fault, on an ordinary thread (never in a signal handler). A store
-    /// that caches what it reads ([`FileStore`]: the page cache) may start reading ahead
-    /// here and, under a budget, keep its cache of the bytes it handed over small: the
-    /// mapping holds them, and the budget is to bound what the mapping costs. The default
-    /// does nothing.
-    fn serve_mapping(&self, budget: Option<u64>) {
-        let _ = budget;
+    /// Tells the store that a mapping serves its faults from it from now on, and how
+    /// ([`Serving`]). Called once per mapping, before its first fault, on an ordinary
+    /// thread (never in a signal handler). A store that caches what it reads
+    /// ([`FileStore`]: the page cache) may start reading ahead here; under a budget, keep
+    /// its cache of the bytes it handed over small (the mapping holds them, and the
+    /// budget is to bound what the mapping costs); and leave to the mapping the runs it
+    /// reads ahead itself. The default does nothing.
+    fn serve_mapping(&self, serving: Serving) {
+        let _ = serving;
     }
 
     /// Bytes of space the store has allocated (for reports), if it knows.
