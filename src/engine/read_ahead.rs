@@ -7,10 +7,12 @@
 //! Only where it cannot change what the mapping holds or costs beyond its next pages: a
 //! region that fills 2 MiB ranges (`Granularity::Huge`), served by handler threads (a
 //! faulting thread serving itself has no one to read ahead for it), not foreign memory,
-//! no budget, and a range the store reports as data (a hole range is cheap to fault, and
-//! a read of it would only map zeros). A range read ahead is installed exactly as a read
-//! fault installs it (Clean and write-protected, counted in `read_faults` and
-//! `huge_faults`, and in `read_ahead_ranges`), so every invariant of a read holds.
+//! no budget, a run of read faults (a range read ahead of writes would take a
+//! write-protect fault where the write's own fault installs it writable at once), and a
+//! range the store reports as one extent. A range read ahead is installed exactly as a
+//! read fault installs it: data Clean and write-protected (counted in `read_faults`), a
+//! hole as the (huge) zero page (`zero_faults`), no block allocated; each counted in
+//! `huge_faults` and `read_ahead_ranges`. So every invariant of a read holds.
 //!
 //! A missing fault on a range being read ahead is left to the reader, who wakes the range
 //! once done, whether it installed it or not (a failed read installs nothing: the access
@@ -24,15 +26,14 @@ use crate::engine::evict;
 use crate::engine::huge;
 use crate::engine::region::Region;
 use crate::engine::stats::Counters;
-use crate::store::ExtentKind;
 use crate::sys::uffd::Fault;
 
-/// The range of `fault` if the region reads ahead and it is a missing fault.
+/// The range of `fault` if the region reads ahead and it is a missing read fault.
 fn range_of(region: &Region, fault: &Fault) -> Option<usize> {
     let config = &region.config;
     let reads_ahead =
         config.granularity == Granularity::Huge && config.wakes && !region.is_foreign();
-    if !reads_ahead || fault.write_protect || region.budget.is_some() {
+    if !reads_ahead || fault.write || fault.write_protect || region.budget.is_some() {
         return None;
     }
     region
@@ -75,18 +76,18 @@ fn read_range(region: &Region, range: usize, scratch: &mut [u8]) -> bool {
     installed
 }
 
-/// Installs the range from page `first` as a read fault would, if it is free, Empty,
-/// data, and fits. Entries are taken with `try_lock` only: a range a fault is serving is
+/// Installs the range from page `first` as a read fault would, if it is free, Empty, one
+/// extent (hole or data), and fits. Entries are taken with `try_lock` only: a range a fault is serving is
 /// left to it.
 fn install_range(region: &Region, first: usize, scratch: &mut [u8]) -> bool {
     let Some(mut guard) = region.entries.try_lock(first) else {
         return false;
     };
-    let data = region
+    let uniform = region
         .store
         .extent(region.page_offset(first))
-        .is_ok_and(|extent| matches!(huge::uniform(extent), Ok(ExtentKind::Data)));
-    if guard.state() != State::Empty || !data || !evict::has_room(region, HUGE_PAGES) {
+        .is_ok_and(|extent| huge::uniform(extent).is_ok());
+    if guard.state() != State::Empty || !uniform || !evict::has_room(region, HUGE_PAGES) {
         return false;
     }
     // Counted before the install wakes anyone, as every fault is; taken back if it failed.

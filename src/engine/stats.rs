@@ -69,9 +69,9 @@ counters! {
     /// kernel cannot be trusted to move the huge zero page (see `sys::huge_zero`), no
     /// source slot was free, or the move fell short.
     huge_zero_fallbacks,
-    /// 2 MiB data ranges read in ahead of a sequential run of faults by a handler thread
+    /// 2 MiB ranges installed ahead of a sequential run of read faults by a handler thread
     /// (`engine::read_ahead`), before the run faulted there; each also counts in
-    /// `read_faults` and `huge_faults`.
+    /// `huge_faults`, and in `read_faults` (data) or `zero_faults` (a hole).
     read_ahead_ranges,
     /// Neighbouring pages installed by fault-around.
     fault_around_pages,
