@@ -7,7 +7,7 @@
 //! This module never spawns or waits for threads: it runs in whichever thread got the
 //! fault (a handler thread, or the faulting thread itself in its SIGBUS handler).
 
-use crate::engine::around::{fill_around, window_of};
+use crate::engine::around::{self, fill_around, window_of};
 use crate::engine::config::Granularity;
 use crate::engine::entries::{EntryGuard, State};
 use crate::engine::evict;
@@ -53,6 +53,7 @@ pub(crate) fn resolve(region: &Region, fault: &Fault, scratch: &mut [u8], retry:
             Decision::Refill => fill_wide(region, &mut guard, None, scratch)
                 .unwrap_or_else(|| fill_page(region, &mut guard, None, scratch)),
             Decision::Upgrade { allocate } => huge::upgrade(region, &mut guard)
+                .or_else(|| around::upgrade(region, &mut guard))
                 .unwrap_or_else(|| fill::upgrade(region, &mut [&mut guard], allocate)),
             Decision::Wake => region.wake(index, 1).map_err(Into::into),
         }

@@ -34,7 +34,7 @@
 //! all zero. A write fault on a data range (or without write-around) installs the range
 //! as a read would, then upgrades its own page (`fill::upgrade`): dirty tracking stays
 //! exact at 4 KiB; a later write that continues a sequential write lifts the rest of
-//! the range at once ([`lift_ahead`]), and flush compares those pages with the store.
+//! the range at once ([`lift`]), and flush compares those pages with the store.
 //! Lifting the protection of one page of a huge mapping splits it in the kernel; the
 //! other 511 stay protected and Clean.
 //! With `Options::huge_dirty` a write instead installs the whole range writable and Dirty
@@ -133,7 +133,7 @@ pub(crate) fn fill<'a>(
 /// the zero pages, install 2 MiB writable as a write to the Empty hole range would); with
 /// write-around, a write to a Clean page right after two Dirty ones (a sequential write
 /// over data) lifts the protection of the Clean pages after it to the range's end
-/// ([`lift_ahead`]). `None` when the 4 KiB upgrade serves it.
+/// ([`lift`]). `None` when the 4 KiB upgrade serves it.
 pub(crate) fn upgrade<'a>(
     region: &'a Region,
     guard: &mut EntryGuard<'a>,
@@ -151,7 +151,8 @@ pub(crate) fn upgrade<'a>(
             count(region, upgrade_range(region, guard, State::Zero))
         }
         State::Clean if config.write_around && continues_a_write(region, index) => {
-            Some(lift_ahead(region, guard))
+            let end = (index - index % HUGE_PAGES + HUGE_PAGES).min(region.pages());
+            Some(lift(region, guard, index + 1..end))
         }
         _ => None,
     }
@@ -169,16 +170,26 @@ fn continues_a_write(region: &Region, index: usize) -> bool {
 }
 
 /// A write to the Clean page `guard` that continues a sequential write: lifts the
-/// protection of it and of the free Clean pages after it, up to the end of its 2 MiB
-/// range, in one ioctl (one fault instead of one per page), all Dirty; the others marked
-/// lifted (entries invariant 7), so that a flush writes only those whose bytes then
-/// differ from the store's. No memory is added: the pages are resident already. The
-/// marks follow the ioctl that wakes the faulting thread; a flush racing that waits for
-/// our entry locks, so it never finds a lifted page unmarked.
-fn lift_ahead<'a>(region: &'a Region, guard: &mut EntryGuard<'a>) -> Result<(), Error> {
+/// protection of it and of the free Clean pages of `next` next to it (after it, or
+/// before it for a descending write), in one ioctl (one fault instead of one per page),
+/// all Dirty. Without a budget the others are marked lifted (entries invariant 7), so
+/// that a flush writes only those whose bytes then differ from the store's; under one
+/// they are plain Dirty (eviction cannot compare: it may run in a signal handler, with
+/// no buffer), and a lifted page the write never reaches is written back unchanged. No
+/// memory is added: the pages are resident already. The marks follow the ioctl that
+/// wakes the faulting thread; a flush racing that waits for our entry locks, so it never
+/// finds a lifted page unmarked.
+pub(crate) fn lift<'a>(
+    region: &'a Region,
+    guard: &mut EntryGuard<'a>,
+    next: Range<usize>,
+) -> Result<(), Error> {
     let index = guard.index();
-    let end = (index - index % HUGE_PAGES + HUGE_PAGES).min(region.pages());
-    let mut span = Span::lock_ahead(&region.entries, index, end, State::Clean);
+    let mut span = if next.start > index {
+        Span::lock_ahead(&region.entries, index, next.end, State::Clean)
+    } else {
+        Span::lock_behind(&region.entries, index, next.start, State::Clean)
+    };
     let mut run = span.join(guard);
     let ahead = run.len() as u64 - 1;
     // Counted before the insert wakes the faulting thread, as every fault is.
@@ -186,9 +197,12 @@ fn lift_ahead<'a>(region: &'a Region, guard: &mut EntryGuard<'a>) -> Result<(), 
     Counters::add(counter, ahead);
     let lifted = insert(region, &mut run, Source::Hole, true);
     let mut marked = 0;
-    for entry in run.iter_mut().skip(1) {
+    let compared = region.budget.is_none();
+    for entry in run.iter_mut().filter(|entry| entry.index() != index) {
         if entry.state() == State::Dirty {
-            entry.set_ahead(true);
+            if compared {
+                entry.set_ahead(true);
+            }
             marked += 1;
         }
     }

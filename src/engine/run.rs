@@ -91,6 +91,23 @@ impl<'a> Span<'a> {
         Span { held, below, above }
     }
 
+    /// Locks the free entries in `state` before `held`, down to `start`, until the first
+    /// that is locked or in another state (never waits).
+    pub(crate) fn lock_behind(
+        entries: &'a Entries,
+        held: usize,
+        start: usize,
+        state: State,
+    ) -> Span<'a> {
+        let mut below = lock_while_free(entries, (start..held).rev(), state);
+        below.reverse();
+        Span {
+            held,
+            below,
+            above: Guards::new(),
+        }
+    }
+
     /// Locks the free entries in `state` after `held`, up to `end`, until the first that
     /// is locked or in another state (never waits).
     pub(crate) fn lock_ahead(

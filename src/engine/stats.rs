@@ -75,9 +75,10 @@ counters! {
     read_ahead_ranges,
     /// Neighbouring pages installed by fault-around.
     fault_around_pages,
-    /// Pages a 2 MiB write fault made writable before they were written (write-around:
-    /// `Options::write_around`): installed over a hole, unallocated, or lifted from Clean
-    /// by a sequential write over data.
+    /// Pages a write fault made writable before they were written (write-around:
+    /// `Options::write_around`): installed over a hole by a 2 MiB fault, unallocated, or
+    /// lifted from Clean by a sequential write over data (to the end of its 2 MiB range,
+    /// or under a budget to its window's edge).
     write_around_pages,
     /// Write-around pages a writeback found unchanged (a hole's still all zero, a lifted
     /// page equal to the store's bytes): not written. A flush leaves the hole ones
