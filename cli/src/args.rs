@@ -129,8 +129,8 @@ The resident budget: --budget caps the udax mapping's resident memory in every w
 sort and rand-read-budget run under a budget even without it, a quarter of SIZE (the
 store is four times the budget), except with --dirty-tracking async, which cannot run
 under a budget; the kernel baseline never has one and caches what it touches, which its
-peak Rss shows. Under a budget the default granularity is 64k for sequential faults and
-4k for the others; --granularity 2m there thrashes: every random 4 KiB read reads and
+peak Rss shows. Under a budget the default granularity is 256 KiB for sequential faults
+and 4k for the others; --granularity 2m there thrashes: every random 4 KiB read reads and
 evicts a whole 2 MiB range (rand-read-budget measured 663x the kernel at 2m, 21x at the
 default). sort checks the file after each run (sorted, same values), untimed; with
 --threads N it sorts on N threads.
@@ -170,7 +170,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub workload: Vec<String>,
     /// udax fault granularities, comma-separated: default (the library's choice: 2m, or
-    /// under a budget 64k for sequential faults and 4k for the others), 4k, 64k
+    /// under a budget 256 KiB for sequential faults and 4k for the others), 4k, 64k
     /// (fault-around), 2m (huge; under a small budget it thrashes: a random 4 KiB read
     /// reads and evicts 2 MiB).
     #[arg(
@@ -255,7 +255,7 @@ pub struct Choice<T> {
 
 /// The granularities `--granularity` accepts.
 /// `default`: whatever the library chooses for the mapping (`Options::granularity_for`:
-/// 2 MiB, or under a budget 64 KiB for sequential faults and 4 KiB for the others).
+/// 2 MiB, or under a budget 256 KiB for sequential faults and 4 KiB for the others).
 pub const GRANULARITIES: [Choice<Option<Granularity>>; 4] = [
     Choice {
         name: "default",
