@@ -4,11 +4,11 @@
 //!
 //! Ranges are numbered by 2 MiB unit of the region. A missing fault on range `r`
 //! continues the run if `r` is the range after the last fault's, or past it but not past
-//! the ranges read ahead since (the run skipped those: they were in before it got there). Concurrent
-//! faults race benignly on `last` and `next`: a run may be taken for random (nothing is
-//! read ahead until its next fault) or a range read ahead that the run never reaches (a
-//! read of 2 MiB for nothing). The marks of ranges being read are exact (see
-//! [`Ahead::reading`]): a fault left to a read-ahead must get its wake.
+//! the ranges read ahead since (the run skipped those: they were in before it got
+//! there). Concurrent faults race benignly on `last` and `next`: a run may be taken for
+//! random (nothing is read ahead until its next fault) or a range read ahead that the
+//! run never reaches (a read of 2 MiB for nothing). The marks of ranges being read are
+//! exact (see [`Ahead::reading`]): a fault left to a read-ahead must get its wake.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 

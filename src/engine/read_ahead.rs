@@ -22,7 +22,6 @@
 use crate::HUGE_PAGES;
 use crate::engine::config::Granularity;
 use crate::engine::entries::State;
-use crate::engine::evict;
 use crate::engine::huge;
 use crate::engine::region::Region;
 use crate::engine::stats::Counters;
@@ -76,18 +75,14 @@ fn read_range(region: &Region, range: usize, scratch: &mut [u8]) -> bool {
     installed
 }
 
-/// Installs the range from page `first` as a read fault would, if it is free, Empty, one
-/// extent (hole or data), and fits. Entries are taken with `try_lock` only: a range a fault is serving is
-/// left to it.
+/// Installs the range from page `first` as a read fault would, if it is free and Empty;
+/// the 2 MiB path's own checks (every entry Empty and free, one extent) decide the rest.
+/// Entries are taken with `try_lock` only: a range a fault is serving is left to it.
 fn install_range(region: &Region, first: usize, scratch: &mut [u8]) -> bool {
     let Some(mut guard) = region.entries.try_lock(first) else {
         return false;
     };
-    let uniform = region
-        .store
-        .extent(region.page_offset(first))
-        .is_ok_and(|extent| huge::uniform(extent).is_ok());
-    if guard.state() != State::Empty || !uniform || !evict::has_room(region, HUGE_PAGES) {
+    if guard.state() != State::Empty {
         return false;
     }
     // Counted before the install wakes anyone, as every fault is; taken back if it failed.
