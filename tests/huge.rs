@@ -1257,22 +1257,33 @@ fn a_flush_of_a_dirty_2_mib_range_fills_no_page_cache() {
     }
 }
 
-/// Reads one byte of every page of ranges `ranges` in order, on another thread; panics if
-/// that does not end within 20 s (a fault nobody wakes would hang it).
-fn touch_ranges_within(mapping: &Arc<Mapping>, ranges: std::ops::Range<usize>) {
+/// Runs `access` on another thread, which holds the mapping meanwhile, and returns what
+/// it returned; panics if that does not end within 20 s (a fault nobody wakes would hang
+/// it).
+fn within<T: Send + 'static>(
+    mapping: &Arc<Mapping>,
+    access: impl FnOnce(&Mapping) -> T + Send + 'static,
+) -> T {
     let (done, finished) = std::sync::mpsc::channel();
     let mapping = Arc::clone(mapping);
     std::thread::spawn(move || {
-        for page in ranges.start * HUGE_PAGES..ranges.end * HUGE_PAGES {
-            // SAFETY: inside the live mapping (the thread holds it).
-            unsafe { std::ptr::read_volatile(mapping.as_ptr().add(page * PAGE)) };
-        }
+        let result = access(&mapping);
         drop(mapping); // before saying so: the caller then owns the mapping alone
-        let _ = done.send(());
+        let _ = done.send(result);
     });
     finished
         .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("the reads did not return: a fault was never woken");
+        .expect("the access did not return: a fault was never woken")
+}
+
+/// Reads one byte of every page of ranges `ranges` in order, `within` 20 s.
+fn touch_ranges_within(mapping: &Arc<Mapping>, ranges: std::ops::Range<usize>) {
+    within(mapping, move |mapping| {
+        for page in ranges.start * HUGE_PAGES..ranges.end * HUGE_PAGES {
+            // SAFETY: inside the live mapping (`within` holds it).
+            unsafe { std::ptr::read_volatile(mapping.as_ptr().add(page * PAGE)) };
+        }
+    });
 }
 
 /// Waits (at most 10 s) until `ready` holds of the mapping's counters; returns them.
@@ -1343,8 +1354,7 @@ fn a_sequential_run_is_read_ahead_two_ranges_past_its_last_fault() {
     assert_eq!(mapping.stats().mkwrite_faults, 1);
     mapping.flush().expect("flush");
     assert_eq!(mapping.stats().pages_written_back, 1);
-    Arc::try_unwrap(mapping)
-        .ok()
+    Arc::into_inner(mapping)
         .expect("one owner")
         .close()
         .expect("close");
@@ -1383,18 +1393,11 @@ fn a_fault_on_a_range_being_read_ahead_is_woken_by_the_reader() {
         let mapping = Arc::new(Mapping::new(store, huge()).expect("map"));
         touch_ranges_within(&mapping, 0..2);
         // Range 2 is being read ahead now (300 ms); its first page faults meanwhile.
-        let (done, finished) = std::sync::mpsc::channel();
-        let reader = Arc::clone(&mapping);
-        std::thread::spawn(move || {
+        let page = within(&mapping, |mapping| {
             let mut page = vec![0u8; PAGE];
-            let read = reader.read_at(2 * HUGE, &mut page).map(|()| page);
-            drop(reader);
-            let _ = done.send(read);
-        });
-        let page = finished
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .expect("the access to a range being read ahead was never woken")
-            .expect("read");
+            mapping.read_at(2 * HUGE, &mut page).map(|()| page)
+        })
+        .expect("read");
         assert!(
             page.iter()
                 .enumerate()
@@ -1411,8 +1414,7 @@ fn a_fault_on_a_range_being_read_ahead_is_woken_by_the_reader() {
             stats.read_ahead_ranges >= ahead,
             "slow only: {slow_only}: {stats:?}"
         );
-        Arc::try_unwrap(mapping)
-            .ok()
+        Arc::into_inner(mapping)
             .expect("one owner")
             .close()
             .expect("close");

@@ -109,10 +109,9 @@ pub(crate) fn upgrade<'a>(
     if !region.config.write_around || guard.state() != State::Clean {
         return None;
     }
-    let index = guard.index();
-    let window = window_of(index, window, region.pages())?;
+    let (index, pages) = (guard.index(), region.pages());
+    let window = window_of(index, window, pages)?;
     let dirty = |index: usize| region.entries.peek(index) == State::Dirty;
-    let pages = region.pages();
     if index >= 2 && dirty(index - 1) && dirty(index - 2) && index + 1 < window.end {
         return Some(huge::lift(region, guard, index + 1..window.end));
     }
