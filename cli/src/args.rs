@@ -132,7 +132,8 @@ under a budget; the kernel baseline never has one and caches what it touches, wh
 peak Rss shows. Under a budget the default granularity is 256 KiB for sequential faults
 and 4k for the others; --granularity 2m there thrashes: every random 4 KiB read reads and
 evicts a whole 2 MiB range (rand-read-budget measured 663x the kernel at 2m, 21x at the
-default). sort checks the file after each run (sorted, same values), untimed; with
+default), so a run of all workloads leaves them out at an explicit 2m (and says so) unless
+--budget is given: name them with --workload to run them there. sort checks the file after each run (sorted, same values), untimed; with
 --threads N it sorts on N threads.
 
 With --store nbd://host[:port]/export (or nbd+unix:///export?socket=PATH), udax maps the
@@ -353,6 +354,8 @@ pub struct Plan {
     pub lazy_restore: Option<LazyRestore>,
     /// Workloads, in the order given.
     pub workloads: Vec<Workload>,
+    /// Whether `--workload` named them (else: all, by default).
+    pub named_workloads: bool,
     /// udax configurations: every granularity x resolution x dirty tracking given.
     pub variants: Vec<Variant>,
     /// Application threads (>= 1).
@@ -373,6 +376,34 @@ impl Plan {
     /// Pages mapped.
     pub fn pages(&self) -> u64 {
         self.size / udax::PAGE_SIZE as u64
+    }
+
+    /// Whether `workload` runs at `variant`. Not when it would thrash for hours unasked:
+    /// a budget workload (sort, rand-read-budget) under its own budget at an explicit 2m,
+    /// where every random 4 KiB access reads and evicts a whole 2 MiB range, in a run of
+    /// all workloads. Named with `--workload`, or with `--budget` given, it runs.
+    pub fn runs(&self, workload: Workload, variant: &Variant) -> bool {
+        let own_budget = self.budget.is_none()
+            && workload
+                .budget(self.size, None, variant.tracking.value)
+                .is_some();
+        let huge = variant.granularity.value == Some(Granularity::Huge);
+        self.named_workloads || !(own_budget && huge)
+    }
+
+    /// The variants `workload` runs at (see [`Plan::runs`]).
+    pub fn variants_of(&self, workload: Workload) -> impl Iterator<Item = &Variant> {
+        self.variants.iter().filter(move |v| self.runs(workload, v))
+    }
+
+    /// Runs of the whole bench: workloads x their variants x repeats x engines.
+    pub fn run_count(&self) -> usize {
+        let variants: usize = self
+            .workloads
+            .iter()
+            .map(|&w| self.variants_of(w).count())
+            .sum();
+        variants * self.repeat * self.engines.len()
     }
 }
 
@@ -446,6 +477,7 @@ impl BenchArgs {
             Some(_) if others.is_empty() => Vec::new(),
             _ => parse_workloads(&others)?,
         };
+        let named_workloads = !others.iter().all(|n| n.trim() == "all");
         let mut variants = Vec::new();
         for &granularity in &granularities {
             for &resolution in &resolutions {
@@ -464,6 +496,7 @@ impl BenchArgs {
             remote,
             lazy_restore,
             workloads,
+            named_workloads,
             variants,
             threads: parse_count("--threads", &self.threads)?,
             budget,
@@ -673,6 +706,34 @@ mod tests {
         assert_eq!(plan.variants[1].granularity.value, Some(Granularity::Huge));
         assert_eq!(plan.json, Some(JsonOut::Stdout));
         assert_eq!(plan.budget, Some(1 << 20));
+    }
+
+    #[test]
+    fn all_workloads_at_2m_leave_out_the_budget_ones_unless_named_or_budgeted() {
+        let runs = |args: &[&str]| {
+            let plan = bench(args).expect("valid");
+            let of = |w| plan.variants_of(w).map(|v| v.label()).collect::<Vec<_>>();
+            (of(Workload::Sort), of(Workload::SeqRead), plan.run_count())
+        };
+        let (sort, seq_read, count) = runs(&["--granularity", "4k,2m"]);
+        assert_eq!(
+            sort,
+            ["4k"],
+            "sort under its own budget skips an explicit 2m"
+        );
+        assert_eq!(seq_read, ["4k", "2m"]);
+        let workloads = Workload::ALL.len();
+        assert_eq!(
+            count,
+            (2 * workloads - 2) * 3 * 2,
+            "the bar counts what runs"
+        );
+        let (sort, _, _) = runs(&["--granularity", "4k,2m", "--workload", "sort"]);
+        assert_eq!(sort, ["4k", "2m"], "named, it runs");
+        let (sort, _, _) = runs(&["--granularity", "2m", "--budget", "1GiB"]);
+        assert_eq!(sort, ["2m"], "under a budget given, it runs");
+        let (sort, _, _) = runs(&["--granularity", "default"]);
+        assert_eq!(sort, ["default"], "the default granularity never thrashes");
     }
 
     #[test]
