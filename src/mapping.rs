@@ -106,10 +106,8 @@ impl Mapping {
             Some(shared) => Some(shared.bytes()),
             None => options.budget,
         };
-        // Handler threads read the runs of 2 MiB faults ahead (`engine::read_ahead`).
-        let reads_ahead = resolution == Resolution::HandlerThreads
-            && config.granularity == Granularity::Huge
-            && budget_bytes.is_none();
+        // Handler threads read the ranges ahead of sequential faults (`engine::read_ahead`).
+        let reads_ahead = config.read_ahead_unit().is_some();
         store.serve_mapping(Serving {
             budget: budget_bytes,
             reads_ahead,

@@ -50,10 +50,13 @@ fn hole_store(name: &str, len: usize) -> (TempStore, Arc<FileStore>) {
 }
 
 /// The 4 KiB fault table: one page a fault (the default granularity is 2 MiB; tests/huge.rs
-/// has that path and the default's choice).
+/// has that path and the default's choice), no read-ahead (tests/read_ahead.rs has it: a
+/// run of faults would be read ahead of and its later pages never fault).
 fn map(store: &Arc<FileStore>) -> Mapping {
     let store: Arc<dyn Store> = store.clone();
-    let options = Options::default().granularity(Granularity::Page);
+    let options = Options::default()
+        .granularity(Granularity::Page)
+        .read_ahead(false);
     Mapping::new(store, options).expect("Mapping::new")
 }
 

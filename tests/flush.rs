@@ -13,7 +13,10 @@ use udax::{FileStore, Granularity, Mapping, Options, Stats, Store};
 /// has that path and the default's choice).
 fn map(store: &Arc<FileStore>) -> Mapping {
     let store: Arc<dyn Store> = store.clone();
-    let options = Options::default().granularity(Granularity::Page);
+    // No read-ahead: the counters below are the 4 KiB fault table's, a fault a page.
+    let options = Options::default()
+        .granularity(Granularity::Page)
+        .read_ahead(false);
     Mapping::new(store, options).expect("Mapping::new")
 }
 

@@ -189,7 +189,10 @@ fn the_default_granularity_is_2mib_without_a_budget_and_narrower_under_one() {
         (0, (len / PAGE) as u64),
         "shared budget"
     );
-    let set = Options::default().granularity(Granularity::Page);
+    // Without read-ahead, whose ranges would spare the scan most of its faults.
+    let set = Options::default()
+        .granularity(Granularity::Page)
+        .read_ahead(false);
     assert_eq!(huge_faults(set), (0, (len / PAGE) as u64), "set to 4 KiB");
 }
 
@@ -1368,6 +1371,109 @@ fn a_sequential_run_is_read_ahead_two_ranges_past_its_last_fault() {
     };
     if let Some(at) = (0..len).find(|&at| bytes[at] != expected(at)) {
         panic!("byte {at} of the store reads {:#x} after reopen", bytes[at]);
+    }
+}
+
+/// Pages a mapping's read faults installed: their own, and the neighbours of their
+/// windows and stretches read ahead.
+fn installed_by_reads(stats: &Stats) -> u64 {
+    stats.read_faults + stats.zero_faults + stats.fault_around_pages
+}
+
+/// At 4 KiB and 64 KiB granularity a sequential run of faults is read ahead too: the
+/// fault on the page (window) after the first continues the run, and its handler
+/// installs the rest of their 2 MiB range and the two ranges past it, as read faults
+/// install them (data Clean and write-protected, holes as zero pages, nothing allocated),
+/// and nothing past them. Two faults in one range that are not adjacent read nothing
+/// ahead. Without the read-ahead at these granularities, the wait for ranges read ahead
+/// times out (`read_ahead_ranges` 0); taking two faults in one range for a run reads
+/// ahead after the first two (`read_ahead_ranges` 2 at the first check).
+#[test]
+fn a_sequential_run_of_pages_or_windows_is_read_ahead_two_ranges_past_its_own() {
+    if !common::require_uffd() {
+        return;
+    }
+    for (granularity, step) in [
+        (Granularity::Page, PAGE),
+        (Granularity::FaultAround(64 << 10), 64 << 10),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let len = 8 * HUGE;
+        // Ranges 0 and 1 and the first half of range 2 data, the rest holes.
+        let store = file_store(dir.path(), len, Some(0..5 * HUGE / 2));
+        let path = store.path().to_path_buf();
+        let blocks = || std::fs::metadata(&path).expect("stat").blocks();
+        let allocated = blocks();
+        let options = Options::default().granularity(granularity);
+        let mapping = Arc::new(Mapping::new(store, options).expect("map"));
+        let touch = |offsets: Vec<usize>| {
+            within(&mapping, move |mapping| {
+                for at in offsets {
+                    // SAFETY: inside the live mapping (`within` holds it).
+                    unsafe { std::ptr::read_volatile(mapping.as_ptr().add(at)) };
+                }
+            })
+        };
+        let window = (step / PAGE) as u64;
+        // Not adjacent, in one range (a hole): no run.
+        touch(vec![6 * HUGE, 6 * HUGE + 5 * step]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let stats = mapping.stats();
+        assert_eq!(
+            (stats.read_ahead_ranges, installed_by_reads(&stats)),
+            (0, 2 * window),
+            "{granularity:?}: two faults apart read nothing ahead: {stats:?}"
+        );
+        // The next page (window) after the first: a run.
+        touch(vec![0, step]);
+        let stats = stats_when(&mapping, |stats| stats.read_ahead_ranges >= 3);
+        assert_eq!(stats.read_ahead_ranges, 3, "{granularity:?}: {stats:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let stats = mapping.stats();
+        assert_eq!(
+            (stats.read_ahead_ranges, installed_by_reads(&stats)),
+            (3, 3 * HUGE_PAGES as u64 + 2 * window),
+            "{granularity:?}: ranges 0 to 2 in, nothing past them: {stats:?}"
+        );
+        assert_eq!(
+            stats.resident_pages,
+            5 * HUGE_PAGES as u64 / 2,
+            "{granularity:?}: the data pages only are resident: {stats:?}"
+        );
+        assert_eq!(stats.huge_faults, 0, "{granularity:?}: {stats:?}");
+        touch((0..len / PAGE).map(|page| page * PAGE).collect());
+        let expected = |at: usize| if at < 5 * HUGE / 2 { pattern(at) } else { 0 };
+        assert_reads(&mapping, expected);
+        let stats = mapping.stats();
+        assert_eq!(
+            installed_by_reads(&stats),
+            (len / PAGE) as u64,
+            "{granularity:?}: every page installed once: {stats:?}"
+        );
+        assert_eq!(blocks(), allocated, "{granularity:?}: a read allocated");
+        // Read ahead means Clean and protected: one write is one mkwrite fault, one page back.
+        let at = HUGE + 7 * PAGE + 1;
+        poke(&mapping, at, 0xa5);
+        let stats = mapping.stats();
+        assert_eq!(
+            (stats.mkwrite_faults, stats.write_faults),
+            (1, 0),
+            "{granularity:?}: {stats:?}"
+        );
+        mapping.flush().expect("flush");
+        assert_eq!(mapping.stats().pages_written_back, 1, "{granularity:?}");
+        Arc::into_inner(mapping)
+            .expect("one owner")
+            .close()
+            .expect("close");
+        let bytes = common::read_file(&path);
+        let expected = |i: usize| if i == at { 0xa5 } else { expected(i) };
+        if let Some(i) = (0..len).find(|&i| bytes[i] != expected(i)) {
+            panic!(
+                "{granularity:?}: byte {i} of the store reads {:#x} after reopen",
+                bytes[i]
+            );
+        }
     }
 }
 

@@ -1,11 +1,14 @@
-//! The sequential run of a region's 2 MiB faults, and the ranges read ahead of it
+//! The sequential run of a region's faults, and the 2 MiB ranges read ahead of it
 //! (`engine::read_ahead`): where the run last faulted, which range is the next to read
 //! ahead, and which ranges are being read now. Atomics only.
 //!
-//! Ranges are numbered by 2 MiB unit of the region. A missing fault on range `r`
-//! continues the run if `r` is the range after the last fault's, or past it but not past
-//! the ranges read ahead since (the run skipped those: they were in before it got
-//! there). Concurrent faults race benignly on `last` and `next`: a run may be taken for
+//! Faults are numbered by *unit*, what one read fault of the region fills: a 2 MiB range
+//! (`Granularity::Huge`), a fault-around window or a page. Ranges are numbered by 2 MiB
+//! unit of the region. A missing fault on unit `u` continues the run if `u` is the unit
+//! after the last fault's, or past it in a later range but not past the ranges read ahead
+//! since (the run skipped those: they were in before it got there). Two faults in one range
+//! that are not adjacent never continue a run, so random faults do not start read-aheads.
+//! Concurrent faults race benignly on `last` and `next`: a run may be taken for
 //! random (nothing is read ahead until its next fault) or a range read ahead that the
 //! run never reaches (a read of 2 MiB for nothing). The marks of ranges being read are
 //! exact (see [`Ahead::reading`]): a fault left to a read-ahead must get its wake.
@@ -22,7 +25,7 @@ const READING: usize = 4;
 /// The run and its read-ahead.
 #[derive(Debug, Default)]
 pub(crate) struct Ahead {
-    /// The last fault's range + 1 (0: none yet).
+    /// The last fault's unit + 1 (0: none yet).
     last: AtomicUsize,
     /// The next range to read ahead; those before it are claimed (read, being read, or
     /// given up).
@@ -44,28 +47,34 @@ impl Drop for Reading<'_> {
 }
 
 impl Ahead {
-    /// Records a missing fault on `range`; whether it continues the run.
-    pub(crate) fn note_fault(&self, range: usize) -> bool {
-        let previous = self.last.swap(range + 1, Relaxed);
-        // `previous` is the last range + 1: equal to `range` for the range after it.
+    /// Records a missing fault on unit `unit`, of `per_range` units a range (1: a fault
+    /// fills its whole range); whether it continues the run.
+    pub(crate) fn note_fault(&self, unit: usize, per_range: usize) -> bool {
+        let previous = self.last.swap(unit + 1, Relaxed);
+        let range = unit / per_range;
+        // The first range left to read ahead: the fault's own (its pages past the fault's
+        // unit), unless the fault fills it all.
+        let first = range + usize::from(per_range == 1);
         let next = self.next.load(Relaxed);
-        let continues = previous != 0 && (range == previous || (range > previous && range <= next));
-        if !continues {
-            // A new run: nothing beyond it is claimed.
-            self.next.store(range + 1, Relaxed);
-        } else if next < range + 1 {
-            self.next.store(range + 1, Relaxed);
+        // `previous` is the last unit + 1: equal to `unit` for the unit after it.
+        let adjacent = previous != 0 && unit == previous;
+        let skipped =
+            previous != 0 && unit > previous && range > (previous - 1) / per_range && range <= next;
+        if !(adjacent || skipped) || next < first {
+            // A new run: nothing beyond it is claimed. Or a run past its claims.
+            self.next.store(first, Relaxed);
         }
-        continues
+        adjacent || skipped
     }
 
-    /// Claims the next range to read ahead of the run, if it is within [`DEPTH`] of the
-    /// last fault and below `ranges` (the region's whole ranges). Each range is claimed once.
-    pub(crate) fn claim(&self, ranges: usize) -> Option<usize> {
+    /// Claims the next range to read ahead of the run, if it is within [`DEPTH`] ranges
+    /// past the last fault's (of `per_range` units a range) and below `ranges` (the
+    /// region's whole ranges). Each range is claimed once.
+    pub(crate) fn claim(&self, ranges: usize, per_range: usize) -> Option<usize> {
         let mut next = self.next.load(Relaxed);
         loop {
             let last = self.last.load(Relaxed);
-            if last == 0 || next >= last + DEPTH || next >= ranges {
+            if last == 0 || next > (last - 1) / per_range + DEPTH || next >= ranges {
                 return None;
             }
             match self
@@ -107,22 +116,72 @@ mod tests {
     #[test]
     fn a_run_claims_depth_ranges_ahead_of_its_last_fault_and_a_jump_starts_anew() {
         let ahead = Ahead::default();
-        assert!(!ahead.note_fault(10), "the first fault starts a run");
-        assert_eq!(ahead.claim(100), Some(11));
-        assert!(ahead.note_fault(11), "the next range continues it");
-        assert_eq!(ahead.claim(100), Some(12));
-        assert_eq!(ahead.claim(100), Some(13));
-        assert_eq!(ahead.claim(100), None, "no more than DEPTH ahead");
+        assert!(!ahead.note_fault(10, 1), "the first fault starts a run");
+        assert_eq!(ahead.claim(100, 1), Some(11));
+        assert!(ahead.note_fault(11, 1), "the next range continues it");
+        assert_eq!(ahead.claim(100, 1), Some(12));
+        assert_eq!(ahead.claim(100, 1), Some(13));
+        assert_eq!(ahead.claim(100, 1), None, "no more than DEPTH ahead");
         // Ranges 12 and 13 went in before the run got there: its next fault is at 14.
         assert!(
-            ahead.note_fault(14),
+            ahead.note_fault(14, 1),
             "a fault past ranges read ahead continues the run"
         );
-        assert!(!ahead.note_fault(40), "a jump is a new run");
-        assert_eq!(ahead.claim(100), Some(41), "claims restart after the jump");
-        assert!(!ahead.note_fault(3), "going back is a new run");
-        assert_eq!(ahead.claim(5), Some(4));
-        assert_eq!(ahead.claim(5), None, "never past the region's last range");
+        assert!(!ahead.note_fault(40, 1), "a jump is a new run");
+        assert_eq!(
+            ahead.claim(100, 1),
+            Some(41),
+            "claims restart after the jump"
+        );
+        assert!(!ahead.note_fault(3, 1), "going back is a new run");
+        assert_eq!(ahead.claim(5, 1), Some(4));
+        assert_eq!(
+            ahead.claim(5, 1),
+            None,
+            "never past the region's last range"
+        );
+    }
+
+    #[test]
+    fn a_run_of_pages_reads_the_rest_of_its_range_first_and_random_pages_start_nothing() {
+        let ahead = Ahead::default();
+        let per_range = 512;
+        assert!(!ahead.note_fault(5 * per_range, per_range));
+        assert!(
+            !ahead.note_fault(5 * per_range + 9, per_range),
+            "a later page of the same range is not a run"
+        );
+        let ahead = Ahead::default();
+        assert!(!ahead.note_fault(5 * per_range, per_range));
+        assert!(
+            ahead.note_fault(5 * per_range + 1, per_range),
+            "the next page is"
+        );
+        assert_eq!(
+            ahead.claim(100, per_range),
+            Some(5),
+            "the rest of its own range"
+        );
+        assert_eq!(ahead.claim(100, per_range), Some(6));
+        assert_eq!(ahead.claim(100, per_range), Some(7));
+        assert_eq!(
+            ahead.claim(100, per_range),
+            None,
+            "then DEPTH ranges past it"
+        );
+        assert!(
+            ahead.note_fault(8 * per_range, per_range),
+            "the first page past the ranges read ahead continues the run"
+        );
+        assert_eq!(
+            ahead.claim(100, per_range),
+            Some(8),
+            "its range's rest first"
+        );
+        assert!(
+            !ahead.note_fault(20 * per_range + 3, per_range),
+            "a jump is a new run"
+        );
     }
 
     #[test]

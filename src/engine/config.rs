@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::engine::shared_budget::SharedBudget;
 use crate::sys::uffd::features;
+use crate::{HUGE_PAGES, PAGE_SIZE};
 
 /// How much a fault resolves at once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,6 +58,9 @@ pub(crate) struct Config {
     /// Whether 2 MiB hole ranges may be the huge zero page (`Options::huge_zero_page`;
     /// only with `huge_move`, and where `sys::huge_zero` trusts the kernel).
     pub(crate) huge_zero: bool,
+    /// Whether handler threads read ahead of sequential faults (`Options::read_ahead`;
+    /// see [`Config::read_ahead_unit`] for where they can).
+    pub(crate) read_ahead: bool,
     /// Whether faulting threads wait to be woken: false when each serves its own faults
     /// (in-thread resolution), so nothing is woken.
     pub(crate) wakes: bool,
@@ -73,6 +77,24 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// Pages one read fault fills, if handler threads read ahead of this region's
+    /// sequential runs of faults (`engine::read_ahead`): they must wake faulting threads
+    /// (a thread serving itself has nobody to read ahead for it), and no budget bounds the
+    /// region (a range read for nothing would evict pages in use). The 2 MiB of
+    /// `Granularity::Huge`, a fault-around window, or one page.
+    pub(crate) fn read_ahead_unit(&self) -> Option<usize> {
+        if !self.read_ahead || !self.wakes || self.budget.is_some() {
+            return None;
+        }
+        match self.granularity {
+            Granularity::Huge => Some(HUGE_PAGES),
+            Granularity::Page => Some(1),
+            Granularity::FaultAround(window) => Some((window / PAGE_SIZE).clamp(1, HUGE_PAGES)),
+            // A budget's granularity: its windows are read ahead by the store alone.
+            Granularity::SequentialAround(_) => None,
+        }
+    }
+
     /// The userfaultfd features a region of this configuration needs from a uffd udax
     /// opens itself: POISON (a fault that cannot be served gets SIGBUS), write-protect
     /// faults if writes are tracked, WP_ASYNC for asynchronous tracking, MOVE to move huge

@@ -70,8 +70,11 @@ counters! {
     /// source slot was free, or the move fell short.
     huge_zero_fallbacks,
     /// 2 MiB ranges installed ahead of a sequential run of read faults by a handler thread
-    /// (`engine::read_ahead`), before the run faulted there; each also counts in
-    /// `huge_faults`, and in `read_faults` (data) or `zero_faults` (a hole).
+    /// (`engine::read_ahead`), before the run faulted there (wholly, or the rest of the
+    /// run's own range). At 2 MiB granularity each also counts in `huge_faults`, and in
+    /// `read_faults` (data) or `zero_faults` (a hole); at a finer one each stretch of one
+    /// extent installed counts as a read or zero fault, its other pages in
+    /// `fault_around_pages`.
     read_ahead_ranges,
     /// Neighbouring pages installed by fault-around.
     fault_around_pages,

@@ -45,7 +45,7 @@ pub struct Serving {
     /// The mapping's resident budget in bytes, if it has one.
     pub budget: Option<u64>,
     /// The mapping reads the 2 MiB ranges ahead of its sequential faults itself (handler
-    /// threads at 2 MiB granularity, no budget): a sequential 2 MiB read is needed now,
+    /// threads, no budget: `Options::read_ahead`): a sequential 2 MiB read is needed now,
     /// and the next ones are already asked for, so the store need not read ahead of it.
     pub reads_ahead: bool,
 }
