@@ -133,8 +133,8 @@ peak Rss shows. Under a budget the default granularity is 256 KiB for sequential
 and 4k for the others; --granularity 2m there thrashes: every random 4 KiB read reads and
 evicts a whole 2 MiB range (rand-read-budget measured 663x the kernel at 2m, 21x at the
 default), so a run of all workloads leaves them out at an explicit 2m (and says so) unless
---budget is given: name them with --workload to run them there. sort checks the file after each run (sorted, same values), untimed; with
---threads N it sorts on N threads.
+--budget is given: name them with --workload to run them there. sort checks the file
+after each run (sorted, same values), untimed; with --threads N it sorts on N threads.
 
 With --store nbd://host[:port]/export (or nbd+unix:///export?socket=PATH), udax maps the
 NBD export and the kernel maps the temporary file: before each udax run the file's state
