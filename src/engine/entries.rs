@@ -158,7 +158,7 @@ impl Entries {
                 .compare_exchange(current, waiting, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
-                futex::wait(word, waiting);
+                futex::wait(word, waiting, None);
             }
         }
     }
@@ -317,7 +317,7 @@ impl Drop for EntryGuard<'_> {
         let word = &self.entries.words[self.index];
         let previous = word.fetch_and(!(LOCKED | WAITERS), Ordering::Release);
         if previous & WAITERS != 0 {
-            futex::wake_all(word);
+            futex::wake(word, i32::MAX);
         }
     }
 }

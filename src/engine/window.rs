@@ -76,7 +76,7 @@ impl Windows {
         if self.open[slot].fetch_sub(1, SeqCst) == 1 && self.waiting.load(SeqCst) > 0 {
             #[cfg(test)]
             self.wakes.fetch_add(1, SeqCst);
-            futex::wake_all(&self.open[slot]);
+            futex::wake(&self.open[slot], i32::MAX);
         }
     }
 
@@ -91,7 +91,7 @@ impl Windows {
             if open == 0 {
                 break;
             }
-            futex::wait(&self.open[slot], open);
+            futex::wait(&self.open[slot], open, None);
         }
         self.waiting.fetch_sub(1, SeqCst);
     }
