@@ -12,7 +12,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use udax::{FileStore, Granularity, Mapping, MemStore, Options, Stats, Store, StoreError};
+use udax::{
+    FileStore, Granularity, Mapping, MemStore, Options, Resolution, Stats, Store, StoreError,
+};
 
 const PAGE: usize = 4096;
 const HUGE: usize = 2 << 20;
@@ -1312,25 +1314,32 @@ fn a_sequential_run_is_read_ahead_two_ranges_past_its_last_fault() {
     if !common::require_uffd() {
         return;
     }
+    for resolution in [Resolution::HandlerThreads, Resolution::InThread] {
+        sequential_run_read_ahead(resolution);
+    }
+}
+
+fn sequential_run_read_ahead(resolution: Resolution) {
     let dir = tempfile::tempdir().expect("tempdir");
     let len = 8 * HUGE;
     // Ranges 0..6 data, 6 and 7 holes.
     let store = file_store(dir.path(), len, Some(0..6 * HUGE));
     let path = store.path().to_path_buf();
-    let mapping = Arc::new(Mapping::new(store, huge()).expect("map"));
+    let options = huge().resolution(resolution);
+    let mapping = Arc::new(Mapping::new(store, options).expect("map"));
     touch_ranges_within(&mapping, 0..2);
     // The fault on range 1 continued the run of range 0's: ranges 2 and 3 come in.
     let stats = stats_when(&mapping, |stats| stats.read_ahead_ranges >= 2);
     assert_eq!(
         stats.read_ahead_ranges, 2,
-        "ranges 2 and 3 read ahead: {stats:?}"
+        "{resolution:?}: ranges 2 and 3 read ahead: {stats:?}"
     );
     std::thread::sleep(std::time::Duration::from_millis(50));
     let stats = mapping.stats();
     assert_eq!(
         (stats.read_ahead_ranges, stats.resident_pages),
         (2, 4 * HUGE_PAGES as u64),
-        "nothing past two ranges ahead of the last fault: {stats:?}"
+        "{resolution:?}: nothing past two ranges ahead of the last fault: {stats:?}"
     );
     touch_ranges_within(&mapping, 2..8);
     let expected = |at: usize| if at < 6 * HUGE { pattern(at) } else { 0 };
@@ -1339,7 +1348,7 @@ fn a_sequential_run_is_read_ahead_two_ranges_past_its_last_fault() {
     assert_eq!(
         (stats.read_faults, stats.zero_faults),
         (6, 2),
-        "each range once, by its fault or ahead of it: {stats:?}"
+        "{resolution:?}: each range once, by its fault or ahead of it: {stats:?}"
     );
     assert_eq!(
         (stats.huge_faults, stats.huge_fallbacks),
@@ -1393,87 +1402,96 @@ fn a_sequential_run_of_pages_or_windows_is_read_ahead_two_ranges_past_its_own() 
     if !common::require_uffd() {
         return;
     }
-    for (granularity, step) in [
-        (Granularity::Page, PAGE),
-        (Granularity::FaultAround(64 << 10), 64 << 10),
-    ] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let len = 8 * HUGE;
-        // Ranges 0 and 1 and the first half of range 2 data, the rest holes.
-        let store = file_store(dir.path(), len, Some(0..5 * HUGE / 2));
-        let path = store.path().to_path_buf();
-        let blocks = || std::fs::metadata(&path).expect("stat").blocks();
-        let allocated = blocks();
-        let options = Options::default().granularity(granularity);
-        let mapping = Arc::new(Mapping::new(store, options).expect("map"));
-        let touch = |offsets: Vec<usize>| {
-            within(&mapping, move |mapping| {
-                for at in offsets {
-                    // SAFETY: inside the live mapping (`within` holds it).
-                    unsafe { std::ptr::read_volatile(mapping.as_ptr().add(at)) };
-                }
-            })
-        };
-        let window = (step / PAGE) as u64;
-        // Not adjacent, in one range (a hole): no run.
-        touch(vec![6 * HUGE, 6 * HUGE + 5 * step]);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let stats = mapping.stats();
-        assert_eq!(
-            (stats.read_ahead_ranges, installed_by_reads(&stats)),
-            (0, 2 * window),
-            "{granularity:?}: two faults apart read nothing ahead: {stats:?}"
-        );
-        // The next page (window) after the first: a run.
-        touch(vec![0, step]);
-        let stats = stats_when(&mapping, |stats| stats.read_ahead_ranges >= 3);
-        assert_eq!(stats.read_ahead_ranges, 3, "{granularity:?}: {stats:?}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let stats = mapping.stats();
-        assert_eq!(
-            (stats.read_ahead_ranges, installed_by_reads(&stats)),
-            (3, 3 * HUGE_PAGES as u64 + 2 * window),
-            "{granularity:?}: ranges 0 to 2 in, nothing past them: {stats:?}"
-        );
-        assert_eq!(
-            stats.resident_pages,
-            5 * HUGE_PAGES as u64 / 2,
-            "{granularity:?}: the data pages only are resident: {stats:?}"
-        );
-        assert_eq!(stats.huge_faults, 0, "{granularity:?}: {stats:?}");
-        touch((0..len / PAGE).map(|page| page * PAGE).collect());
-        let expected = |at: usize| if at < 5 * HUGE / 2 { pattern(at) } else { 0 };
-        assert_reads(&mapping, expected);
-        let stats = mapping.stats();
-        assert_eq!(
-            installed_by_reads(&stats),
-            (len / PAGE) as u64,
-            "{granularity:?}: every page installed once: {stats:?}"
-        );
-        assert_eq!(blocks(), allocated, "{granularity:?}: a read allocated");
-        // Read ahead means Clean and protected: one write is one mkwrite fault, one page back.
-        let at = HUGE + 7 * PAGE + 1;
-        poke(&mapping, at, 0xa5);
-        let stats = mapping.stats();
-        assert_eq!(
-            (stats.mkwrite_faults, stats.write_faults),
-            (1, 0),
-            "{granularity:?}: {stats:?}"
-        );
-        mapping.flush().expect("flush");
-        assert_eq!(mapping.stats().pages_written_back, 1, "{granularity:?}");
-        Arc::into_inner(mapping)
-            .expect("one owner")
-            .close()
-            .expect("close");
-        let bytes = common::read_file(&path);
-        let expected = |i: usize| if i == at { 0xa5 } else { expected(i) };
-        if let Some(i) = (0..len).find(|&i| bytes[i] != expected(i)) {
-            panic!(
-                "{granularity:?}: byte {i} of the store reads {:#x} after reopen",
-                bytes[i]
-            );
+    for resolution in [Resolution::HandlerThreads, Resolution::InThread] {
+        for (granularity, step) in [
+            (Granularity::Page, PAGE),
+            (Granularity::FaultAround(64 << 10), 64 << 10),
+        ] {
+            run_of_pages_read_ahead(resolution, granularity, step);
         }
+    }
+}
+
+fn run_of_pages_read_ahead(resolution: Resolution, granularity: Granularity, step: usize) {
+    let case = format!("{resolution:?}, {granularity:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let len = 8 * HUGE;
+    // Ranges 0 and 1 and the first half of range 2 data, the rest holes.
+    let store = file_store(dir.path(), len, Some(0..5 * HUGE / 2));
+    let path = store.path().to_path_buf();
+    let blocks = || std::fs::metadata(&path).expect("stat").blocks();
+    let allocated = blocks();
+    let options = Options::default()
+        .granularity(granularity)
+        .resolution(resolution);
+    let mapping = Arc::new(Mapping::new(store, options).expect("map"));
+    let touch = |offsets: Vec<usize>| {
+        within(&mapping, move |mapping| {
+            for at in offsets {
+                // SAFETY: inside the live mapping (`within` holds it).
+                unsafe { std::ptr::read_volatile(mapping.as_ptr().add(at)) };
+            }
+        })
+    };
+    let window = (step / PAGE) as u64;
+    // Not adjacent, in one range (a hole): no run.
+    touch(vec![6 * HUGE, 6 * HUGE + 5 * step]);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.read_ahead_ranges, installed_by_reads(&stats)),
+        (0, 2 * window),
+        "{case}: two faults apart read nothing ahead: {stats:?}"
+    );
+    // The next page (window) after the first: a run.
+    touch(vec![0, step]);
+    let stats = stats_when(&mapping, |stats| stats.read_ahead_ranges >= 3);
+    assert_eq!(stats.read_ahead_ranges, 3, "{case}: {stats:?}");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.read_ahead_ranges, installed_by_reads(&stats)),
+        (3, 3 * HUGE_PAGES as u64 + 2 * window),
+        "{case}: ranges 0 to 2 in, nothing past them: {stats:?}"
+    );
+    assert_eq!(
+        stats.resident_pages,
+        5 * HUGE_PAGES as u64 / 2,
+        "{case}: the data pages only are resident: {stats:?}"
+    );
+    assert_eq!(stats.huge_faults, 0, "{case}: {stats:?}");
+    touch((0..len / PAGE).map(|page| page * PAGE).collect());
+    let expected = |at: usize| if at < 5 * HUGE / 2 { pattern(at) } else { 0 };
+    assert_reads(&mapping, expected);
+    let stats = mapping.stats();
+    assert_eq!(
+        installed_by_reads(&stats),
+        (len / PAGE) as u64,
+        "{case}: every page installed once: {stats:?}"
+    );
+    assert_eq!(blocks(), allocated, "{case}: a read allocated");
+    // Read ahead means Clean and protected: one write is one mkwrite fault, one page back.
+    let at = HUGE + 7 * PAGE + 1;
+    poke(&mapping, at, 0xa5);
+    let stats = mapping.stats();
+    assert_eq!(
+        (stats.mkwrite_faults, stats.write_faults),
+        (1, 0),
+        "{case}: {stats:?}"
+    );
+    mapping.flush().expect("flush");
+    assert_eq!(mapping.stats().pages_written_back, 1, "{case}");
+    Arc::into_inner(mapping)
+        .expect("one owner")
+        .close()
+        .expect("close");
+    let bytes = common::read_file(&path);
+    let expected = |i: usize| if i == at { 0xa5 } else { expected(i) };
+    if let Some(i) = (0..len).find(|&i| bytes[i] != expected(i)) {
+        panic!(
+            "{case}: byte {i} of the store reads {:#x} after reopen",
+            bytes[i]
+        );
     }
 }
 

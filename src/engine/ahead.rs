@@ -13,7 +13,10 @@
 //! run never reaches (a read of 2 MiB for nothing). The marks of ranges being read are
 //! exact (see [`Ahead::reading`]): a fault left to a read-ahead must get its wake.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::time::Duration;
+
+use crate::sys::futex;
 
 /// Ranges read ahead of the last fault, at most: two, so that the two handler threads of
 /// this kind of machine each read one while the run consumes a third.
@@ -32,17 +35,28 @@ pub(crate) struct Ahead {
     next: AtomicUsize,
     /// Ranges + 1 being read ahead now (0: a free mark).
     reading: [AtomicUsize; READING],
+    /// Bumped when a mark is dropped: faulting threads that serve themselves wait on it
+    /// for a range being read (`Ahead::wait_read`; handler threads' faults are woken
+    /// through the uffd instead).
+    read: AtomicU32,
+    /// Bumped by every request for a read-ahead (`Ahead::ask`): the read-ahead thread of
+    /// an in-thread region sleeps on it.
+    asked: AtomicU32,
 }
 
 /// The mark of a range being read ahead; dropping it clears the mark. The reader wakes
 /// the range's waiters after the drop (see [`Ahead::reading`]).
 pub(crate) struct Reading<'a> {
     mark: &'a AtomicUsize,
+    read: &'a AtomicU32,
 }
 
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
         self.mark.store(0, SeqCst);
+        // After the clear: a waiter that saw the mark read `read` before it looked.
+        self.read.fetch_add(1, SeqCst);
+        futex::wake(self.read, i32::MAX);
     }
 }
 
@@ -97,7 +111,10 @@ impl Ahead {
         self.reading.iter().find_map(|mark| {
             mark.compare_exchange(0, range + 1, SeqCst, Relaxed)
                 .ok()
-                .map(|_| Reading { mark })
+                .map(|_| Reading {
+                    mark,
+                    read: &self.read,
+                })
         })
     }
 
@@ -106,6 +123,39 @@ impl Ahead {
         self.reading
             .iter()
             .any(|mark| mark.load(SeqCst) == range + 1)
+    }
+
+    /// Waits until `range` is no longer being read ahead, at most `limit` (a reader that
+    /// went away, or never drops its mark, costs that much and no more). Signal-safe:
+    /// atomics and futex calls.
+    pub(crate) fn wait_read(&self, range: usize, limit: Duration) {
+        const STEP: Duration = Duration::from_millis(10);
+        for _ in 0..limit.as_millis().div_ceil(STEP.as_millis()) {
+            // Loaded before the look: a mark dropped after it bumps `read` past `seen`.
+            let seen = self.read.load(SeqCst);
+            if !self.is_reading(range) {
+                return;
+            }
+            futex::wait(&self.read, seen, Some(STEP));
+        }
+    }
+
+    /// Asks for a read-ahead (a fault continued the run): wakes the region's read-ahead
+    /// thread, if it has one. Signal-safe: an atomic and a futex wake.
+    pub(crate) fn ask(&self) {
+        self.asked.fetch_add(1, SeqCst);
+        futex::wake(&self.asked, 1);
+    }
+
+    /// The request count now: the read-ahead thread reads ahead, then sleeps in
+    /// [`Ahead::wait_asked`] with it unless a request came meanwhile.
+    pub(crate) fn asked(&self) -> u32 {
+        self.asked.load(SeqCst)
+    }
+
+    /// Sleeps until a request after `seen` ([`Ahead::asked`]), or spuriously.
+    pub(crate) fn wait_asked(&self, seen: u32) {
+        futex::wait(&self.asked, seen, None);
     }
 }
 

@@ -77,13 +77,12 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    /// Pages one read fault fills, if handler threads read ahead of this region's
-    /// sequential runs of faults (`engine::read_ahead`): they must wake faulting threads
-    /// (a thread serving itself has nobody to read ahead for it), and no budget bounds the
-    /// region (a range read for nothing would evict pages in use). The 2 MiB of
-    /// `Granularity::Huge`, a fault-around window, or one page.
+    /// Pages one read fault fills, if this region's sequential runs of faults are read
+    /// ahead (`engine::read_ahead`): asked for (`Options::read_ahead`), and no budget
+    /// bounds the region (a range read for nothing would evict pages in use). The 2 MiB
+    /// of `Granularity::Huge`, a fault-around window, or one page.
     pub(crate) fn read_ahead_unit(&self) -> Option<usize> {
-        if !self.read_ahead || !self.wakes || self.budget.is_some() {
+        if !self.read_ahead || self.budget.is_some() {
             return None;
         }
         match self.granularity {

@@ -3,10 +3,12 @@
 //! (`in_thread`). Both call the same `engine::fault::resolve`; the engine does not know
 //! which one called. This floor knows nothing of the store's kind or of the front-ends.
 
+mod ahead_thread;
 pub(crate) mod events;
 pub(crate) mod failure;
 mod in_thread;
 pub(crate) mod pool;
+mod scratch;
 pub(crate) mod threads;
 
 use std::sync::Arc;

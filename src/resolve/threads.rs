@@ -25,15 +25,14 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::HUGE_PAGE_SIZE;
 use crate::engine::fault::{self, Outcome};
 use crate::engine::read_ahead;
 use crate::engine::region::{Region, region_of};
 use crate::error::Error;
 use crate::resolve::events::Reader;
 use crate::resolve::failure::{self, Next};
+use crate::resolve::scratch::Scratch;
 use crate::sys::cpu::{allowed_cpus, pin_to};
-use crate::sys::memory::Reservation;
 use crate::sys::uffd::{Fault, Uffd, UffdMsg};
 
 /// Messages read per `read(2)` of the uffd.
@@ -263,22 +262,8 @@ fn refuse(uffd: &Uffd, address: usize, unknown: Unknown) {
 fn serve(uffd: &Uffd, table: &Table, reader: &Reader, stop_fd: libc::c_int, sleep_in_read: bool) {
     let mut messages = [UffdMsg::default(); BATCH];
     let mut faults = VecDeque::with_capacity(BATCH);
-    // Room for a 2 MiB fill (touched only by wide faults, so it costs no memory else):
-    // one transparent huge page where the kernel allows, as the in-thread staging buffer
-    // is, so that a direct read into it (`file_direct`) is one 2 MiB request rather than
-    // 512 page segments split into three, and its copy and compare walk one TLB entry.
-    // The heap (unaligned: reads stay buffered) should that mapping fail.
-    let mut reserved = Reservation::new(HUGE_PAGE_SIZE, true).ok();
-    let mut heap: Vec<u8>;
-    let scratch: &mut [u8] = match reserved.as_mut() {
-        // SAFETY: made writable by `Reservation::new`, this thread's own, never registered
-        // with userfaultfd, and only ever used as this scratch buffer.
-        Some(reserved) => unsafe { reserved.bytes_mut() },
-        None => {
-            heap = vec![0u8; HUGE_PAGE_SIZE];
-            &mut heap
-        }
-    };
+    let mut scratch = Scratch::new();
+    let scratch = scratch.bytes();
     let mut failures = 0;
     loop {
         let read = if sleep_in_read {

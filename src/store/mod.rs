@@ -44,8 +44,8 @@ use std::io;
 pub struct Serving {
     /// The mapping's resident budget in bytes, if it has one.
     pub budget: Option<u64>,
-    /// The mapping reads the 2 MiB ranges ahead of its sequential faults itself (handler
-    /// threads, no budget: `Options::read_ahead`): a sequential 2 MiB read is needed now,
+    /// The mapping reads the 2 MiB ranges ahead of its sequential faults itself (no
+    /// budget: `Options::read_ahead`): a sequential 2 MiB read is needed now,
     /// and the next ones are already asked for, so the store need not read ahead of it.
     pub reads_ahead: bool,
 }
