@@ -12,12 +12,14 @@
 # wp-on-clean (mkwrite: a read fault and a write-protect fault a page), each in handler
 # mode and in-thread, sync tracking; and read-hole with async tracking.
 #
-# Every run is `--engine udax --granularity 4k`: one engine (the kernel baseline's run would
-# add its own calls), and one 4 KiB fault a page (the library's default granularity is
-# 2 MiB, where 64 MiB is 32 faults and the quotient says nothing about a 4 KiB fault).
+# Every run is `--engine udax --granularity 4k --no-read-ahead`: one engine (the kernel
+# baseline's run would add its own calls), and one 4 KiB fault a page (the library's
+# default granularity is 2 MiB, where 64 MiB is 32 faults and the quotient says nothing
+# about a 4 KiB fault; and read-ahead installs most pages of a sequential run without a
+# fault). READ_AHEAD=1 keeps the read-ahead: the rows are then per page, not per fault.
 # With PER_CALL=1 each row is followed by its per-page count per syscall (strace -c's rows).
 #
-# Usage: [PER_CALL=1] scripts/syscalls-per-fault.sh [UDAX_BINARY]   (default target/release/udax)
+# Usage: [PER_CALL=1] [READ_AHEAD=1] scripts/syscalls-per-fault.sh [UDAX_BINARY]   (default target/release/udax)
 set -euo pipefail
 
 udax=${1:-target/release/udax}
@@ -30,8 +32,10 @@ trap 'rm -rf "$out"' EXIT
 calls() {
     local size=$1
     shift
+    local ahead=--no-read-ahead
+    [[ ${READ_AHEAD:-0} == 1 ]] && ahead=
     strace -c -f -o "$out/strace.$size" "$udax" bench --size "$size" --repeat 1 \
-        --engine udax --granularity 4k "$@" >/dev/null 2>&1
+        --engine udax --granularity 4k $ahead "$@" >/dev/null 2>&1
     awk '$NF == "total" { print $4 }' "$out/strace.$size"
 }
 

@@ -349,6 +349,8 @@ struct FailingReads {
     bad_page: u64,
     delay: std::time::Duration,
     slow_only: bool,
+    /// Reads that failed so far.
+    failed: std::sync::atomic::AtomicU64,
 }
 
 impl Store for FailingReads {
@@ -364,6 +366,7 @@ impl Store for FailingReads {
             std::thread::sleep(self.delay);
         }
         if offset < bad + PAGE as u64 && offset + buf.len() as u64 > bad && !self.slow_only {
+            self.failed.fetch_add(1, Ordering::Relaxed);
             let source = std::io::Error::from_raw_os_error(libc::EIO);
             return Err(StoreError::Io {
                 op: "read",
@@ -399,6 +402,7 @@ fn a_store_error_elsewhere_in_the_range_falls_back_and_serves_the_page() {
         bad_page: 300,
         delay: std::time::Duration::ZERO,
         slow_only: false,
+        failed: Default::default(),
     });
     let mapping = Mapping::new(store, huge()).expect("map");
     let mut page = vec![0u8; PAGE];
@@ -1513,6 +1517,7 @@ fn a_fault_on_a_range_being_read_ahead_is_woken_by_the_reader() {
             bad_page: (2 * HUGE_PAGES + 300) as u64,
             delay: std::time::Duration::from_millis(300),
             slow_only,
+            failed: Default::default(),
         });
         let mapping = Arc::new(Mapping::new(store, huge()).expect("map"));
         touch_ranges_within(&mapping, 0..2);
@@ -1543,6 +1548,57 @@ fn a_fault_on_a_range_being_read_ahead_is_woken_by_the_reader() {
             .close()
             .expect("close");
     }
+}
+
+/// At 4 KiB granularity a read-ahead whose stretch fails (a store error) gives up the
+/// rest of its range, whose faults then report the error each on its own page, and the
+/// range's other pages read right. Without the stop, the reader asks the failing store
+/// again from every page of the stretch up to the bad one (301 failed reads, not 1).
+#[test]
+fn a_failed_read_ahead_stretch_is_not_read_again_page_by_page() {
+    if !common::require_uffd() {
+        return;
+    }
+    let bytes: Vec<u8> = (0..4 * HUGE).map(pattern).collect();
+    let store = Arc::new(FailingReads {
+        inner: MemStore::with_data(&bytes),
+        bad_page: (2 * HUGE_PAGES + 300) as u64,
+        delay: std::time::Duration::ZERO,
+        slow_only: false,
+        failed: Default::default(),
+    });
+    let options = Options::default().granularity(Granularity::Page);
+    let served: Arc<dyn Store> = store.clone();
+    let mapping = Arc::new(Mapping::new(served, options).expect("map"));
+    // Pages 0 and 1: a run; ranges 0 (its rest), 1 and 2 are read ahead, and 2 fails.
+    within(&mapping, |mapping| {
+        for page in 0..2 {
+            // SAFETY: inside the live mapping (`within` holds it).
+            unsafe { std::ptr::read_volatile(mapping.as_ptr().add(page * PAGE)) };
+        }
+    });
+    let stats = stats_when(&mapping, |stats| stats.read_ahead_ranges >= 2);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        stats.read_ahead_ranges, 2,
+        "ranges 0 and 1 went in: {stats:?}"
+    );
+    assert_eq!(
+        store.failed.load(Ordering::Relaxed),
+        1,
+        "the failed stretch was read once"
+    );
+    let at = 2 * HUGE + 10 * PAGE;
+    let page = within(&mapping, move |mapping| {
+        let mut page = vec![0u8; PAGE];
+        mapping.read_at(at, &mut page).map(|()| page)
+    })
+    .expect("a page of the failed range away from the bad one");
+    assert!(page.iter().enumerate().all(|(i, &b)| b == pattern(at + i)));
+    Arc::into_inner(mapping)
+        .expect("one owner")
+        .close()
+        .expect("close");
 }
 
 /// A run of writes is not read ahead: each range's first write installs it writable in

@@ -199,6 +199,11 @@ pub struct BenchArgs {
         default_value = "sync"
     )]
     pub dirty_tracking: Vec<String>,
+    /// udax without read-ahead into the mapping (`Options::read_ahead(false)`): every
+    /// fault reads only what its granularity says, one fault a page at 4k (the per-fault
+    /// costs, e.g. under strace).
+    #[arg(long)]
+    pub no_read_ahead: bool,
     /// Application threads running each workload (the pages split in contiguous shares).
     #[arg(long, value_name = "N", default_value = "1")]
     pub threads: String,
@@ -309,6 +314,8 @@ pub struct Variant {
     pub resolution: Choice<Resolution>,
     /// How first writes are noticed.
     pub tracking: Choice<DirtyTracking>,
+    /// Whether sequential runs of read faults are read ahead (`--no-read-ahead`: not).
+    pub read_ahead: bool,
 }
 
 impl Variant {
@@ -324,6 +331,9 @@ impl Variant {
                 label.push(' ');
                 label.push_str(choice);
             }
+        }
+        if !self.read_ahead {
+            label.push_str(" no-read-ahead");
         }
         label
     }
@@ -486,6 +496,7 @@ impl BenchArgs {
                         granularity,
                         resolution,
                         tracking,
+                        read_ahead: !self.no_read_ahead,
                     });
                 }
             }

@@ -458,6 +458,7 @@ mod tests {
             granularity: GRANULARITIES[0],
             resolution: RESOLUTIONS[0],
             tracking: TRACKINGS[0],
+            read_ahead: true,
         }
     }
 

@@ -38,7 +38,8 @@ impl UdaxMap {
         let mut options = Options::default()
             .len(len)
             .resolution(variant.resolution.value)
-            .dirty_tracking(variant.tracking.value);
+            .dirty_tracking(variant.tracking.value)
+            .read_ahead(variant.read_ahead);
         if let Some(granularity) = variant.granularity.value {
             options = options.granularity(granularity);
         }

@@ -243,6 +243,10 @@ fn bench_seq_read() {
         return;
     };
     assert_eq!(installed_by(&udax, "read_faults"), PAGES);
+    assert!(
+        counter(&udax, "read_ahead_ranges") > 0,
+        "a sequential read is read ahead: {udax:#}"
+    );
     assert_eq!(counter(&udax, "zero_faults"), 0);
     assert!(counter(&udax, "bytes_read") >= SIZE_BYTES);
     assert_eq!(counter(&udax, "pages_written_back"), 0);
@@ -492,6 +496,28 @@ fn bench_one_engine() {
     assert_eq!(installed_by(&results[0], "zero_faults"), PAGES);
     assert_eq!(report["ratios"], serde_json::json!([]));
     assert_eq!(report["config"]["engines"], serde_json::json!(["udax"]));
+}
+
+/// Without read-ahead every page of a sequential read is its own fault; with it (the
+/// default, `bench_seq_read`) most pages come in ahead of their faults.
+#[test]
+fn bench_no_read_ahead_takes_one_fault_a_page() {
+    let Some(report) = bench_json(&[
+        "--workload",
+        "seq-read",
+        "--engine",
+        "udax",
+        "--granularity",
+        "4k",
+        "--no-read-ahead",
+    ]) else {
+        return;
+    };
+    let udax = result(&report, "udax", "4k");
+    assert_eq!(udax["mode"], "4k no-read-ahead", "{udax:#}");
+    assert_eq!(counter(udax, "read_faults"), PAGES);
+    assert_eq!(counter(udax, "read_ahead_ranges"), 0);
+    assert_eq!(counter(udax, "fault_around_pages"), 0);
 }
 
 #[test]

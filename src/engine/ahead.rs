@@ -39,6 +39,9 @@ pub(crate) struct Ahead {
     /// for a range being read (`Ahead::wait_read`; handler threads' faults are woken
     /// through the uffd instead).
     read: AtomicU32,
+    /// Threads in `Ahead::wait_read`: a dropped mark wakes `read` only if there are any
+    /// (handler threads' regions never have: no futex call a range for them).
+    waiting: AtomicU32,
     /// Bumped by every request for a read-ahead (`Ahead::ask`): the read-ahead thread of
     /// an in-thread region sleeps on it.
     asked: AtomicU32,
@@ -48,15 +51,20 @@ pub(crate) struct Ahead {
 /// the range's waiters after the drop (see [`Ahead::reading`]).
 pub(crate) struct Reading<'a> {
     mark: &'a AtomicUsize,
-    read: &'a AtomicU32,
+    ahead: &'a Ahead,
 }
 
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
         self.mark.store(0, SeqCst);
-        // After the clear: a waiter that saw the mark read `read` before it looked.
-        self.read.fetch_add(1, SeqCst);
-        futex::wake(self.read, i32::MAX);
+        // After the clear: a waiter that saw the mark read `read` before it looked, and
+        // counted itself in `waiting` before that (all SeqCst: if we see no waiter, its
+        // count, its read of `read` and its look all come after our bump, and the look
+        // finds the mark gone).
+        self.ahead.read.fetch_add(1, SeqCst);
+        if self.ahead.waiting.load(SeqCst) != 0 {
+            futex::wake(&self.ahead.read, i32::MAX);
+        }
     }
 }
 
@@ -111,10 +119,7 @@ impl Ahead {
         self.reading.iter().find_map(|mark| {
             mark.compare_exchange(0, range + 1, SeqCst, Relaxed)
                 .ok()
-                .map(|_| Reading {
-                    mark,
-                    read: &self.read,
-                })
+                .map(|_| Reading { mark, ahead: self })
         })
     }
 
@@ -130,14 +135,19 @@ impl Ahead {
     /// atomics and futex calls.
     pub(crate) fn wait_read(&self, range: usize, limit: Duration) {
         const STEP: Duration = Duration::from_millis(10);
+        if !self.is_reading(range) {
+            return;
+        }
+        self.waiting.fetch_add(1, SeqCst);
         for _ in 0..limit.as_millis().div_ceil(STEP.as_millis()) {
             // Loaded before the look: a mark dropped after it bumps `read` past `seen`.
             let seen = self.read.load(SeqCst);
             if !self.is_reading(range) {
-                return;
+                break;
             }
             futex::wait(&self.read, seen, Some(STEP));
         }
+        self.waiting.fetch_sub(1, SeqCst);
     }
 
     /// Asks for a read-ahead (a fault continued the run): wakes the region's read-ahead
@@ -231,6 +241,41 @@ mod tests {
         assert!(
             !ahead.note_fault(20 * per_range + 3, per_range),
             "a jump is a new run"
+        );
+    }
+
+    #[test]
+    fn a_wait_for_a_range_ends_when_its_mark_drops_and_is_bounded_when_it_never_does() {
+        let ahead = std::sync::Arc::new(Ahead::default());
+        ahead.wait_read(7, Duration::from_secs(60)); // not being read: returns at once
+        let mark = ahead.reading(7).expect("a free mark");
+        let waiter = {
+            let ahead = std::sync::Arc::clone(&ahead);
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                ahead.wait_read(7, Duration::from_secs(60));
+                started.elapsed()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        drop(mark);
+        let waited = waiter.join().expect("the waiter");
+        assert!(
+            waited < Duration::from_secs(30),
+            "the wait outlived the mark: {waited:?}"
+        );
+        assert_eq!(
+            ahead.waiting.load(SeqCst),
+            0,
+            "the waiter counted itself out"
+        );
+        let _held = ahead.reading(7).expect("a free mark");
+        let started = std::time::Instant::now();
+        ahead.wait_read(7, Duration::from_millis(30));
+        assert!(ahead.is_reading(7));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a mark never dropped holds a wait up to its limit only"
         );
     }
 

@@ -27,8 +27,8 @@
 //! A missing fault on a range being read ahead is left to the reader, who wakes the range
 //! once done, whether it installed it or not (a failed read installs nothing: the access
 //! faults again and is served as any other, error included); in-thread, the fault waits
-//! for the mark to drop, then is served as any other (a wake, if the range went in). See `ahead::Ahead::reading`
-//! for why that wake comes after the mark is dropped.
+//! for the mark to drop, then is served as any other (a wake, if the range went in). See
+//! `ahead::Ahead::reading` for why that wake comes after the mark is dropped.
 
 use crate::HUGE_PAGE_SIZE;
 use crate::HUGE_PAGES;
@@ -156,7 +156,9 @@ fn install_range(region: &Region, first: usize, scratch: &mut [u8]) -> bool {
 /// would: each stretch of one extent between present pages in one read and one install
 /// (`around::fill_around`). Whether any went in. The pages of the run's own range before
 /// its last fault are present, so its rest is one stretch; a page a fault holds is
-/// skipped (`try_lock`), and so is a stretch whose read failed (its faults report it).
+/// skipped (`try_lock`). A stretch that fails (a store error) ends the range: the rest
+/// is left to its faults, which report the error, rather than asking a failing store
+/// again for each page of the stretch.
 fn install_pages(region: &Region, first: usize, pages: usize, scratch: &mut [u8]) -> bool {
     let mut installed = false;
     for index in first..first + pages {
@@ -169,8 +171,10 @@ fn install_pages(region: &Region, first: usize, pages: usize, scratch: &mut [u8]
         if guard.state() != State::Empty {
             continue;
         }
-        let filled = fill_around(region, &mut guard, HUGE_PAGE_SIZE, false, scratch);
-        installed |= matches!(filled, Some(Ok(())));
+        match fill_around(region, &mut guard, HUGE_PAGE_SIZE, false, scratch) {
+            Some(Ok(())) => installed = true,
+            _ => return installed,
+        }
     }
     installed
 }
