@@ -21,6 +21,7 @@ extern "C" {
 #define UDAX_FIXED_REPLACE 8u  /* with address: replace what is mapped there (MAP_FIXED) */
 #define UDAX_HUGE_DIRTY   16u  /* with 2 MiB granularity: dirty tracking per 2 MiB */
 #define UDAX_NO_WRITE_AROUND 32u /* with 2 MiB granularity: a fault per page's first write */
+#define UDAX_NO_READ_AHEAD  64u /* no read-ahead of sequential read faults (MADV_RANDOM-like) */
 
 struct udax_map;     /* a mapping (opaque) */
 struct udax_budget;  /* a resident budget several mappings share (opaque) */

@@ -27,13 +27,17 @@ pub const UDAX_HUGE_DIRTY: u32 = 16;
 /// `udax_options.flags`: with 2 MiB granularity, no write-around (each page's first
 /// write is its own fault, which allocates its block: ENOSPC is the access's SIGBUS).
 pub const UDAX_NO_WRITE_AROUND: u32 = 32;
+/// `udax_options.flags`: no read-ahead into the mapping (`Options::read_ahead(false)`):
+/// every fault reads only what its granularity says.
+pub const UDAX_NO_READ_AHEAD: u32 = 64;
 /// Every flag this version knows.
 const KNOWN_FLAGS: u32 = UDAX_READ_ONLY
     | UDAX_IN_THREAD
     | UDAX_ASYNC_DIRTY
     | UDAX_FIXED_REPLACE
     | UDAX_HUGE_DIRTY
-    | UDAX_NO_WRITE_AROUND;
+    | UDAX_NO_WRITE_AROUND
+    | UDAX_NO_READ_AHEAD;
 
 /// `struct udax_options`: all zero is the default.
 #[repr(C)]
@@ -166,7 +170,8 @@ unsafe fn options_from(options: *const UdaxOptions) -> Result<(Options, bool), F
     let mut opts = Options::default()
         .read_only(flag(UDAX_READ_ONLY))
         .huge_dirty(flag(UDAX_HUGE_DIRTY))
-        .write_around(!flag(UDAX_NO_WRITE_AROUND));
+        .write_around(!flag(UDAX_NO_WRITE_AROUND))
+        .read_ahead(!flag(UDAX_NO_READ_AHEAD));
     if let Some(granularity) = granularity_of(o.granularity)? {
         opts = opts.granularity(granularity);
     }

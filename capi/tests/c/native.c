@@ -55,6 +55,21 @@ int main(int argc, char **argv) {
     CHECK(st.zero_faults == 1 && st.zero_to_dirty == 1 && st.write_faults == 0);
     CHECK(udax_unmap(map) == 0);
 
+    /* At 4 KiB without read-ahead, a sequential read is one fault a page (with it, the
+       rest of the range would come in ahead of the faults). */
+    struct udax_options pages = {0};
+    pages.granularity = 4096;
+    pages.flags = UDAX_NO_READ_AHEAD;
+    CHECK(udax_map_path(path, &pages, &map) == 0);
+    p = udax_addr(map);
+    for (size_t page = 0; page < 8; page++) {
+        CHECK(p[page * 4096 + 1] == (page == 2 ? 'e' : 0)); /* "hello" at 8192 */
+    }
+    uint64_t ahead = 1;
+    CHECK(udax_stats(map, &st) == 0 && st.zero_faults + st.read_faults == 8);
+    CHECK(udax_stat(map, "read_ahead_ranges", &ahead) == 0 && ahead == 0);
+    CHECK(udax_unmap(map) == 0);
+
     /* By fd, with a shared budget over two mappings and fault-around. */
     struct udax_budget *budget = NULL;
     CHECK(udax_budget_new(1 << 20, &budget) == 0);
