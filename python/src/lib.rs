@@ -331,13 +331,16 @@ impl PyMapping {
 ///   past it pages are evicted (dirty ones written back first).
 /// - `granularity`: bytes a read fault brings in: "4k", "64k" (fault-around), "2m" (huge
 ///   pages), or an int; default the library's: 2 MiB without a budget, under one a
-///   sequential read reads 64 KiB and a random one 4 KiB (2 MiB under a small budget
+///   sequential read reads 256 KiB and a random one 4 KiB (2 MiB under a small budget
 ///   thrashes).
 /// - `read_only`: map PROT_READ (the buffer is read-only; the file may be read-only).
 /// - `create`: create (or truncate) the file, all hole.
 /// - `threads`: handler threads (default one per CPU, at most 4).
+/// - `read_ahead`: read ahead of sequential read faults (default True; never under a
+///   budget): the rest of the 2 MiB range and the two past it come in before the run
+///   faults there. False: each fault reads only what its granularity says.
 #[pyfunction]
-#[pyo3(signature = (path, size=None, budget=None, granularity=None, read_only=false, create=false, threads=None))]
+#[pyo3(signature = (path, size=None, budget=None, granularity=None, read_only=false, create=false, threads=None, read_ahead=true))]
 #[allow(clippy::too_many_arguments)]
 fn map_file(
     py: Python<'_>,
@@ -348,9 +351,12 @@ fn map_file(
     read_only: bool,
     create: bool,
     threads: Option<usize>,
+    read_ahead: bool,
 ) -> PyResult<PyMapping> {
     let size = size.map(|s| parse_bytes(&s, "size")).transpose()?;
-    let mut options = Options::default().read_only(read_only);
+    let mut options = Options::default()
+        .read_only(read_only)
+        .read_ahead(read_ahead);
     if let Some(granularity) = granularity {
         options = options.granularity(granularity_of(parse_bytes(&granularity, "granularity")?)?);
     }

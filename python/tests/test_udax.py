@@ -162,3 +162,20 @@ def test_the_default_granularity_is_the_librarys(words):
         stats = m.stats()
         assert (stats["read_faults"], stats["huge_faults"], stats["fault_around_pages"]) == (1, 0, 0)
         del a
+
+
+def test_read_ahead_can_be_turned_off(words):
+    """A sequential read at 4 KiB is read ahead by default (most pages never fault);
+    with read_ahead=False every page is its own read fault."""
+    path, data = words
+    pages = 64
+    for read_ahead in (False, True):
+        with udax.map_file(path, granularity="4k", read_ahead=read_ahead) as m:
+            a = np.frombuffer(m, dtype=np.uint64)
+            assert all(a[p * 512] == data[p * 512] for p in range(pages))
+            stats = m.stats()
+            del a
+        if read_ahead:
+            assert stats["read_faults"] + stats["fault_around_pages"] >= pages, stats
+        else:
+            assert (stats["read_faults"], stats["read_ahead_ranges"]) == (pages, 0), stats
