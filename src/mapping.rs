@@ -106,7 +106,8 @@ impl Mapping {
             Some(shared) => Some(shared.bytes()),
             None => options.budget,
         };
-        // Handler threads read the ranges ahead of sequential faults (`engine::read_ahead`).
+        // The ranges ahead of sequential faults are read by the handler threads, or by an
+        // in-thread mapping's read-ahead thread (`engine::read_ahead`), not by the store.
         let reads_ahead = config.read_ahead_unit().is_some();
         store.serve_mapping(Serving {
             budget: budget_bytes,

@@ -162,11 +162,14 @@ mod rbd {
         CLUSTER.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One page a fault (the default is 2 MiB): these tests lose the OSD under a page that
-    /// is not resident yet, and a 2 MiB fault would have read its neighbours in.
+    /// One page a fault (the default is 2 MiB), no read-ahead: these tests lose the OSD
+    /// under a page that is not resident yet, and a 2 MiB fault, or a read-ahead of a run
+    /// of faults, would have read its neighbours in.
     fn map(store: &Arc<RbdStore>) -> Mapping {
         let store: Arc<dyn Store> = store.clone();
-        let options = Options::default().granularity(udax::Granularity::Page);
+        let options = Options::default()
+            .granularity(udax::Granularity::Page)
+            .read_ahead(false);
         Mapping::new(store, options).expect("Mapping::new over RBD")
     }
 

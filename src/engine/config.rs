@@ -58,8 +58,8 @@ pub(crate) struct Config {
     /// Whether 2 MiB hole ranges may be the huge zero page (`Options::huge_zero_page`;
     /// only with `huge_move`, and where `sys::huge_zero` trusts the kernel).
     pub(crate) huge_zero: bool,
-    /// Whether handler threads read ahead of sequential faults (`Options::read_ahead`;
-    /// see [`Config::read_ahead_unit`] for where they can).
+    /// Whether sequential runs of read faults are read ahead (`Options::read_ahead`; see
+    /// [`Config::read_ahead_unit`] for where they can be).
     pub(crate) read_ahead: bool,
     /// Whether faulting threads wait to be woken: false when each serves its own faults
     /// (in-thread resolution), so nothing is woken.
