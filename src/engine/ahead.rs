@@ -91,7 +91,7 @@ impl Ahead {
 
     /// Claims the next range to read ahead of the run, if it is within [`DEPTH`] ranges
     /// past the last fault's (of `per_range` units a range) and below `ranges` (the
-    /// region's whole ranges). Each range is claimed once.
+    /// region's ranges, the last one possibly partial). Each range is claimed once.
     pub(crate) fn claim(&self, ranges: usize, per_range: usize) -> Option<usize> {
         let mut next = self.next.load(Relaxed);
         loop {
