@@ -39,9 +39,9 @@ pub(crate) struct Ahead {
     /// for a range being read (`Ahead::wait_read`; handler threads' faults are woken
     /// through the uffd instead).
     read: AtomicU32,
-    /// Threads in `Ahead::wait_read`: a dropped mark wakes `read` only if there are any
-    /// (handler threads' regions never have: no futex call a range for them).
-    waiting: AtomicU32,
+    /// Threads in `Ahead::wait_read`, sleeping on `read`: a dropped mark wakes them only
+    /// if there are any (handler threads' regions never have: no futex call a range).
+    waiting: futex::Waiters,
     /// Bumped by every request for a read-ahead (`Ahead::ask`): the read-ahead thread of
     /// an in-thread region sleeps on it.
     asked: AtomicU32,
@@ -57,14 +57,11 @@ pub(crate) struct Reading<'a> {
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
         self.mark.store(0, SeqCst);
-        // After the clear: a waiter that saw the mark read `read` before it looked, and
-        // counted itself in `waiting` before that (all SeqCst: if we see no waiter, its
-        // count, its read of `read` and its look all come after our bump, and the look
-        // finds the mark gone).
+        // After the clear: a waiter that saw the mark read `read` before it looked (and
+        // counted itself before that: `futex::Waiters`), so the bump changes what it
+        // sleeps on, or it comes after the bump and its look finds the mark gone.
         self.ahead.read.fetch_add(1, SeqCst);
-        if self.ahead.waiting.load(SeqCst) != 0 {
-            futex::wake(&self.ahead.read, i32::MAX);
-        }
+        self.ahead.waiting.wake(&self.ahead.read);
     }
 }
 
@@ -138,7 +135,7 @@ impl Ahead {
         if !self.is_reading(range) {
             return;
         }
-        self.waiting.fetch_add(1, SeqCst);
+        let _waiting = self.waiting.enter();
         for _ in 0..limit.as_millis().div_ceil(STEP.as_millis()) {
             // Loaded before the look: a mark dropped after it bumps `read` past `seen`.
             let seen = self.read.load(SeqCst);
@@ -147,7 +144,6 @@ impl Ahead {
             }
             futex::wait(&self.read, seen, Some(STEP));
         }
-        self.waiting.fetch_sub(1, SeqCst);
     }
 
     /// Asks for a read-ahead (a fault continued the run): wakes the region's read-ahead
@@ -257,17 +253,28 @@ mod tests {
                 started.elapsed()
             })
         };
-        std::thread::sleep(Duration::from_millis(50));
+        // Dropped once the waiter is counted (asleep, or about to be), at most 10 s on.
+        let counted = std::time::Instant::now();
+        while ahead.waiting.count() == 0 && counted.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         drop(mark);
         let waited = waiter.join().expect("the waiter");
         assert!(
             waited < Duration::from_secs(30),
             "the wait outlived the mark: {waited:?}"
         );
+        assert_eq!(ahead.waiting.count(), 0, "the waiter counted itself out");
         assert_eq!(
-            ahead.waiting.load(SeqCst),
-            0,
-            "the waiter counted itself out"
+            ahead.waiting.wakes.load(SeqCst),
+            1,
+            "its mark's drop woke it"
+        );
+        drop(ahead.reading(8).expect("a free mark"));
+        assert_eq!(
+            ahead.waiting.wakes.load(SeqCst),
+            1,
+            "a mark dropped with nobody waiting makes no futex call"
         );
         let _held = ahead.reading(7).expect("a free mark");
         let started = std::time::Instant::now();

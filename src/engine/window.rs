@@ -7,7 +7,7 @@
 //! epochs; a waiter flips the epoch and waits for the old epoch's count to reach zero.
 //!
 //! Closing the last window of an epoch wakes the futex only when a waiter is counted
-//! (`waiting`): a fault with no flush running makes no futex call.
+//! (`futex::Waiters`): a fault with no flush running makes no futex call.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
@@ -18,12 +18,9 @@ use crate::sys::futex;
 pub(crate) struct Windows {
     epoch: AtomicU32,
     open: [AtomicU32; 2],
-    /// Waiters inside [`Windows::wait`] (0 or 1: they are serialized). Counted before
-    /// the waiter reads `open`, so a closer that misses the count closed before that read.
-    waiting: AtomicU32,
-    /// Futex wakes made (tests assert a close with no waiter makes none).
-    #[cfg(test)]
-    wakes: AtomicU32,
+    /// Waiters inside [`Windows::wait`] (0 or 1: they are serialized), sleeping on the
+    /// `open` count of their epoch.
+    waiting: futex::Waiters,
     /// Serializes waiters (flushes), which run in ordinary thread context.
     waiters: Mutex<()>,
 }
@@ -39,9 +36,7 @@ impl Windows {
         Windows {
             epoch: AtomicU32::new(0),
             open: [AtomicU32::new(0), AtomicU32::new(0)],
-            waiting: AtomicU32::new(0),
-            #[cfg(test)]
-            wakes: AtomicU32::new(0),
+            waiting: futex::Waiters::default(),
             waiters: Mutex::new(()),
         }
     }
@@ -64,19 +59,12 @@ impl Windows {
         }
     }
 
-    /// Closes a window; the last of its epoch wakes a counted waiter.
-    ///
-    /// The race with [`Windows::wait`], all SeqCst: the waiter increments `waiting`, then
-    /// reads `open` and sleeps only while `open` still holds the value it read (the futex
-    /// compares atomically). The closer decrements `open`, then reads `waiting`. If the
-    /// closer reads `waiting == 0`, the waiter's increment comes later in the single
-    /// order, so its read of `open` comes after our decrement and sees it: it does not
-    /// sleep on the old value. Otherwise we wake it.
+    /// Closes a window; the last of its epoch wakes a counted waiter (the race with
+    /// [`Windows::wait`] is `futex::Waiters`'s: the waiter counts itself before it reads
+    /// `open`, the closer decrements `open` before it looks for waiters).
     fn close(&self, slot: usize) {
-        if self.open[slot].fetch_sub(1, SeqCst) == 1 && self.waiting.load(SeqCst) > 0 {
-            #[cfg(test)]
-            self.wakes.fetch_add(1, SeqCst);
-            futex::wake(&self.open[slot], i32::MAX);
+        if self.open[slot].fetch_sub(1, SeqCst) == 1 {
+            self.waiting.wake(&self.open[slot]);
         }
     }
 
@@ -84,7 +72,7 @@ impl Windows {
     pub(crate) fn wait(&self) {
         let _serial = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         // Counted before any read of `open` (see `close`).
-        self.waiting.fetch_add(1, SeqCst);
+        let _waiting = self.waiting.enter();
         let slot = (self.epoch.fetch_add(1, SeqCst) & 1) as usize;
         loop {
             let open = self.open[slot].load(SeqCst);
@@ -93,7 +81,6 @@ impl Windows {
             }
             futex::wait(&self.open[slot], open, None);
         }
-        self.waiting.fetch_sub(1, SeqCst);
     }
 }
 
@@ -141,7 +128,7 @@ mod tests {
         for _ in 0..3 {
             drop(windows.open());
         }
-        assert_eq!(windows.wakes.load(SeqCst), 0);
+        assert_eq!(windows.waiting.wakes.load(SeqCst), 0);
     }
 
     /// A waiter racing the close of the last window is never left asleep: many rounds of
@@ -167,7 +154,7 @@ mod tests {
             windows.wait();
             closer.join().expect("closer");
         }
-        assert_eq!(windows.waiting.load(SeqCst), 0);
+        assert_eq!(windows.waiting.count(), 0);
     }
 
     #[test]
