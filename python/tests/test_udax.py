@@ -176,6 +176,6 @@ def test_read_ahead_can_be_turned_off(words):
             stats = m.stats()
             del a
         if read_ahead:
-            assert stats["read_faults"] + stats["fault_around_pages"] >= pages, stats
+            assert stats["read_ahead_ranges"] > 0, stats
         else:
             assert (stats["read_faults"], stats["read_ahead_ranges"]) == (pages, 0), stats
